@@ -1,0 +1,43 @@
+# hwsched — make targets. `make run` = the main job, `make test` = every check.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: run test lint typecheck pytest bench lock clean venv
+
+venv: $(STAMP)
+
+$(STAMP): requirements/runtime.lock requirements/dev.lock pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements/dev.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+## The main job: for now, plan the example day and print the plan readably.
+run: $(STAMP)
+	$(BIN)/hwsched plan config/example-day.json --show
+
+## Every check: ruff, mypy (strict on shared/), pytest.
+test: lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy shared services
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.planners
+
+## Re-pin the locks from what is installed in the venv (review the diff!).
+lock:
+	@echo "edit requirements/*.in ranges in pyproject.toml, reinstall, then copy pins from: $(BIN)/pip freeze"
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

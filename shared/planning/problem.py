@@ -1,0 +1,184 @@
+"""The planning problem and the plan, as JSON (see README "Planning problem").
+
+A problem is what a planner plans from: a forecast surplus per step, the sockets with
+their stores and the batteries. A plan is one 0/1 row per socket and the batteries'
+planned power per step. Both are plain pydantic models: no I/O here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+#: Ratio of one step's energy under which a socket counts as full (the original's 10 %).
+FULL_MARGIN = 0.1
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Ratio = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class SocketSpec(_Model):
+    """One energy-storing load behind an Energy Socket."""
+
+    name: Name
+    max_power_usage: PositiveFloat  # W while on and not full
+    energy_capacity: PositiveFloat  # Wh the store holds
+    energy_stored: NonNegativeFloat = 0.0  # Wh in the store now
+    priority: int = 1  # lower first
+    daily_need: bool = False  # needed: filled by the horizon's end, from grid if need be
+    min_battery_charge: Ratio = 0.0  # optional sockets wait until the battery holds this ratio
+
+    def room_wh(self) -> float:
+        """Energy the store can still take, Wh (never negative)."""
+        return max(0.0, self.energy_capacity - self.energy_stored)
+
+
+class BatterySpec(_Model):
+    """One (Plug-In) battery, seen as a store with a charge/discharge power limit."""
+
+    name: Name
+    max_power_usage: PositiveFloat  # W, charge and discharge
+    energy_capacity: PositiveFloat  # Wh
+    energy_stored: NonNegativeFloat = 0.0  # Wh now
+
+    @model_validator(mode="after")
+    def _stored_within_capacity(self) -> BatterySpec:
+        if self.energy_stored > self.energy_capacity * (1 + 1e-9):
+            raise ValueError(
+                f"energy_stored {self.energy_stored} Wh exceeds energy_capacity "
+                f"{self.energy_capacity} Wh"
+            )
+        return self
+
+
+class PlanningProblem(_Model):
+    """What a planner plans from (the JSON format of the planning README)."""
+
+    name: str | None = None
+    start: AwareDatetime
+    step_s: Annotated[int, Field(gt=0, le=86_400)]
+    available_power_w: Annotated[list[FiniteFloat], Field(min_length=1, max_length=20_000)]
+    sockets: Annotated[list[SocketSpec], Field(max_length=64)] = []
+    batteries: Annotated[list[BatterySpec], Field(max_length=16)] = []
+    overcharge: bool = True
+    #: Minimum time between two switches of one socket (s); 0 = no constraint beyond steps.
+    switch_interval_s: Annotated[int, Field(ge=0, le=86_400)] = 300
+    #: Current relay state per socket name (optional): counts a switch at the first step.
+    initial_on: dict[str, bool] = {}
+
+    @field_validator("sockets")
+    @classmethod
+    def _unique_socket_names(cls, sockets: list[SocketSpec]) -> list[SocketSpec]:
+        seen: set[str] = set()
+        for s in sockets:
+            if s.name in seen:
+                raise ValueError(f"duplicate socket name {s.name!r}")
+            seen.add(s.name)
+        return sockets
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.available_power_w)
+
+    @property
+    def dt_h(self) -> float:
+        """Step length in hours."""
+        return self.step_s / 3600.0
+
+    @property
+    def battery_capacity_wh(self) -> float:
+        return sum(b.energy_capacity for b in self.batteries)
+
+    @property
+    def battery_power_w(self) -> float:
+        return sum(b.max_power_usage for b in self.batteries)
+
+    @property
+    def battery_stored_wh(self) -> float:
+        return sum(b.energy_stored for b in self.batteries)
+
+    def ordered_sockets(self) -> list[SocketSpec]:
+        """Sockets in planning order: priority ascending, power descending, then config order."""
+        indexed = list(enumerate(self.sockets))
+        indexed.sort(key=lambda p: (p[1].priority, -p[1].max_power_usage, p[0]))
+        return [s for _, s in indexed]
+
+    def steps_needed(self, socket: SocketSpec) -> int:
+        """Steps of full power a socket needs to be full (the original's rule, never negative).
+
+        ceil((capacity - 10 % of one step's energy - stored) / (power x step)).
+        """
+        step_wh = socket.max_power_usage * self.dt_h
+        missing = socket.energy_capacity - FULL_MARGIN * step_wh - socket.energy_stored
+        if missing <= 0:
+            return 0
+        return math.ceil(missing / step_wh - 1e-9)
+
+
+PlanStatus = Literal["optimal", "time-limited", "fallback", "heuristic"]
+
+
+class Plan(_Model):
+    """A plan: 0/1 per socket per step, and the batteries' planned power (W, + charging)."""
+
+    sockets: dict[str, list[int]]
+    battery_power_w: list[float]
+    planner: str
+    solve_s: float
+    status: PlanStatus = "heuristic"
+    #: Free-form figures a planner reports (objective, gap, ...).
+    info: dict[str, float | int | str] = {}
+
+
+class ProblemError(ValueError):
+    """A planning problem that cannot be read: one line naming the field and the problem."""
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out or "(document)"
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    """First error of a pydantic ValidationError as `field: problem` (one line)."""
+    first = err.errors(include_url=False)[0]
+    where = _loc(tuple(first.get("loc", ())))
+    msg = str(first.get("msg", "invalid"))
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    more = err.error_count() - 1
+    suffix = f" (and {more} more)" if more > 0 else ""
+    return f"{where}: {msg}{suffix}"
+
+
+def parse_problem(text: str | bytes) -> PlanningProblem:
+    """Parse and validate a problem JSON document strictly (no type coercion).
+
+    Raises ProblemError with one line naming the field and the problem.
+    """
+    try:
+        return PlanningProblem.model_validate_json(text, strict=True)
+    except ValidationError as err:
+        raise ProblemError(describe_validation_error(err)) from None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from shared.planning.problem import PlanningProblem
 
@@ -55,9 +56,7 @@ class DayOutcome:
         )
 
 
-def zero_mode_step(
-    net_w: float, soc_wh: float, cap_wh: float, pmax_w: float, dt_h: float
-) -> float:
+def zero_mode_step(net_w: float, soc_wh: float, cap_wh: float, pmax_w: float, dt_h: float) -> float:
     """Battery power (W, + charging) in zero mode for one step, given the net house power.
 
     net_w > 0 is surplus (charge), < 0 deficit (discharge).
@@ -73,7 +72,7 @@ def zero_mode_step(
 
 def count_switches(row: Sequence[int], initial_on: bool | None = None) -> int:
     """Relay changes along a 0/1 row; with `initial_on`, a change at the first step counts."""
-    n = sum(1 for a, b in zip(row, row[1:], strict=False) if bool(a) != bool(b))
+    n = sum(1 for a, b in pairwise(row) if bool(a) != bool(b))
     if initial_on is not None and row and bool(row[0]) != initial_on:
         n += 1
     return n
@@ -87,7 +86,9 @@ def simulate(problem: PlanningProblem, states: Mapping[str, Sequence[int]]) -> D
     pmax = problem.battery_power_w
     soc = problem.battery_stored_wh
     energy = {s.name: s.energy_stored for s in problem.sockets}
-    rows = {s.name: [int(bool(v)) for v in list(states.get(s.name, []))[:n]] for s in problem.sockets}
+    rows = {
+        s.name: [int(bool(v)) for v in list(states.get(s.name, []))[:n]] for s in problem.sockets
+    }
     for row in rows.values():
         row.extend([0] * (n - len(row)))
 

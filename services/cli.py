@@ -1,0 +1,139 @@
+"""`hwsched`: the project's command line.
+
+    hwsched plan [FILE] [--planner reference|optimal] [--show]
+
+Bad input is one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import TextIO
+
+from shared.planning.planners import DEFAULT_PLANNER, PLANNER_NAMES, get_planner
+from shared.planning.problem import Plan, PlanningProblem, ProblemError, parse_problem
+from shared.planning.simulate import simulate
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _read_input(file: str | None) -> bytes:
+    if file is None or file == "-":
+        return sys.stdin.buffer.read()
+    path = Path(file)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise CliError(f"{file}: no such file") from None
+    except IsADirectoryError:
+        raise CliError(f"{file}: is a directory") from None
+    except OSError as err:
+        raise CliError(f"{file}: cannot read ({err.strerror})") from None
+
+
+def plan_to_json(plan: Plan) -> str:
+    return json.dumps(plan.model_dump(mode="json"), indent=1)
+
+
+def render_plan(problem: PlanningProblem, plan: Plan, out: TextIO) -> None:
+    """Print a plan for people: one row per step, the day's figures at the end."""
+    outcome = simulate(problem, plan.sockets)
+    names = [s.name for s in problem.ordered_sockets()]
+    width = max([8, *(len(n) for n in names)])
+    title = problem.name or "plan"
+    out.write(
+        f"{title}: {problem.n_steps} steps of {problem.step_s // 60} min from "
+        f"{problem.start.isoformat()}  (planner {plan.planner}, {plan.status}, "
+        f"{plan.solve_s * 1000:.1f} ms)\n\n"
+    )
+    header = f"{'time':>5}  {'surplus W':>9}  " + "  ".join(f"{n[:width]:^{width}}" for n in names)
+    if problem.batteries:
+        header += f"  {'battery W':>9}  {'stored Wh':>9}"
+    header += f"  {'grid W':>7}"
+    out.write(header + "\n")
+    for t in range(problem.n_steps):
+        when = (problem.start + timedelta(seconds=t * problem.step_s)).strftime("%H:%M")
+        cells = []
+        for n in names:
+            on = plan.sockets.get(n, [0] * problem.n_steps)[t]
+            drawn = outcome.socket_power_w[n][t]
+            cell = f"ON {drawn:4.0f}W" if on and drawn > 0 else ("on (full)" if on else ".")
+            cells.append(f"{cell:^{width}}")
+        line = f"{when:>5}  {problem.available_power_w[t]:9.0f}  " + "  ".join(cells)
+        if problem.batteries:
+            line += f"  {outcome.battery_power_w[t]:9.0f}  {outcome.battery_energy_wh[t]:9.0f}"
+        line += f"  {outcome.grid_power_w[t]:7.0f}"
+        out.write(line + "\n")
+    out.write("\n")
+    for s in problem.ordered_sockets():
+        end = outcome.socket_energy_wh[s.name][-1]
+        kind = "needed" if s.daily_need else "optional"
+        out.write(
+            f"  {s.name}: {kind}, {s.energy_stored:.0f} -> {end:.0f} of "
+            f"{s.energy_capacity:.0f} Wh\n"
+        )
+    out.write(
+        f"\n  unmet need {outcome.unmet_need_wh:.0f} Wh, grid import "
+        f"{outcome.grid_import_wh:.0f} Wh, export {outcome.export_wh:.0f} Wh, into optional "
+        f"stores {outcome.optional_wh:.0f} Wh, {outcome.switches} switches\n"
+    )
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    problem = parse_problem(_read_input(args.file))
+    plan = get_planner(args.planner)(problem)
+    if args.show:
+        render_plan(problem, plan, sys.stdout)
+    else:
+        sys.stdout.write(plan_to_json(plan) + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hwsched", description="Solar-surplus energy scheduler for HomeWizard devices."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser(
+        "plan",
+        help="plan a day: read a planning problem (JSON), print the plan (JSON)",
+        description="Read a planning problem (FILE, or stdin) and print the plan as JSON.",
+    )
+    p.add_argument("file", nargs="?", metavar="FILE", help="problem JSON (default: stdin)")
+    p.add_argument(
+        "--planner",
+        choices=PLANNER_NAMES,
+        default=DEFAULT_PLANNER,
+        help=f"which planner (default: {DEFAULT_PLANNER})",
+    )
+    p.add_argument("--show", action="store_true", help="print the plan for people, not JSON")
+    p.set_defaults(func=cmd_plan)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except (ProblemError, CliError) as err:
+        print(f"hwsched {args.command}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

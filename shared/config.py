@@ -1,0 +1,622 @@
+"""Configuration: the devices file (the original project's format) and hwsched's settings.
+
+Two files, two owners:
+
+- the devices file, `config/config_devices.json`, is the ORIGINAL project's
+  (IanVliet/control-homewizard-devices) `config_devices.json`, read as it is: a user
+  moving over keeps it. Unknown keys are ignored; what hwsched uses is validated
+  strictly (a power given as the string "2000" is refused, an integer is fine).
+- the settings, `config/settings.toml` plus `HWSCHED_*` environment variables (the
+  environment wins), are hwsched's own: broker, topics, time zone, intervals.
+
+Anything wrong is refused at load as a `ConfigError` whose message is ONE line naming
+the file (or environment variable), the field and the problem, e.g.
+`config/config_devices.json: devices[2].max_power_usage: must be > 0 (got -5)`.
+Battery tokens and the broker password are `SecretStr`: never in a repr or a message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from shared.naming import slugify
+from shared.planning.problem import BatterySpec, SocketSpec
+
+DEVICE_TYPES = ("HWE-P1", "HWE-SKT", "HWE-BAT")
+DEFAULT_SETTINGS_FILE = Path("config/settings.toml")
+DEFAULT_DEVICES_FILE = Path("config/config_devices.json")
+SETTINGS_FILE_ENV = "HWSCHED_SETTINGS_FILE"
+ENV_PREFIX = "HWSCHED_"
+ENV_NESTED_DELIMITER = "__"
+
+#: Field names whose values are never shown in a message.
+_SECRET_FIELDS = frozenset({"token", "password", "user_info"})
+_TOKEN = re.compile(r"[0-9a-fA-F]{32}")
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
+
+
+class ConfigError(ValueError):
+    """Configuration that cannot be used: one line naming file, field and problem."""
+
+
+class _FieldError(ValueError):
+    """A refusal raised by a validator about a sub-field (`loc` relative to the field)."""
+
+    def __init__(self, loc: tuple[int | str, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+# --- field checks -------------------------------------------------------------------
+
+
+def _shown(value: object) -> str:
+    """A value as it would read in the file, on one line and short."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _check_host(value: str) -> str:
+    """An IP address or host name: no scheme, no port, no path, no spaces."""
+    if not value.strip():
+        raise ValueError("must not be empty")
+    if "://" in value:
+        raise ValueError(f"must be a bare IP address or host name, no scheme (got {_shown(value)})")
+    if any(c.isspace() for c in value):
+        raise ValueError(f"must not contain spaces (got {_shown(value)})")
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not _HOST_NAME.fullmatch(value):
+            raise ValueError(
+                f"must be an IP address or host name, with the port (if any) in `port` "
+                f"(got {_shown(value)})"
+            ) from None
+    return value
+
+
+def _check_token(token: SecretStr) -> SecretStr:
+    """A HomeWizard API v2 token: 32 hexadecimal characters (never echoed)."""
+    value = token.get_secret_value()
+    if not _TOKEN.fullmatch(value):
+        what = "not all hexadecimal" if len(value) == 32 else f"{len(value)} characters"
+        raise ValueError(f"must be a HomeWizard API v2 token of 32 hexadecimal characters ({what})")
+    return token
+
+
+def _check_topic(value: str) -> str:
+    """An MQTT topic prefix: no wildcards, no empty levels, no leading/trailing `/`."""
+    if not value:
+        raise ValueError("must not be empty")
+    if "#" in value or "+" in value:
+        raise ValueError(f"must not contain the MQTT wildcards # or + (got {_shown(value)})")
+    if value.startswith("/") or value.endswith("/"):
+        raise ValueError(f"must not start or end with / (got {_shown(value)})")
+    if "//" in value or "\0" in value or any(c.isspace() for c in value):
+        raise ValueError(f"must not contain empty levels, spaces or NUL (got {_shown(value)})")
+    return value
+
+
+def _check_timezone(key: str) -> str:
+    """An IANA time zone name (with its daylight-saving rules), e.g. Europe/Amsterdam."""
+    try:
+        ZoneInfo(key)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError(
+            f"unknown time zone {_shown(key)}: use an IANA name like Europe/Amsterdam"
+        ) from None
+    return key
+
+
+def _check_local_time(value: time) -> time:
+    if value.tzinfo is not None:
+        raise ValueError("must be a local time like 06:00, without offset (see `timezone`)")
+    return value
+
+
+def _upper(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
+
+
+NonBlank = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_not_blank)]
+Host = Annotated[str, AfterValidator(_check_host)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Ratio = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+Token = Annotated[SecretStr, AfterValidator(_check_token)]
+TopicPrefix = Annotated[str, AfterValidator(_check_topic)]
+
+
+# --- the devices file ---------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
+
+
+class _Device(_Strict):
+    device_name: NonBlank
+    ip_address: Host
+    #: TCP port of the device's API; None = the API's standard port.
+    port: Port | None = None
+
+    @property
+    def slug(self) -> str:
+        """The topic-safe name (MQTT topic level, Home Assistant id)."""
+        return slugify(self.device_name)
+
+
+class P1Config(_Device):
+    """The P1 meter (HWE-P1): where the grid power is measured."""
+
+    device_type: Literal["HWE-P1"]
+
+
+class SocketConfig(_Device):
+    """An Energy Socket (HWE-SKT) with an energy-storing load behind it."""
+
+    device_type: Literal["HWE-SKT"]
+    max_power_usage: PositiveFloat  # W while on
+    energy_capacity: PositiveFloat  # Wh the store holds
+    priority: int = 1  # lower first
+    daily_need: bool = False  # needed: filled every day, from the grid if need be
+    min_battery_charge: Ratio = 0.0  # optional: waits until the battery holds this ratio
+
+    def spec(self, energy_stored: float = 0.0) -> SocketSpec:
+        """The planner's view of this socket (stored energy below 0 counts as 0)."""
+        return SocketSpec(
+            name=self.device_name,
+            max_power_usage=self.max_power_usage,
+            energy_capacity=self.energy_capacity,
+            energy_stored=max(0.0, energy_stored),
+            priority=self.priority,
+            daily_need=self.daily_need,
+            min_battery_charge=self.min_battery_charge,
+        )
+
+
+class UserInfo(_Strict):
+    """The HomeWizard API v2 user of a battery: name and token (secret)."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    name: NonBlank
+    token: Token
+
+    @property
+    def token_is_placeholder(self) -> bool:
+        """True for the example file's all-zero token (a service should say so)."""
+        return set(self.token.get_secret_value()) == {"0"}
+
+
+class BatteryConfig(_Device):
+    """A Plug-In Battery (HWE-BAT), reached through the API v2 with a token."""
+
+    device_type: Literal["HWE-BAT"]
+    max_power_usage: PositiveFloat  # W, charge and discharge
+    energy_capacity: PositiveFloat  # Wh
+    user_info: UserInfo
+
+    def spec(self, energy_stored: float = 0.0) -> BatterySpec:
+        """The planner's view of this battery (stored energy clamped to 0..capacity)."""
+        return BatterySpec(
+            name=self.device_name,
+            max_power_usage=self.max_power_usage,
+            energy_capacity=self.energy_capacity,
+            energy_stored=min(max(0.0, energy_stored), self.energy_capacity),
+        )
+
+
+DeviceConfig = Annotated[
+    P1Config | SocketConfig | BatteryConfig, Field(discriminator="device_type")
+]
+
+
+class QuartzParameters(_Strict):
+    """One PV array as quartz-solar-forecast's PVSite takes it."""
+
+    latitude: Annotated[float, Field(ge=-90, le=90)]
+    longitude: Annotated[float, Field(ge=-180, le=180)]
+    capacity_kwp: PositiveFloat
+    tilt: Annotated[float, Field(ge=0, le=90)]  # degrees from horizontal
+    orientation: Annotated[float, Field(ge=0, le=360)]  # degrees, 180 = south
+
+
+class SolarPanelConfig(_Strict):
+    """A named PV array. Also reads the original's older flat form (see `_from_flat`)."""
+
+    name: NonBlank
+    quartz_parameters: QuartzParameters
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_flat(cls, data: object) -> object:
+        """Older original files put the parameters flat, with "total peak power" (kWp)."""
+        if not isinstance(data, dict) or "quartz_parameters" in data or "latitude" not in data:
+            return data
+        flat = {k: v for k, v in data.items() if k != "name"}
+        if "total peak power" in flat:
+            flat["capacity_kwp"] = flat.pop("total peak power")
+        return {"name": data.get("name"), "quartz_parameters": flat}
+
+    @property
+    def slug(self) -> str:
+        return slugify(self.name)
+
+
+def _unique_slugs(names: Sequence[str], where: str, field: str) -> None:
+    """Refuse names that are equal or give the same topic slug (or none at all).
+
+    `where` is the list's key in the file (for messages), `field` the name's key.
+    """
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        try:
+            slug = slugify(name)
+        except ValueError as err:
+            raise _FieldError((i, field), str(err)) from None
+        if slug in seen:
+            j = seen[slug]
+            if names[j] == name:
+                raise _FieldError((i, field), f"duplicate name {_shown(name)} (also {where}[{j}])")
+            raise _FieldError(
+                (i, field),
+                f"{_shown(name)} and {where}[{j}] {_shown(names[j])} map to the same "
+                f"topic name {_shown(slug)}: rename one",
+            )
+        seen[slug] = i
+
+
+class DevicesConfig(_Strict):
+    """The devices file: exactly one P1 meter, sockets, batteries and PV arrays."""
+
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True)
+
+    devices: list[DeviceConfig]
+    solar_panels: list[SolarPanelConfig] = Field(default=[], alias="solar panels")
+
+    @field_validator("devices")
+    @classmethod
+    def _check_devices(cls, devices: list[DeviceConfig]) -> list[DeviceConfig]:
+        _unique_slugs([d.device_name for d in devices], "devices", "device_name")
+        n_p1 = sum(isinstance(d, P1Config) for d in devices)
+        if n_p1 != 1:
+            raise ValueError(f"exactly one HWE-P1 (P1 meter) is required, found {n_p1}")
+        return devices
+
+    @field_validator("solar_panels")
+    @classmethod
+    def _check_panels(cls, panels: list[SolarPanelConfig]) -> list[SolarPanelConfig]:
+        _unique_slugs([p.name for p in panels], "solar panels", "name")
+        return panels
+
+    @property
+    def p1(self) -> P1Config:
+        return next(d for d in self.devices if isinstance(d, P1Config))
+
+    @property
+    def sockets(self) -> list[SocketConfig]:
+        return [d for d in self.devices if isinstance(d, SocketConfig)]
+
+    @property
+    def batteries(self) -> list[BatteryConfig]:
+        return [d for d in self.devices if isinstance(d, BatteryConfig)]
+
+    def device_by_slug(self, slug: str) -> P1Config | SocketConfig | BatteryConfig | None:
+        """The device whose topic name is `slug`, if any."""
+        return next((d for d in self.devices if d.slug == slug), None)
+
+    def socket_specs(self, stored: Mapping[str, float] | None = None) -> list[SocketSpec]:
+        """The sockets as the planner sees them; `stored` = Wh per device name (default 0)."""
+        stored = stored or {}
+        return [s.spec(stored.get(s.device_name, 0.0)) for s in self.sockets]
+
+    def battery_specs(self, stored: Mapping[str, float] | None = None) -> list[BatterySpec]:
+        """The batteries as the planner sees them; `stored` = Wh per device name (default 0)."""
+        stored = stored or {}
+        return [b.spec(stored.get(b.device_name, 0.0)) for b in self.batteries]
+
+
+# --- one-line messages from pydantic errors -----------------------------------------
+
+_NO_INPUT_TYPES = frozenset(
+    {"missing", "value_error", "union_tag_invalid", "union_tag_not_found", "extra_forbidden"}
+)
+
+
+def _loc_text(loc: Iterable[int | str]) -> str:
+    """`devices[2].max_power_usage` from a pydantic location (union tags left out)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part not in DEVICE_TYPES:
+            out += ("." if out else "") + part
+    return out or "(document)"
+
+
+def _bound(value: object) -> str:
+    """A limit as written: 0 rather than the 0.0 pydantic makes of it."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _problem(err: ErrorDetails) -> str:
+    """The problem in words, for the error types a config file meets."""
+    kind, ctx = err["type"], err.get("ctx", {})
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    words = {
+        "missing": "is required",
+        "extra_forbidden": "unknown setting",
+        "float_type": "must be a number",
+        "float_parsing": "must be a number",
+        "finite_number": "must be a finite number",
+        "int_type": "must be a whole number",
+        "int_parsing": "must be a whole number",
+        "int_from_float": "must be a whole number",
+        "bool_type": "must be true or false",
+        "bool_parsing": "must be true or false",
+        "string_type": "must be a string",
+        "list_type": "must be a list",
+        "model_type": "must be an object",
+        "model_attributes_type": "must be an object",
+        "dict_type": "must be an object",
+        "time_type": "must be a time like 06:00",
+        "time_parsing": "must be a time like 06:00",
+        "greater_than": f"must be > {_bound(ctx.get('gt'))}",
+        "greater_than_equal": f"must be >= {_bound(ctx.get('ge'))}",
+        "less_than": f"must be < {_bound(ctx.get('lt'))}",
+        "less_than_equal": f"must be <= {_bound(ctx.get('le'))}",
+        "literal_error": f"must be one of {ctx.get('expected')}",
+        "string_too_short": "must not be empty",
+        "string_too_long": f"must be at most {ctx.get('max_length')} characters",
+        "union_tag_invalid": (
+            f"unknown device type {_shown(ctx.get('tag'))} (allowed: {', '.join(DEVICE_TYPES)})"
+        ),
+        "union_tag_not_found": f"is required (one of {', '.join(DEVICE_TYPES)})",
+    }
+    return words.get(kind, err["msg"])
+
+
+def _where(err: ErrorDetails) -> tuple[int | str, ...]:
+    """The full location: pydantic's, plus what a `_FieldError` or a union tag adds."""
+    loc = tuple(err["loc"])
+    cause = err.get("ctx", {}).get("error")
+    if isinstance(cause, _FieldError):
+        return loc + cause.loc
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found") and isinstance(
+        err.get("input"), dict
+    ):
+        return (*loc, "device_type")
+    return loc
+
+
+def describe_error(err: ValidationError) -> str:
+    """The first error as `field: problem (got value)`, one line; secrets never shown."""
+    errors = err.errors(include_url=False)
+    first = errors[0]
+    where = _where(first)
+    problem = _problem(first)
+    if first["type"] in ("union_tag_invalid", "union_tag_not_found") and not isinstance(
+        first.get("input"), dict
+    ):
+        problem = "must be an object"
+    value = first.get("input")
+    secret = any(part in _SECRET_FIELDS for part in where)
+    scalar = value is None or isinstance(value, str | int | float | bool | time)
+    if first["type"] not in _NO_INPUT_TYPES and scalar and not secret:
+        problem += f" (got {_shown(value)})"
+    more = len(errors) - 1
+    suffix = f" (and {more} more)" if more > 0 else ""
+    return f"{_loc_text(where)}: {problem}{suffix}"
+
+
+# --- loading the devices file -------------------------------------------------------
+
+
+def _read_json(path: Path) -> object:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ConfigError(
+            f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+
+
+def load_devices(path: Path | str = DEFAULT_DEVICES_FILE) -> DevicesConfig:
+    """Read and validate a devices file (the original project's `config_devices.json`).
+
+    Raises ConfigError (one line: file, field, problem) on anything wrong.
+    """
+    path = Path(path)
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f'{path}: must be a JSON object with a "devices" list')
+    try:
+        return DevicesConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: {describe_error(err)}") from None
+
+
+# --- settings -----------------------------------------------------------------------
+
+
+class BrokerSettings(BaseModel):
+    """The MQTT broker hwsched's services connect to."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    host: Host = "localhost"
+    port: Port = 1883
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: bool = False
+    #: Prefix of the services' MQTT client ids (each service adds its own name).
+    client_id_prefix: NonBlank = "hwsched"
+
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class Settings(BaseSettings):
+    """hwsched's own settings: a TOML file, overridden by `HWSCHED_*` environment variables.
+
+    Nested fields use `__`: `HWSCHED_BROKER__HOST=mqtt.local`. The environment wins over
+    everything else, including values passed to the constructor (the file's values).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        extra="forbid",
+        frozen=True,
+    )
+
+    broker: BrokerSettings = BrokerSettings()
+    base_topic: TopicPrefix = "hwsched"
+    ha_discovery_prefix: TopicPrefix = "homeassistant"
+    timezone: Annotated[str, AfterValidator(_check_timezone)] = "Europe/Amsterdam"
+    poll_interval_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 30.0
+    #: Local time at which the planning day starts (the original's 06:00).
+    daily_boundary: Annotated[time, AfterValidator(_check_local_time)] = time(6, 0)
+    switch_interval_s: Annotated[int, Field(ge=0, le=86_400)] = 300
+    devices_file: Path = DEFAULT_DEVICES_FILE
+    planner: Literal["optimal", "reference"] = "optimal"
+    log_level: Annotated[LogLevel, BeforeValidator(_upper)] = "INFO"
+
+    @property
+    def tz(self) -> ZoneInfo:
+        """The time zone, daylight saving included."""
+        return ZoneInfo(self.timezone)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment first, then the file's values (passed as init values)."""
+        return (env_settings, init_settings)
+
+
+def _settings_path(path: Path | None) -> Path | None:
+    """The settings file to read: given, else $HWSCHED_SETTINGS_FILE, else the default."""
+    if path is not None:
+        return path
+    from_env = os.environ.get(SETTINGS_FILE_ENV)
+    if from_env:
+        return Path(from_env)
+    return DEFAULT_SETTINGS_FILE if DEFAULT_SETTINGS_FILE.is_file() else None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: invalid TOML: {err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+
+
+def _env_var_for(loc: Sequence[int | str]) -> str | None:
+    """The set environment variable that gave the value at `loc`, if one did."""
+    present = {name.upper(): name for name in os.environ}
+    parts = [str(p).upper() for p in loc if isinstance(p, str)]
+    for n in range(len(parts), 0, -1):
+        name = ENV_PREFIX + ENV_NESTED_DELIMITER.join(parts[:n])
+        if name in present:
+            return present[name]
+    return None
+
+
+def _env_parse_error(err: SettingsError) -> str:
+    """pydantic-settings' "error parsing value for field ..." as one line naming the variable."""
+    found = re.search(r'field "([^"]+)"', str(err))
+    field = found.group(1) if found else None
+    var = _env_var_for([field]) if field else None
+    if field is None or var is None:
+        return f"environment: {err}"
+    return f"environment variable {var}: {field}: must be valid JSON"
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """The settings: defaults, then the TOML file, then `HWSCHED_*` variables (env wins).
+
+    The file is `path`, else $HWSCHED_SETTINGS_FILE, else `config/settings.toml` if it
+    exists, else none (defaults and environment only). A named file must exist.
+    Raises ConfigError (one line: file or variable, field, problem).
+    """
+    file = _settings_path(path)
+    data = _read_toml(file) if file is not None else {}
+    private = next((key for key in data if key.startswith("_")), None)
+    if private is not None:  # would reach BaseSettings' own `_env_file`-style arguments
+        raise ConfigError(f"{file}: {private}: unknown setting")
+    try:
+        return Settings(**data)
+    except SettingsError as err:
+        raise ConfigError(_env_parse_error(err)) from None
+    except ValidationError as err:
+        var = _env_var_for(err.errors()[0]["loc"])
+        source = f"environment variable {var}" if var else str(file or "settings")
+        raise ConfigError(f"{source}: {describe_error(err)}") from None
+
+
+def load_config(settings: Settings) -> DevicesConfig:
+    """The devices file named by the settings."""
+    return load_devices(settings.devices_file)

@@ -1,0 +1,335 @@
+"""Local search on socket plans against the exact day physics (pure Python, no I/O).
+
+`DayState` holds a plan together with its simulated day and re-simulates incrementally
+when one socket's row changes: the socket's draw profile is recomputed, the house load
+updated, and the battery (zero mode) re-run from the first changed step. A move costs
+O(steps), which lets the search try thousands of moves in a fraction of a second.
+
+Quality is lexicographic (`Score`): total unmet need, then unmet need weighted by
+priority, then grid import, then energy into optional stores (more is better), then
+switches. A plan is *admissible* when no optional socket is on, and no full socket is
+kept on, in a step the battery or grid feeds, and no optional socket runs before the
+battery holds its `min_battery_charge`; the search never accepts an inadmissible plan.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+
+from shared.planning.problem import PlanningProblem
+from shared.planning.simulate import UNMET_TOLERANCE_WH
+
+_EPS = 1e-6
+
+Score = tuple[float, float, float, float, int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Sock:
+    name: str
+    power: float
+    room: float
+    needed: bool
+    #: Battery energy (Wh) an optional socket waits for; 0 = none.
+    threshold: float
+    rank: int
+
+
+class DayState:
+    """A plan (one 0/1 row per socket, in priority order) and its simulated day."""
+
+    def __init__(self, problem: PlanningProblem, rows: Mapping[str, Sequence[int]]) -> None:
+        self.n = problem.n_steps
+        self.dt = problem.dt_h
+        self.a = list(problem.available_power_w)
+        self.cap = problem.battery_capacity_wh
+        self.pmax = problem.battery_power_w
+        self.soc0 = min(problem.battery_stored_wh, self.cap)
+        self.has_batt = self.cap > 0 and self.pmax > 0
+        self.initial = problem.initial_on
+        socks = problem.ordered_sockets()
+        self.socks = [
+            _Sock(
+                name=s.name,
+                power=s.max_power_usage,
+                room=s.room_wh(),
+                needed=s.daily_need,
+                threshold=(s.min_battery_charge * self.cap if self.has_batt else 0.0),
+                rank=i,
+            )
+            for i, s in enumerate(socks)
+        ]
+        n = self.n
+        self.rows: list[list[int]] = []
+        for s in self.socks:
+            row = [1 if v else 0 for v in list(rows.get(s.name, []))[:n]]
+            row.extend([0] * (n - len(row)))
+            self.rows.append(row)
+        self.draws = [self._draw(i, self.rows[i]) for i in range(len(self.socks))]
+        self.load = [0.0] * n
+        #: Per step: sockets that must not be on in a deficit (optional, or full and idle).
+        self.risky = [0] * n
+        for i, d in enumerate(self.draws):
+            for t in range(n):
+                self.load[t] += d[t]
+                self.risky[t] += self._risky(i, self.rows[i][t], d[t])
+        self.thresholds = [(i, s.threshold) for i, s in enumerate(self.socks) if s.threshold > 0]
+        self.stats = [self._stats(i, self.rows[i], self.draws[i]) for i in range(len(self.socks))]
+        # The battery's path: energy, import so far and admissibility at the start of each
+        # step (index n: the end), so a move re-simulates only from its first changed step.
+        self.soc_pre = [0.0] * (n + 1)
+        self.imp_pre = [0.0] * (n + 1)
+        self.ok_pre = [True] * (n + 1)
+        self.soc_pre[0] = self.soc0
+        self.score = self._simulate()
+
+    # -- physics -----------------------------------------------------------------------
+
+    def _draw(self, i: int, row: Sequence[int]) -> list[float]:
+        """Power the socket draws per step: full power while on, until its store is full."""
+        s = self.socks[i]
+        left = s.room
+        out = [0.0] * self.n
+        dt = self.dt
+        for t in range(self.n):
+            if row[t] and left > _EPS:
+                d = s.power if left >= s.power * dt else left / dt
+                out[t] = d
+                left -= d * dt
+        return out
+
+    def _stats(self, i: int, row: Sequence[int], draw: Sequence[float]) -> tuple[float, float, int]:
+        """(unmet need Wh, optional energy Wh, switches) of socket i with this row."""
+        s = self.socks[i]
+        got = sum(draw) * self.dt
+        unmet = max(0.0, s.room - got - UNMET_TOLERANCE_WH) if s.needed else 0.0
+        opt = 0.0 if s.needed else got
+        sw = sum(1 for t in range(1, self.n) if row[t] != row[t - 1])
+        init = self.initial.get(s.name)
+        if init is not None and self.n and bool(row[0]) != init:
+            sw += 1
+        return unmet, opt, sw
+
+    def _risky(self, i: int, on: int, draw: float) -> int:
+        """1 if socket i, on with this draw, must not be fed by battery or grid."""
+        return 1 if on and (not self.socks[i].needed or draw <= 0) else 0
+
+    def _run(self, start: int, record: bool) -> tuple[float, bool]:
+        """Battery in zero mode from step `start` on: (grid import Wh, admissible).
+
+        Starts from the recorded state at `start`; with `record`, records every step.
+        """
+        soc = self.soc_pre[start]
+        imp = self.imp_pre[start]
+        ok = self.ok_pre[start]
+        dt, cap, pmax, has_batt = self.dt, self.cap, self.pmax, self.has_batt
+        a, load, risky, rows, thresholds = self.a, self.load, self.risky, self.rows, self.thresholds
+        for t in range(start, self.n):
+            if record:
+                self.soc_pre[t] = soc
+                self.imp_pre[t] = imp
+                self.ok_pre[t] = ok
+            net = a[t] - load[t]
+            if net < -_EPS and risky[t]:
+                ok = False
+            for i, thr in thresholds:
+                if rows[i][t] and soc < thr - _EPS:
+                    ok = False
+            if has_batt:
+                if net > 0:
+                    b = min(net, pmax, (cap - soc) / dt)
+                    soc += b * dt
+                    net -= b
+                elif net < 0:
+                    b = min(-net, pmax, soc / dt)
+                    soc -= b * dt
+                    net += b
+            if net < 0:
+                imp -= net * dt
+        return imp, ok
+
+    def _score(self, imp: float, ok: bool) -> Score:
+        if not ok:
+            return (float("inf"), 0.0, 0.0, 0.0, 0)
+        unmet = weighted = opt = 0.0
+        switches = 0
+        for i, (u, o, sw) in enumerate(self.stats):
+            unmet += u
+            weighted += u * (len(self.socks) - self.socks[i].rank)
+            opt += o
+            switches += sw
+        return (round(unmet, 3), round(weighted, 3), round(imp, 3), -round(opt, 3), switches)
+
+    def _simulate(self) -> Score:
+        """Full evaluation of the current rows, recording the battery's path."""
+        imp, ok = self._run(0, record=True)
+        return self._score(imp, ok)
+
+    # -- moves -------------------------------------------------------------------------
+
+    def _swap_in(self, i: int, row: list[int], draw: list[float]) -> int:
+        """Replace socket i's row and draw, keeping load and risk counts in step.
+
+        Returns the first step that changed (n if none).
+        """
+        old_row, old_draw = self.rows[i], self.draws[i]
+        load, risky = self.load, self.risky
+        first = self.n
+        for t in range(self.n):
+            if draw[t] != old_draw[t] or row[t] != old_row[t]:
+                if first == self.n:
+                    first = t
+                load[t] += draw[t] - old_draw[t]
+                risky[t] += self._risky(i, row[t], draw[t]) - self._risky(
+                    i, old_row[t], old_draw[t]
+                )
+        self.rows[i] = row
+        self.draws[i] = draw
+        return first
+
+    def try_row(self, i: int, row: list[int]) -> Score:
+        """Score the plan with socket i's row replaced (the state is left unchanged)."""
+        old_row, old_draw, old_stats = self.rows[i], self.draws[i], self.stats[i]
+        draw = self._draw(i, row)
+        first = self._swap_in(i, row, draw)
+        self.stats[i] = self._stats(i, row, draw)
+        imp, ok = self._run(min(first, self.n), record=False)
+        score = self._score(imp, ok)
+        self._swap_in(i, old_row, old_draw)
+        self.stats[i] = old_stats
+        return score
+
+    def apply_row(self, i: int, row: list[int]) -> None:
+        draw = self._draw(i, row)
+        self._swap_in(i, row, draw)
+        self.stats[i] = self._stats(i, row, draw)
+        self.score = self._simulate()
+
+    def repair(self) -> None:
+        """Switch off on-steps that make the plan inadmissible, until it is admissible."""
+        for t in range(self.n):
+            if self.score[0] != float("inf"):
+                return
+            for i in sorted(range(len(self.socks)), key=lambda i: -self.socks[i].rank):
+                if self.rows[i][t] and self._risky(i, 1, self.draws[i][t]):
+                    row = list(self.rows[i])
+                    row[t] = 0
+                    self.apply_row(i, row)
+
+    def plan(self) -> dict[str, list[int]]:
+        return {s.name: list(self.rows[i]) for i, s in enumerate(self.socks)}
+
+
+def _runs(row: Sequence[int]) -> list[tuple[int, int]]:
+    """(first, last) step of each on-run."""
+    out: list[tuple[int, int]] = []
+    start = -1
+    for t, v in enumerate(row):
+        if v and start < 0:
+            start = t
+        elif not v and start >= 0:
+            out.append((start, t - 1))
+            start = -1
+    if start >= 0:
+        out.append((start, len(row) - 1))
+    return out
+
+
+def _candidates(state: DayState, i: int) -> list[list[int]]:
+    """Rows to try for socket i: relocations, additions, removals, run shifts and merges."""
+    row = state.rows[i]
+    s = state.socks[i]
+    n = state.n
+    on = [t for t in range(n) if row[t]]
+    off = [t for t in range(n) if not row[t]]
+    # Remaining surplus per step without this socket: where it hurts least to draw.
+    free = [state.a[t] - state.load[t] + state.draws[i][t] for t in range(n)]
+    if not s.needed:
+        off = [t for t in off if free[t] > _EPS]
+    best_off = sorted(off, key=lambda t: (-free[t], t))[:10]
+    worst_on = sorted(on, key=lambda t: (free[t], t))[:10]
+    out: list[list[int]] = []
+    for t1 in worst_on:
+        for t2 in best_off:
+            r = list(row)
+            r[t1], r[t2] = 0, 1
+            out.append(r)
+    for t2 in best_off[:6]:
+        r = list(row)
+        r[t2] = 1
+        out.append(r)
+    for t1 in worst_on[:6]:
+        r = list(row)
+        r[t1] = 0
+        out.append(r)
+    runs = _runs(row)
+    for lo, hi in runs:
+        if lo > 0:  # shift left by one
+            r = list(row)
+            r[hi], r[lo - 1] = 0, 1
+            out.append(r)
+            r = list(row)  # grow left
+            r[lo - 1] = 1
+            out.append(r)
+        if hi < n - 1:  # shift right by one
+            r = list(row)
+            r[lo], r[hi + 1] = 0, 1
+            out.append(r)
+            r = list(row)  # grow right
+            r[hi + 1] = 1
+            out.append(r)
+    for (lo1, hi1), (lo2, hi2) in pairwise(runs):
+        # Merge: move the second run against the first, or the first against the second,
+        # or fill the gap (a full socket may stay on where the surplus covers it).
+        length2 = hi2 - lo2 + 1
+        r = list(row)
+        for t in range(lo2, hi2 + 1):
+            r[t] = 0
+        for t in range(hi1 + 1, hi1 + 1 + length2):
+            r[t] = 1
+        out.append(r)
+        length1 = hi1 - lo1 + 1
+        r = list(row)
+        for t in range(lo1, hi1 + 1):
+            r[t] = 0
+        for t in range(lo2 - length1, lo2):
+            r[t] = 1
+        out.append(r)
+        r = list(row)
+        for t in range(hi1 + 1, lo2):
+            r[t] = 1
+        out.append(r)
+    return out
+
+
+def improve(
+    state: DayState,
+    deadline: float,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[int, bool]:
+    """First-improvement local search until no move helps or the deadline passes.
+
+    Socket by socket, moves are applied while one helps; sweeps repeat until a whole
+    sweep changes nothing. Returns (moves applied, converged).
+    """
+    moves = 0
+    while True:
+        improved = False
+        for i in range(len(state.socks)):
+            again = True
+            while again:
+                again = False
+                for row in _candidates(state, i):
+                    if clock() > deadline:
+                        return moves, False
+                    score = state.try_row(i, row)
+                    if score < state.score:
+                        state.apply_row(i, row)
+                        moves += 1
+                        improved = again = True
+                        break
+        if not improved:
+            return moves, True

@@ -1,0 +1,622 @@
+"""The message contract: round-trips, strict parsing, one-line errors, model rules."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, time, timedelta, timezone
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from shared.messages import (
+    MAX_DEVICES,
+    MAX_OVERRIDE_S,
+    MAX_PAYLOAD_BYTES,
+    MESSAGE_MODELS,
+    DeviceMeasurement,
+    EnergyBooks,
+    Forecast,
+    ForecastRequest,
+    ForecastResponse,
+    ForecastResult,
+    HouseSurplus,
+    Message,
+    MessageError,
+    OverrideRequest,
+    OverrideState,
+    PlanMessage,
+    ServiceStatus,
+    SocketBook,
+    SocketCommand,
+    SocketPlan,
+    SocketState,
+    SwitchEvent,
+    UnsupportedVersionError,
+    dump_availability,
+    dump_message,
+    parse_availability,
+    parse_message,
+    schema_version_of,
+)
+
+AMS = ZoneInfo("Europe/Amsterdam")
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=AMS)
+
+
+def samples() -> dict[type[Message], Message]:
+    """One valid, fully populated instance of every top-level message model."""
+    plan_row = SocketPlan(states=[1, 1, 0], energy_wh=[100.0, 100.0, 0.0])
+    return {
+        DeviceMeasurement: DeviceMeasurement(
+            timestamp=T0,
+            device="Boiler",
+            device_type="HWE-SKT",
+            power_w=1200.5,
+            energy_import_kwh=123.456,
+            energy_export_kwh=0.0,
+            power_on=True,
+            switch_lock=False,
+            api="v1",
+        ),
+        HouseSurplus: HouseSurplus(
+            timestamp=T0,
+            surplus_w=2000.0,
+            p1_power_w=-500.0,
+            sockets_w={"Boiler": 1200.0},
+            batteries_w={"Battery": 300.0},
+            based_on=["P1", "Boiler", "Battery"],
+            missing=["Car"],
+        ),
+        Forecast: Forecast(
+            timestamp=T0,
+            start=T0,
+            step_s=900,
+            power_w=[0.0, 150.5, 2300.0],
+            made_at=T0 - timedelta(minutes=5),
+            source="open-meteo",
+            model="best_match",
+            arrays={"south": 0.75, "west": 0.25},
+            fallback=False,
+        ),
+        ForecastRequest: ForecastRequest(timestamp=T0, transaction="abc-1"),
+        ForecastResponse: ForecastResponse(
+            timestamp=T0,
+            status="ok",
+            data=ForecastResult(made_at=T0, source="clear-sky", fallback=True, steps=96),
+            transaction=42,
+        ),
+        PlanMessage: PlanMessage(
+            timestamp=T0,
+            made_at=T0,
+            start=T0,
+            step_s=900,
+            sockets={"Boiler": plan_row},
+            battery_power_w=[0.0, -200.0, 300.0],
+            battery_energy_wh=[1000.0, 950.0, 1025.0],
+            planner="optimal",
+            status="optimal",
+            solve_s=0.25,
+            forecast_made_at=T0 - timedelta(minutes=5),
+            available_power_w=[500.0, 800.0, -100.0],
+        ),
+        SocketCommand: SocketCommand(
+            timestamp=T0,
+            socket="Boiler",
+            state="on",
+            reason="plan step 0",
+            plan_made_at=T0,
+            valid_until=T0 + timedelta(minutes=15),
+        ),
+        OverrideRequest: OverrideRequest(timestamp=T0, state="on", duration_s=3600),
+        OverrideState: OverrideState(
+            timestamp=T0,
+            socket="Boiler",
+            state="off",
+            until=T0 + timedelta(hours=2),
+            source="mqtt",
+            set_at=T0,
+        ),
+        SocketState: SocketState(
+            timestamp=T0,
+            socket="Boiler",
+            power_on=True,
+            switch_lock=False,
+            controlled_by="plan",
+            last_switch_at=T0 - timedelta(minutes=3),
+            last_switch_reason="plan step 0",
+        ),
+        SwitchEvent: SwitchEvent(
+            timestamp=T0, socket="Boiler", from_state="off", to_state="on", reason="plan", at=T0
+        ),
+        ServiceStatus: ServiceStatus(
+            timestamp=T0,
+            service="poller",
+            state="online",
+            version="0.1.0",
+            started_at=T0 - timedelta(hours=1),
+            counters={"polls": 120, "poll_errors": 2, "dropped": 0},
+        ),
+        EnergyBooks: EnergyBooks(
+            timestamp=T0,
+            day_start=datetime(2024, 5, 1, tzinfo=AMS),
+            sockets={
+                "Boiler": SocketBook(
+                    name="Boiler",
+                    day_start=datetime(2024, 5, 1, tzinfo=AMS),
+                    energy_wh=2500.0,
+                    full=True,
+                    last_sample_at=T0 - timedelta(seconds=10),
+                    last_power_w=12.5,
+                ),
+                "Car": SocketBook(name="Car", manual=True),
+            },
+        ),
+    }
+
+
+def as_doc(message: Message) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(dump_message(message))
+    return doc
+
+
+def parse_doc(model: type[Message], doc: dict[str, Any]) -> Message:
+    return parse_message(model, json.dumps(doc).encode())
+
+
+def one_line_error(model: type[Message], payload: bytes | str) -> MessageError:
+    with pytest.raises(MessageError) as info:
+        parse_message(model, payload)
+    text = str(info.value)
+    assert "\n" not in text
+    assert text
+    return info.value
+
+
+ALL = list(samples().items())
+IDS = [m.__name__ for m, _ in ALL]
+
+
+def test_every_model_has_a_sample() -> None:
+    assert set(samples()) == set(MESSAGE_MODELS)
+    assert all(schema_version_of(m) == 1 for m in MESSAGE_MODELS)
+
+
+@pytest.mark.parametrize(("model", "message"), ALL, ids=IDS)
+def test_round_trip(model: type[Message], message: Message) -> None:
+    payload = dump_message(message)
+    assert isinstance(payload, bytes)
+    back = parse_message(model, payload)
+    assert back == message
+    assert type(back) is model
+    # compact JSON, and dumping again gives the same bytes
+    assert payload == json.dumps(json.loads(payload), separators=(",", ":")).encode()
+    assert dump_message(back) == payload
+
+
+@pytest.mark.parametrize(("model", "message"), ALL, ids=IDS)
+def test_version_and_offset_timestamp_on_the_wire(model: type[Message], message: Message) -> None:
+    doc = as_doc(message)
+    assert doc["schema_version"] == 1
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?[+-]\d\d:\d\d", doc["timestamp"])
+    assert doc["timestamp"] == "2024-05-01T12:00:00+02:00"
+
+
+def test_utc_timestamp_keeps_an_offset_designator() -> None:
+    msg = SwitchEvent(
+        timestamp=datetime(2024, 1, 1, tzinfo=UTC),
+        socket="a",
+        from_state="on",
+        to_state="off",
+        reason="override",
+        at=datetime(2024, 1, 1, tzinfo=timezone(timedelta(hours=-5))),
+    )
+    doc = as_doc(msg)
+    assert doc["timestamp"] == "2024-01-01T00:00:00Z"
+    assert doc["at"] == "2024-01-01T00:00:00-05:00"
+
+
+@pytest.mark.parametrize(("model", "message"), ALL, ids=IDS)
+def test_naive_timestamp_refused(model: type[Message], message: Message) -> None:
+    doc = as_doc(message)
+    doc["timestamp"] = "2024-05-01T12:00:00"
+    err = one_line_error(model, json.dumps(doc))
+    assert err.field == "timestamp"
+    assert str(err).startswith("timestamp: ")
+
+
+def test_naive_nested_and_other_datetimes_refused() -> None:
+    doc = as_doc(samples()[EnergyBooks])
+    doc["sockets"]["Boiler"]["last_sample_at"] = "2024-05-01T11:59:50"
+    err = one_line_error(EnergyBooks, json.dumps(doc))
+    assert err.field == "sockets.Boiler.last_sample_at"
+    doc = as_doc(samples()[Forecast])
+    doc["made_at"] = "2024-05-01T11:55:00"
+    assert one_line_error(Forecast, json.dumps(doc)).field == "made_at"
+
+
+def test_naive_datetime_refused_in_python_too() -> None:
+    with pytest.raises(ValueError, match="timezone"):
+        SwitchEvent(
+            timestamp=datetime(2024, 1, 1),
+            socket="a",
+            from_state="on",
+            to_state="off",
+            reason="plan",
+            at=T0,
+        )
+
+
+@pytest.mark.parametrize(("model", "message"), ALL, ids=IDS)
+def test_unknown_extra_fields_ignored(model: type[Message], message: Message) -> None:
+    doc = as_doc(message)
+    doc["added_in_a_later_version"] = {"nested": [1, 2, 3]}
+    doc["another_w"] = 12.5
+    assert parse_doc(model, doc) == message
+
+
+def test_unknown_nested_extra_fields_ignored() -> None:
+    doc = as_doc(samples()[PlanMessage])
+    doc["sockets"]["Boiler"]["cost_eur"] = [0.1, 0.2, 0.3]
+    assert parse_doc(PlanMessage, doc) == samples()[PlanMessage]
+
+
+@pytest.mark.parametrize(
+    ("model", "path", "token"),
+    [
+        (DeviceMeasurement, ["power_w"], "NaN"),
+        (DeviceMeasurement, ["energy_import_kwh"], "Infinity"),
+        (HouseSurplus, ["sockets_w", "Boiler"], "-Infinity"),
+        (Forecast, ["power_w", 1], "NaN"),
+        (PlanMessage, ["sockets", "Boiler", "energy_wh", 2], "Infinity"),
+        (PlanMessage, ["solve_s"], "1e999"),
+        (OverrideRequest, ["duration_s"], "NaN"),
+    ],
+)
+def test_nan_and_inf_refused(model: type[Message], path: list[str | int], token: str) -> None:
+    doc = as_doc(samples()[model])
+    marker = "__MARKER__"
+    target: Any = doc
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = marker
+    payload = json.dumps(doc).replace(f'"{marker}"', token)
+    err = one_line_error(model, payload)
+    expected = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+    assert err.field == expected.lstrip(".")
+    assert "finite" in str(err)
+
+
+def test_nan_refused_when_constructing() -> None:
+    with pytest.raises(ValueError, match="finite"):
+        Forecast(
+            timestamp=T0,
+            start=T0,
+            step_s=60,
+            power_w=[float("nan")],
+            made_at=T0,
+            source="simulated",
+        )
+
+
+@pytest.mark.parametrize(
+    ("model", "field", "value"),
+    [
+        (DeviceMeasurement, "power_w", "1200"),
+        (DeviceMeasurement, "power_on", 1),
+        (DeviceMeasurement, "device_type", "HWE-KWH1"),
+        (DeviceMeasurement, "api", "v3"),
+        (Forecast, "step_s", 900.5),
+        (Forecast, "step_s", "900"),
+        (Forecast, "power_w", 100.0),
+        (Forecast, "fallback", "false"),
+        (PlanMessage, "status", "great"),
+        (ServiceStatus, "counters", {"polls": -1}),
+        (ServiceStatus, "service", "Poller Service"),
+        (SocketState, "controlled_by", "user"),
+        (SwitchEvent, "at", 1714557600),
+        (SocketCommand, "socket", ""),
+        (SocketCommand, "state", True),
+    ],
+)
+def test_wrong_type_refused_naming_the_field(
+    model: type[Message], field: str, value: object
+) -> None:
+    doc = as_doc(samples()[model])
+    doc[field] = value
+    err = one_line_error(model, json.dumps(doc))
+    assert err.field == field or err.field.startswith(field + ".")
+    assert str(err).startswith(err.field + ": ")
+
+
+@pytest.mark.parametrize(("model", "message"), ALL, ids=IDS)
+def test_missing_required_field_named(model: type[Message], message: Message) -> None:
+    required = [n for n, f in model.model_fields.items() if f.is_required()]
+    doc = as_doc(message)
+    if not required:
+        assert model in (ForecastRequest,)
+        return
+    del doc[required[-1]]
+    err = one_line_error(model, json.dumps(doc))
+    assert err.field == required[-1]
+    assert "required" in str(err).lower()
+
+
+@pytest.mark.parametrize(("model", "message"), ALL, ids=IDS)
+def test_unknown_schema_version_is_a_distinct_drop(model: type[Message], message: Message) -> None:
+    for version in (2, 0, "1", True, None):
+        doc = as_doc(message)
+        doc["schema_version"] = version
+        with pytest.raises(UnsupportedVersionError) as info:
+            parse_doc(model, doc)
+        assert info.value.field == "schema_version"
+        assert isinstance(info.value, MessageError)
+        assert "knows 1" in str(info.value)
+
+
+def test_schema_version_required_on_the_wire_except_hand_typed_commands() -> None:
+    doc = as_doc(samples()[DeviceMeasurement])
+    del doc["schema_version"]
+    err = one_line_error(DeviceMeasurement, json.dumps(doc))
+    assert str(err) == "schema_version: missing"
+    assert not isinstance(err, UnsupportedVersionError)
+    # what a Home Assistant user types
+    request = parse_message(OverrideRequest, b'{"state": "on", "duration_s": 1800}')
+    assert request.schema_version == 1
+    assert request.timestamp is None
+    assert request.duration_s == 1800
+    assert parse_message(ForecastRequest, b"{}").transaction is None
+    assert parse_message(ForecastRequest, b'{"transaction": 7}').transaction == 7
+
+
+@pytest.mark.parametrize(
+    ("payload", "needle"),
+    [
+        (b"", "not JSON"),
+        (b"on", "not JSON"),
+        (b"{", "not JSON"),
+        (b"\xff\xfe", "not JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b'"on"', "JSON object"),
+        (b"null", "JSON object"),
+    ],
+)
+def test_unusable_payloads(payload: bytes, needle: str) -> None:
+    err = one_line_error(OverrideRequest, payload)
+    assert needle in str(err)
+    assert err.field == "(payload)"
+
+
+def test_oversized_payload_refused_before_parsing() -> None:
+    payload = b'{"state": "on", "pad": "' + b"x" * MAX_PAYLOAD_BYTES + b'"}'
+    assert "larger than" in str(one_line_error(OverrideRequest, payload))
+
+
+def test_string_and_list_bounds() -> None:
+    doc = as_doc(samples()[SocketCommand])
+    doc["socket"] = "x" * 201
+    assert one_line_error(SocketCommand, json.dumps(doc)).field == "socket"
+    doc = as_doc(samples()[HouseSurplus])
+    doc["missing"] = [f"dev{i}" for i in range(MAX_DEVICES + 1)]
+    assert one_line_error(HouseSurplus, json.dumps(doc)).field == "missing"
+    doc = as_doc(samples()[SocketCommand])
+    doc["reason"] = "r" * 501
+    assert one_line_error(SocketCommand, json.dumps(doc)).field == "reason"
+
+
+# --- model rules -----------------------------------------------------------------------------
+
+
+def test_measurement_fields_must_fit_the_device() -> None:
+    base = {"timestamp": T0, "device": "x", "power_w": 10.0}
+    DeviceMeasurement(**base, device_type="HWE-BAT", api="v2", state_of_charge_pct=55.5)
+    DeviceMeasurement(**base, device_type="HWE-P1", api="v2")
+    with pytest.raises(ValueError, match="state_of_charge_pct only exists on HWE-BAT"):
+        DeviceMeasurement(**base, device_type="HWE-SKT", api="v1", state_of_charge_pct=50)
+    with pytest.raises(ValueError, match="only exist on HWE-SKT"):
+        DeviceMeasurement(**base, device_type="HWE-P1", api="v1", power_on=True)
+    with pytest.raises(ValueError, match="only speaks the v2 API"):
+        DeviceMeasurement(**base, device_type="HWE-BAT", api="v1")
+    with pytest.raises(ValueError, match="less than or equal to 100"):
+        DeviceMeasurement(**base, device_type="HWE-BAT", api="v2", state_of_charge_pct=100.5)
+
+
+def test_surplus_is_the_sum_of_its_parts() -> None:
+    good = samples()[HouseSurplus]
+    assert isinstance(good, HouseSurplus)
+    # -(-500) + 1200 + 300
+    assert good.surplus_w == 2000.0
+    doc = as_doc(good)
+    doc["surplus_w"] = 1500.0
+    err = one_line_error(HouseSurplus, json.dumps(doc))
+    assert "surplus_w 1500.0 W is not" in str(err)
+    assert "2000.0 W" in str(err)
+    # a discharging battery lowers the surplus
+    HouseSurplus(
+        timestamp=T0, surplus_w=-300.0, p1_power_w=0.0, batteries_w={"B": -300.0}, based_on=["B"]
+    )
+
+
+def test_surplus_names_are_consistent() -> None:
+    with pytest.raises(ValueError, match="'Boiler', which is not in based_on"):
+        HouseSurplus(
+            timestamp=T0, surplus_w=100.0, p1_power_w=0, sockets_w={"Boiler": 100}, based_on=["P1"]
+        )
+    with pytest.raises(ValueError, match="both in based_on and missing"):
+        HouseSurplus(timestamp=T0, surplus_w=0.0, p1_power_w=0, based_on=["P1"], missing=["P1"])
+
+
+def test_forecast_rules() -> None:
+    fc = samples()[Forecast]
+    assert isinstance(fc, Forecast)
+    assert fc.end == T0 + timedelta(minutes=45)
+    doc = as_doc(fc)
+    doc["arrays"] = {"south": 0.5, "west": 0.25}
+    assert "sum to 0.7500" in str(one_line_error(Forecast, json.dumps(doc)))
+    doc = as_doc(fc)
+    doc["power_w"] = [100.0, -1.0]
+    assert one_line_error(Forecast, json.dumps(doc)).field == "power_w[1]"
+    doc["power_w"] = []
+    assert one_line_error(Forecast, json.dumps(doc)).field == "power_w"
+    doc = as_doc(fc)
+    doc["step_s"] = 0
+    assert one_line_error(Forecast, json.dumps(doc)).field == "step_s"
+
+
+def test_plan_lists_must_line_up() -> None:
+    doc = as_doc(samples()[PlanMessage])
+    doc["battery_energy_wh"] = [1.0, 2.0]
+    err = one_line_error(PlanMessage, json.dumps(doc))
+    assert "battery_energy_wh has 2 steps, available_power_w has 3" in str(err)
+    doc = as_doc(samples()[PlanMessage])
+    doc["sockets"]["Boiler"] = {"states": [1, 0], "energy_wh": [1.0, 0.0]}
+    assert "sockets.Boiler.states has 2 steps" in str(one_line_error(PlanMessage, json.dumps(doc)))
+    doc["sockets"]["Boiler"] = {"states": [1, 0, 1], "energy_wh": [1.0, 0.0]}
+    assert "energy_wh has 2" in str(one_line_error(PlanMessage, json.dumps(doc)))
+    doc["sockets"]["Boiler"] = {"states": [1, 2, 0], "energy_wh": [1.0, 0.0, 0.0]}
+    assert one_line_error(PlanMessage, json.dumps(doc)).field == "sockets.Boiler.states[1]"
+
+
+def test_plan_step_at() -> None:
+    plan = samples()[PlanMessage]
+    assert isinstance(plan, PlanMessage)
+    assert plan.n_steps == 3
+    assert plan.step_at(T0 - timedelta(seconds=1)) is None
+    assert plan.step_at(T0) == 0
+    assert plan.step_at(T0 + timedelta(seconds=899)) == 0
+    assert plan.step_at(T0 + timedelta(seconds=900)) == 1
+    assert plan.step_at(T0.astimezone(UTC) + timedelta(minutes=44)) == 2
+    assert plan.step_at(T0 + timedelta(minutes=45)) is None
+
+
+def test_forecast_response_status_rules() -> None:
+    ok = ForecastResponse(
+        timestamp=T0, status="error", error="open-meteo: timeout", transaction="t"
+    )
+    assert parse_message(ForecastResponse, dump_message(ok)) == ok
+    with pytest.raises(ValueError, match="status ok needs data"):
+        ForecastResponse(timestamp=T0, status="ok")
+    with pytest.raises(ValueError, match="status error needs error"):
+        ForecastResponse(timestamp=T0, status="error")
+
+
+def test_switch_event_must_be_a_change() -> None:
+    with pytest.raises(ValueError, match="both on"):
+        SwitchEvent(timestamp=T0, socket="a", from_state="on", to_state="on", reason="plan", at=T0)
+
+
+# --- manual override --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "needle"),
+    [
+        ('{"state": "on", "until": "2024-05-01T14:00:00+02:00", "duration_s": 60}', "not both"),
+        ('{"state": "auto", "duration_s": 60}', "auto ends the override"),
+        ('{"state": "auto", "until": "2024-05-01T14:00:00+02:00"}', "auto ends the override"),
+        ('{"state": "on", "duration_s": 0}', "duration_s: Input should be greater than 0"),
+        ('{"state": "on", "duration_s": -5}', "duration_s: Input should be greater than 0"),
+        (
+            f'{{"state": "on", "duration_s": {MAX_OVERRIDE_S + 1}}}',
+            "duration_s: Input should be less than or equal to 604800",
+        ),
+        ('{"state": "on", "duration_s": "60"}', "duration_s: Input should be a valid number"),
+        ('{"state": "on", "until": "2024-05-01T14:00:00"}', "until: "),
+        ('{"state": "on", "until": "tomorrow"}', "until: "),
+        ('{"state": "ON"}', "state: Input should be 'on', 'off' or 'auto'"),
+        ('{"state": true}', "state: "),
+        ("{}", "state: Field required"),
+    ],
+)
+def test_override_request_validation(payload: str, needle: str) -> None:
+    assert needle in str(one_line_error(OverrideRequest, payload))
+
+
+def test_override_request_accepted_forms() -> None:
+    assert parse_message(OverrideRequest, '{"state": "auto"}').state == "auto"
+    r = parse_message(OverrideRequest, '{"state":"off","until":"2024-05-01T14:00:00+02:00"}')
+    assert r.until == T0 + timedelta(hours=2)
+    r = parse_message(OverrideRequest, f'{{"state": "on", "duration_s": {MAX_OVERRIDE_S}}}')
+    assert r.duration_s == MAX_OVERRIDE_S
+
+
+def test_override_expiry() -> None:
+    now = T0
+    assert OverrideRequest(state="auto").expires_at(now, 3600) is None
+    assert OverrideRequest(state="on").expires_at(now, 3600) == now + timedelta(hours=1)
+    assert OverrideRequest(state="on", duration_s=90).expires_at(now, 3600) == now + timedelta(
+        seconds=90
+    )
+    until = now + timedelta(days=2)
+    assert OverrideRequest(state="off", until=until).expires_at(now, 3600) == until
+    with pytest.raises(MessageError, match="not in the future") as info:
+        OverrideRequest(state="on", until=now).expires_at(now, 3600)
+    assert info.value.field == "until"
+    with pytest.raises(MessageError, match="more than 7 days"):
+        OverrideRequest(state="on", until=now + timedelta(days=7, seconds=1)).expires_at(now, 60)
+    with pytest.raises(MessageError, match="duration_s"):
+        OverrideRequest(state="on").expires_at(now, 0)
+
+
+def test_override_state_always_expires() -> None:
+    with pytest.raises(ValueError, match="needs until"):
+        OverrideState(timestamp=T0, socket="a", state="on", source="mqtt", set_at=T0)
+    with pytest.raises(ValueError, match="auto has no until"):
+        OverrideState(timestamp=T0, socket="a", state="auto", until=T0, source="expiry", set_at=T0)
+    cleared = OverrideState(timestamp=T0, socket="a", state="auto", source="expiry", set_at=T0)
+    assert parse_message(OverrideState, dump_message(cleared)) == cleared
+
+
+# --- availability -----------------------------------------------------------------------------
+
+
+def test_availability_plain_strings() -> None:
+    assert dump_availability("online") == b"online"
+    assert dump_availability("offline") == b"offline"
+    assert parse_availability(b"online") == "online"
+    assert parse_availability("offline") == "offline"
+    for bad in (b"Online", b'"online"', b"", b"offline\n", b"\xff"):
+        with pytest.raises(MessageError, match="online or offline"):
+            parse_availability(bad)
+    with pytest.raises(ValueError, match="online or offline"):
+        dump_availability("up")  # type: ignore[arg-type]
+
+
+# --- energy books -----------------------------------------------------------------------------
+
+
+def test_books_are_filed_under_their_names() -> None:
+    doc = as_doc(samples()[EnergyBooks])
+    doc["sockets"]["Car"]["name"] = "Boiler"
+    assert "book 'Boiler' filed under 'Car'" in str(one_line_error(EnergyBooks, json.dumps(doc)))
+    doc = as_doc(samples()[EnergyBooks])
+    doc["sockets"]["Car"]["day_start"] = "2024-05-02T00:00:00+02:00"
+    assert "later day" in str(one_line_error(EnergyBooks, json.dumps(doc)))
+
+
+def test_books_message_carries_the_bookkeeping_books_both_ways() -> None:
+    from shared import bookkeeping
+
+    day = datetime(2024, 5, 1, tzinfo=AMS)
+    books = bookkeeping.empty_books(day)
+    for seconds, power in ((0, 2000.0), (1800, 2000.0), (3600, 100.0)):
+        books = bookkeeping.record_sample(
+            books,
+            "Boiler",
+            sample_at=T0 + timedelta(seconds=seconds),
+            power_w=power,
+            power_on=True,
+            capacity_wh=5000.0,
+            max_power_w=2000.0,
+            day_start=day,
+        )
+    books = bookkeeping.record_manual(books, "Car", day)
+    message = EnergyBooks.model_validate({**bookkeeping.books_to_dict(books), "timestamp": T0})
+    assert message.sockets["Boiler"].energy_wh == books.sockets["Boiler"].energy_wh > 0
+    assert message.sockets["Car"].manual
+    wire = parse_message(EnergyBooks, dump_message(message))
+    back = bookkeeping.restore(
+        json.loads(dump_message(wire)), T0 + timedelta(hours=2), AMS, time(0, 0)
+    )
+    assert back == books

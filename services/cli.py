@@ -70,8 +70,8 @@ def render_plan(problem: PlanningProblem, plan: Plan, out: TextIO) -> None:
             cells.append(f"{cell:^{width}}")
         line = f"{when:>5}  {problem.available_power_w[t]:9.0f}  " + "  ".join(cells)
         if problem.batteries:
-            line += f"  {outcome.battery_power_w[t]:9.0f}  {outcome.battery_energy_wh[t]:9.0f}"
-        line += f"  {outcome.grid_power_w[t]:7.0f}"
+            line += f"  {outcome.battery_power_w[t] + 0.0:9.0f}  {outcome.battery_energy_wh[t]:9.0f}"
+        line += f"  {outcome.grid_power_w[t] + 0.0:7.0f}"
         out.write(line + "\n")
     out.write("\n")
     for s in problem.ordered_sockets():

@@ -29,6 +29,9 @@ time ran out), `fallback` (the reference plan, e.g. no solver or the solver foun
 from __future__ import annotations
 
 import math
+import os
+import sys
+import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -229,6 +232,39 @@ class _Model:
         }
 
 
+_BANNER_LOCK = threading.Lock()
+_banner_shown = False
+
+
+def _new_highs() -> Any:
+    """A silent HiGHS instance.
+
+    HiGHS writes a banner straight to file descriptor 1 when the first instance of a
+    process is made, which would corrupt `hwsched plan`'s JSON; that one construction runs
+    with descriptor 1 pointed at /dev/null.
+    """
+    global _banner_shown  # noqa: PLW0603 - once per process
+    import highspy
+
+    with _BANNER_LOCK:
+        if not _banner_shown:
+            sys.stdout.flush()
+            saved = os.dup(1)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, 1)
+                h = highspy.Highs()  # type: ignore[no-untyped-call]
+            finally:
+                os.dup2(saved, 1)
+                os.close(saved)
+                os.close(devnull)
+            _banner_shown = True
+        else:
+            h = highspy.Highs()  # type: ignore[no-untyped-call]
+    h.setOptionValue("output_flag", False)
+    return h
+
+
 def _solve(
     problem: PlanningProblem, options: Options, start: dict[str, list[int]], budget_s: float
 ) -> tuple[dict[str, list[int]] | None, str, dict[str, float | int | str]]:
@@ -236,8 +272,7 @@ def _solve(
     import highspy
 
     model = _Model(problem, options.weights)
-    h = highspy.Highs()  # type: ignore[no-untyped-call]
-    h.setOptionValue("output_flag", False)
+    h = _new_highs()
     h.setOptionValue("threads", 1)
     h.setOptionValue("random_seed", 0)
     h.setOptionValue("time_limit", max(0.01, budget_s))

@@ -9,7 +9,7 @@ from shared.planning.problem import Plan, PlanningProblem
 Planner = Callable[[PlanningProblem], Plan]
 
 #: The planner used when none is named.
-DEFAULT_PLANNER = "reference"
+DEFAULT_PLANNER = "optimal"
 
 PLANNER_NAMES = ("reference", "optimal")
 

@@ -205,6 +205,7 @@ def _then(first: _Map, second: _Map) -> _Map:
 
 
 def _apply(m: _Map, extra: float) -> float:
+    """The map applied to one `extra`."""
     return min(max(extra + m[0], m[1]), m[2])
 
 
@@ -239,6 +240,11 @@ def _step_map(
 
 
 def _assist_setup(day: _Day, socket: SocketSpec, want: int) -> _Assist:
+    """The per-step maps, the candidate steps and what each needs, for one socket.
+
+    A candidate is a step the socket does not have whose shortfall (power - remaining
+    surplus) is positive and within the battery's discharge headroom in that step.
+    """
     room = _BatteryRoom.of(day)
     dt = day.dt_h
     row = day.rows[socket.name]
@@ -294,7 +300,7 @@ class _Run:
     start: int
     first: int  # index of the first candidate at or after `start`
     added: list[int]
-    complete: bool = True  # False: abandoned, it could not reach the best count
+    complete: bool = True  # False: abandoned, it could not beat the best run
     extra_at: list[float] | None = None
     added_at: list[int] | None = None
 

@@ -1,6 +1,7 @@
 """`hwsched`: the project's command line.
 
     hwsched plan [FILE] [--planner reference|optimal] [--show]
+    hwsched check-config [--settings FILE] [--devices FILE]
 
 Bad input is one line on stderr and exit status 2, never a traceback.
 """
@@ -15,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TextIO
 
+from shared.config import ConfigError, load_devices, load_settings
 from shared.planning.planners import DEFAULT_PLANNER, PLANNER_NAMES, get_planner
 from shared.planning.problem import Plan, PlanningProblem, ProblemError, parse_problem
 from shared.planning.simulate import simulate
@@ -70,7 +72,9 @@ def render_plan(problem: PlanningProblem, plan: Plan, out: TextIO) -> None:
             cells.append(f"{cell:^{width}}")
         line = f"{when:>5}  {problem.available_power_w[t]:9.0f}  " + "  ".join(cells)
         if problem.batteries:
-            line += f"  {outcome.battery_power_w[t] + 0.0:9.0f}  {outcome.battery_energy_wh[t]:9.0f}"
+            line += (
+                f"  {outcome.battery_power_w[t] + 0.0:9.0f}  {outcome.battery_energy_wh[t]:9.0f}"
+            )
         line += f"  {outcome.grid_power_w[t] + 0.0:7.0f}"
         out.write(line + "\n")
     out.write("\n")
@@ -98,6 +102,40 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Load the settings and the devices file as a service would; summarise or refuse."""
+    settings = load_settings(Path(args.settings) if args.settings else None)
+    devices_path = Path(args.devices) if args.devices else settings.devices_file
+    devices = load_devices(devices_path)
+    print(
+        f"settings: broker {settings.broker.host}:{settings.broker.port}, base topic "
+        f"{settings.base_topic!r}, timezone {settings.timezone}, day starts "
+        f"{settings.daily_boundary.strftime('%H:%M')}, poll every {settings.poll_interval_s:g} s, "
+        f"planner {settings.planner}"
+    )
+    print(
+        f"{devices_path}: P1 meter {devices.p1.device_name!r}, "
+        f"{len(devices.sockets)} socket(s), {len(devices.batteries)} battery(ies), "
+        f"{len(devices.solar_panels)} solar array(s)"
+    )
+    for s in devices.sockets:
+        kind = "needed" if s.daily_need else "optional"
+        print(
+            f"  socket {s.device_name!r}: {kind}, {s.max_power_usage:g} W, "
+            f"{s.energy_capacity:g} Wh, priority {s.priority}"
+        )
+    for b in devices.batteries:
+        note = (
+            "  (PLACEHOLDER token: pair the battery first)"
+            if b.user_info.token_is_placeholder
+            else ""
+        )
+        print(
+            f"  battery {b.device_name!r}: {b.max_power_usage:g} W, {b.energy_capacity:g} Wh{note}"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hwsched", description="Solar-surplus energy scheduler for HomeWizard devices."
@@ -117,6 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--show", action="store_true", help="print the plan for people, not JSON")
     p.set_defaults(func=cmd_plan)
+    c = sub.add_parser(
+        "check-config",
+        help="check the settings and the devices file; print what they say",
+        description="Load the settings (file + HWSCHED_* environment) and the devices file "
+        "exactly as the services do. Exit status 2 and one line on a mistake.",
+    )
+    c.add_argument("--settings", metavar="FILE", help="settings TOML (default: as services)")
+    c.add_argument("--devices", metavar="FILE", help="devices JSON (default: from settings)")
+    c.set_defaults(func=cmd_check_config)
     return parser
 
 
@@ -125,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
-    except (ProblemError, CliError) as err:
+    except (ProblemError, CliError, ConfigError) as err:
         print(f"hwsched {args.command}: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -112,9 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {opt_plan.status} |"
         )
         if args.optimum:
-            states, label, _ = optimal._solve(
-                day, optimal.Options(), opt_rows, args.optimum
-            )
+            states, label, _ = optimal._solve(day, optimal.Options(), opt_rows, args.optimum)
             best = simulate(day, states) if states is not None else opt_o
             if _worse(best, opt_o) or best.key() > opt_o.key():
                 best = opt_o
@@ -142,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         ("days where optimal is worse than the reference (need, import, optional)", worse, 0),
         ("days with unmet need where the reference has none", unmet_new, 0),
     ]
-    lines.append(f"- days: {len(all_opt_times)}; machine: {platform.machine()}, "
-                 f"{platform.python_implementation()} {platform.python_version()}")
+    lines.append(
+        f"- days: {len(all_opt_times)}; machine: {platform.machine()}, "
+        f"{platform.python_implementation()} {platform.python_version()}"
+    )
     for label, value, target in checks:
         ok = "ok" if value <= target else "MISSED"
         lines.append(f"- {label}: {value} (target {target}) {ok}")

@@ -40,7 +40,7 @@ import numpy as np
 
 from shared.planning.problem import Plan, PlanningProblem, PlanStatus, SocketSpec
 from shared.planning.reference import plan_reference
-from shared.planning.search import DayState, improve
+from shared.planning.search import Budget, DayState, improve
 from shared.planning.simulate import UNMET_TOLERANCE_WH, DayOutcome, simulate
 
 PLANNER_NAME = "optimal"
@@ -61,8 +61,12 @@ class Options:
     """Solver options. `time_limit_s=None` scales with the problem size."""
 
     time_limit_s: float | None = None
-    #: Share of the budget the MILP may use; the local search has the rest.
-    milp_share: float = 0.5
+    #: Share of the time budget the MILP may use. Its plan is used only when it proves its
+    #: optimum in that time, so the result does not depend on how fast the machine is.
+    milp_share: float = 0.4
+    #: Moves the local search may evaluate (all starts together): a count, not a time, so
+    #: the same input always gives the same plan. The time budget stays a safety net.
+    max_evals: int = 1500
     mip_rel_gap: float = 1e-4
     weights: Weights = Weights()
 
@@ -305,6 +309,7 @@ def _solve(
         "nodes": int(info_obj.mip_node_count),
         "columns": ncol,
         "rows": len(r.lower),
+        "lp_iterations": int(info_obj.simplex_iteration_count),
     }
     if status == highspy.HighsModelStatus.kOptimal:
         label = "optimal"
@@ -430,28 +435,40 @@ def plan_optimal(problem: PlanningProblem, options: Options | None = None) -> Pl
             solved, label, info = _solve(problem, milp_opts, warm, milp_budget)
             info = {f"milp_{k}": v for k, v in info.items()}
             info["milp_status"] = label
-            if solved is not None:
+            if solved is not None and label == "optimal":
                 state = DayState(problem, solved)
                 state.repair()
                 if state.score[0] != float("inf"):
                     states.append(state)
-                    proved = label == "optimal"
+                    proved = True
         except ImportError:
             info["milp_status"] = "highspy not installed"
-    # Local search (exact physics) on each start, the most promising first.
+    # Local search (exact physics) on each start, the most promising first, sharing one
+    # budget of evaluations; the time limit only stops it on a pathologically slow machine.
     states.sort(key=lambda s: s.score)
     best: DayState | None = None
     converged = True
     moves = 0
+    evals = Budget(opts.max_evals)
+    safety = t0 + 3 * budget
     for state in states:
-        m, conv = improve(state, deadline)
+        m, conv = improve(state, safety, evals)
         moves += m
         converged = converged and conv
         if best is None or state.score < best.score:
             best = state
+    info["evals"] = opts.max_evals - evals.left
     info["moves"] = moves
     status: PlanStatus = "optimal" if proved and converged else "time-limited"
     chosen, out = ref.sockets, ref_out
+    if math.ceil(problem.switch_interval_s / problem.step_s - 1e-9) > 1:
+        # Steps shorter than the switch interval: the reference knows no interval, so its
+        # plan, as a fallback, is first made to keep the interval.
+        spaced = DayState(problem, ref.sockets)
+        for i in range(len(spaced.socks)):
+            spaced.apply_row(i, spaced.spaced_row(spaced.rows[i]))
+        chosen = spaced.plan()
+        out = ref_out = simulate(problem, chosen)
     if best is not None:
         mine = best.plan()
         mine_out = simulate(problem, mine)

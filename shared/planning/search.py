@@ -14,8 +14,9 @@ battery holds its `min_battery_charge`; the search never accepts an inadmissible
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -25,6 +26,8 @@ from shared.planning.simulate import UNMET_TOLERANCE_WH
 _EPS = 1e-6
 
 Score = tuple[float, float, float, float, int]
+#: A move: new rows for one or more sockets (by index).
+Move = tuple[tuple[int, list[int]], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,8 @@ class DayState:
         self.soc0 = min(problem.battery_stored_wh, self.cap)
         self.has_batt = self.cap > 0 and self.pmax > 0
         self.initial = problem.initial_on
+        #: Steps that must lie between two switches of one socket (the switch interval).
+        self.min_gap = max(1, math.ceil(problem.switch_interval_s / problem.step_s - 1e-9))
         socks = problem.ordered_sockets()
         self.socks = [
             _Sock(
@@ -101,17 +106,20 @@ class DayState:
                 left -= d * dt
         return out
 
-    def _stats(self, i: int, row: Sequence[int], draw: Sequence[float]) -> tuple[float, float, int]:
-        """(unmet need Wh, optional energy Wh, switches) of socket i with this row."""
+    def _stats(
+        self, i: int, row: Sequence[int], draw: Sequence[float]
+    ) -> tuple[float, float, int, bool]:
+        """(unmet need Wh, optional energy Wh, switches, switch spacing kept) of socket i."""
         s = self.socks[i]
         got = sum(draw) * self.dt
         unmet = max(0.0, s.room - got - UNMET_TOLERANCE_WH) if s.needed else 0.0
         opt = 0.0 if s.needed else got
-        sw = sum(1 for t in range(1, self.n) if row[t] != row[t - 1])
+        at = [t for t in range(1, self.n) if row[t] != row[t - 1]]
         init = self.initial.get(s.name)
         if init is not None and self.n and bool(row[0]) != init:
-            sw += 1
-        return unmet, opt, sw
+            at.insert(0, 0)
+        spaced = all(b - a >= self.min_gap for a, b in pairwise(at))
+        return unmet, opt, len(at), spaced
 
     def _risky(self, i: int, on: int, draw: float) -> int:
         """1 if socket i, on with this draw, must not be fed by battery or grid."""
@@ -156,7 +164,9 @@ class DayState:
             return (float("inf"), 0.0, 0.0, 0.0, 0)
         unmet = weighted = opt = 0.0
         switches = 0
-        for i, (u, o, sw) in enumerate(self.stats):
+        for i, (u, o, sw, spaced) in enumerate(self.stats):
+            if not spaced:
+                return (float("inf"), 0.0, 0.0, 0.0, 0)
             unmet += u
             weighted += u * (len(self.socks) - self.socks[i].rank)
             opt += o
@@ -190,26 +200,60 @@ class DayState:
         self.draws[i] = draw
         return first
 
-    def try_row(self, i: int, row: list[int]) -> Score:
-        """Score the plan with socket i's row replaced (the state is left unchanged)."""
-        old_row, old_draw, old_stats = self.rows[i], self.draws[i], self.stats[i]
-        draw = self._draw(i, row)
-        first = self._swap_in(i, row, draw)
-        self.stats[i] = self._stats(i, row, draw)
-        imp, ok = self._run(min(first, self.n), record=False)
+    def try_move(self, move: Move) -> Score:
+        """Score the plan with the rows of a move replaced (the state is left unchanged)."""
+        saved = [(i, self.rows[i], self.draws[i], self.stats[i]) for i, _ in move]
+        first = self.n
+        for i, row in move:
+            draw = self._draw(i, row)
+            first = min(first, self._swap_in(i, row, draw))
+            self.stats[i] = self._stats(i, row, draw)
+        imp, ok = self._run(first, record=False)
         score = self._score(imp, ok)
-        self._swap_in(i, old_row, old_draw)
-        self.stats[i] = old_stats
+        for i, row, draw, stats in reversed(saved):
+            self._swap_in(i, row, draw)
+            self.stats[i] = stats
         return score
 
-    def apply_row(self, i: int, row: list[int]) -> None:
-        draw = self._draw(i, row)
-        self._swap_in(i, row, draw)
-        self.stats[i] = self._stats(i, row, draw)
+    def try_row(self, i: int, row: list[int]) -> Score:
+        """Score the plan with socket i's row replaced (the state is left unchanged)."""
+        return self.try_move(((i, row),))
+
+    def apply_move(self, move: Move) -> None:
+        for i, row in move:
+            draw = self._draw(i, row)
+            self._swap_in(i, row, draw)
+            self.stats[i] = self._stats(i, row, draw)
         self.score = self._simulate()
 
+    def apply_row(self, i: int, row: list[int]) -> None:
+        self.apply_move(((i, row),))
+
+    def spaced_row(self, row: list[int]) -> list[int]:
+        """The row with switches at least the switch interval apart: on-runs too short to
+        allow it are dropped, then off-gaps too short are bridged."""
+        k = self.min_gap
+        if k <= 1:
+            return row
+        out = list(row)
+        runs = _runs(out)
+        for lo, hi in runs:
+            if hi - lo + 1 < k and lo > 0 and hi < self.n - 1:
+                for t in range(lo, hi + 1):
+                    out[t] = 0
+        for (_, hi1), (lo2, _) in pairwise(_runs(out)):
+            if lo2 - hi1 - 1 < k:
+                for t in range(hi1 + 1, lo2):
+                    out[t] = 1
+        return out
+
     def repair(self) -> None:
-        """Switch off on-steps that make the plan inadmissible, until it is admissible."""
+        """Make the plan admissible: switches spaced by the switch interval, and on-steps
+        that the battery or grid would feed (optional, or full and idle) switched off."""
+        for i in range(len(self.socks)):
+            spaced = self.spaced_row(self.rows[i])
+            if spaced != self.rows[i]:
+                self.apply_row(i, spaced)
         for t in range(self.n):
             if self.score[0] != float("inf"):
                 return
@@ -238,8 +282,12 @@ def _runs(row: Sequence[int]) -> list[tuple[int, int]]:
     return out
 
 
-def _candidates(state: DayState, i: int) -> list[list[int]]:
-    """Rows to try for socket i: relocations, additions, removals, run shifts and merges."""
+def _candidates(state: DayState, i: int) -> Iterator[list[int]]:
+    """Rows to try for socket i, the likeliest gains first.
+
+    Additions (when the store still wants energy), then run moves (shift, grow, merge: fewer
+    switches), then relocations of single steps, then removals.
+    """
     row = state.rows[i]
     s = state.socks[i]
     n = state.n
@@ -251,36 +299,28 @@ def _candidates(state: DayState, i: int) -> list[list[int]]:
         off = [t for t in off if free[t] > _EPS]
     best_off = sorted(off, key=lambda t: (-free[t], t))[:10]
     worst_on = sorted(on, key=lambda t: (free[t], t))[:10]
-    out: list[list[int]] = []
-    for t1 in worst_on:
+    wants = sum(state.draws[i]) * state.dt < s.room - UNMET_TOLERANCE_WH
+    if wants:
         for t2 in best_off:
             r = list(row)
-            r[t1], r[t2] = 0, 1
-            out.append(r)
-    for t2 in best_off[:6]:
-        r = list(row)
-        r[t2] = 1
-        out.append(r)
-    for t1 in worst_on[:6]:
-        r = list(row)
-        r[t1] = 0
-        out.append(r)
+            r[t2] = 1
+            yield r
     runs = _runs(row)
     for lo, hi in runs:
-        if lo > 0:  # shift left by one
+        if lo > 0:  # shift left by one, grow left
             r = list(row)
             r[hi], r[lo - 1] = 0, 1
-            out.append(r)
-            r = list(row)  # grow left
+            yield r
+            r = list(row)
             r[lo - 1] = 1
-            out.append(r)
-        if hi < n - 1:  # shift right by one
+            yield r
+        if hi < n - 1:  # shift right by one, grow right
             r = list(row)
             r[lo], r[hi + 1] = 0, 1
-            out.append(r)
-            r = list(row)  # grow right
+            yield r
+            r = list(row)
             r[hi + 1] = 1
-            out.append(r)
+            yield r
     for (lo1, hi1), (lo2, hi2) in pairwise(runs):
         # Merge: move the second run against the first, or the first against the second,
         # or fill the gap (a full socket may stay on where the surplus covers it).
@@ -290,32 +330,121 @@ def _candidates(state: DayState, i: int) -> list[list[int]]:
             r[t] = 0
         for t in range(hi1 + 1, hi1 + 1 + length2):
             r[t] = 1
-        out.append(r)
+        yield r
         length1 = hi1 - lo1 + 1
         r = list(row)
         for t in range(lo1, hi1 + 1):
             r[t] = 0
         for t in range(lo2 - length1, lo2):
             r[t] = 1
-        out.append(r)
+        yield r
         r = list(row)
         for t in range(hi1 + 1, lo2):
             r[t] = 1
-        out.append(r)
+        yield r
+    for t1 in worst_on:
+        for t2 in best_off:
+            r = list(row)
+            r[t1], r[t2] = 0, 1
+            yield r
+    for t1 in worst_on[:6]:
+        r = list(row)
+        r[t1] = 0
+        yield r
+
+
+def _pair_candidates(state: DayState) -> list[Move]:
+    """Moves of two sockets at once, which single-socket moves cannot reach:
+
+    - exchange: two sockets of equal power trade an on-step at the edge of a run (load
+      unchanged, runs merged: fewer switches);
+    - ejection: an optional socket takes a step a needed socket occupied, and the needed
+      socket moves to one of its best free steps (more surplus into optional stores).
+    """
+    n = state.n
+    out: list[Move] = []
+    socks = state.socks
+    for i, si in enumerate(socks):
+        runs_i = _runs(state.rows[i])
+        if not runs_i:
+            continue
+        edges = {t for lo, hi in runs_i for t in (lo, hi)}
+        beside = {t for lo, hi in runs_i for t in (lo - 1, hi + 1) if 0 <= t < n}
+        for j, sj in enumerate(socks):
+            if j == i or abs(si.power - sj.power) > 1e-6:
+                continue
+            ri, rj = state.rows[i], state.rows[j]
+            for t2 in sorted(beside):
+                if not rj[t2] or ri[t2]:
+                    continue
+                for t1 in sorted(edges):
+                    if rj[t1] or not ri[t1]:
+                        continue
+                    a, b = list(ri), list(rj)
+                    a[t1], a[t2] = 0, 1
+                    b[t2], b[t1] = 0, 1
+                    out.append(((i, a), (j, b)))
+    for o, so in enumerate(socks):
+        if so.needed or so.room <= 0:
+            continue
+        ro = state.rows[o]
+        got = sum(state.draws[o]) * state.dt
+        if got >= so.room - UNMET_TOLERANCE_WH:
+            continue
+        free_o = [state.a[t] - state.load[t] + state.draws[o][t] for t in range(n)]
+        tried = 0
+        for t in sorted(range(n), key=lambda t: (-state.a[t], t)):
+            if ro[t] or state.a[t] < so.power or free_o[t] >= so.power or tried >= 8:
+                continue
+            for k, sk in enumerate(socks):
+                if k == o or not state.rows[k][t] or not sk.needed:
+                    continue
+                if free_o[t] + state.draws[k][t] < so.power - 1e-9:
+                    continue
+                rk = state.rows[k]
+                free_k = [state.a[u] - state.load[u] + state.draws[k][u] for u in range(n)]
+                dest = sorted(
+                    (u for u in range(n) if not rk[u] and u != t), key=lambda u: (-free_k[u], u)
+                )
+                for u in dest[:4]:
+                    nk, no = list(rk), list(ro)
+                    nk[t], nk[u] = 0, 1
+                    no[t] = 1
+                    out.append(((k, nk), (o, no)))
+                tried += 1
+                break
     return out
+
+
+class Budget:
+    """How many more moves the search may evaluate (shared by several searches)."""
+
+    def __init__(self, evals: int) -> None:
+        self.left = evals
+
+    def spend(self) -> bool:
+        """Take one evaluation; False when none is left."""
+        if self.left <= 0:
+            return False
+        self.left -= 1
+        return True
 
 
 def improve(
     state: DayState,
     deadline: float,
+    budget: Budget | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[int, bool]:
     """First-improvement local search until no move helps or the deadline passes.
 
-    Socket by socket, moves are applied while one helps; sweeps repeat until a whole
-    sweep changes nothing. Returns (moves applied, converged).
+    Socket by socket, single-socket moves are applied while one helps; when a whole sweep
+    changes nothing, two-socket moves are tried; it stops when neither helps.
+    Stops early when the budget of evaluations is spent or the deadline passes.
+    Returns (moves applied, converged).
     """
     moves = 0
+    budget = budget or Budget(10**9)
     while True:
         improved = False
         for i in range(len(state.socks)):
@@ -323,7 +452,7 @@ def improve(
             while again:
                 again = False
                 for row in _candidates(state, i):
-                    if clock() > deadline:
+                    if not budget.spend() or clock() > deadline:
                         return moves, False
                     score = state.try_row(i, row)
                     if score < state.score:
@@ -331,5 +460,16 @@ def improve(
                         moves += 1
                         improved = again = True
                         break
+        if improved:
+            continue
+        for move in _pair_candidates(state):
+            if not budget.spend() or clock() > deadline:
+                return moves, False
+            score = state.try_move(move)
+            if score < state.score:
+                state.apply_move(move)
+                moves += 1
+                improved = True
+                break
         if not improved:
             return moves, True

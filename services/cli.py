@@ -2,6 +2,8 @@
 
     hwsched plan [FILE] [--planner reference|optimal] [--show]
     hwsched check-config [--settings FILE] [--devices FILE]
+    hwsched simulate [--config FILE] [--speed X] [--start ISO] [--seed N] [--base-port N] ...
+    hwsched pair HOST [--name local/NAME] [--port N] [--timeout S] [--ca-file FILE]
 
 Bad input is one line on stderr and exit status 2, never a traceback.
 """
@@ -9,6 +11,7 @@ Bad input is one line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from collections.abc import Sequence
@@ -17,6 +20,8 @@ from pathlib import Path
 from typing import TextIO
 
 from shared.config import ConfigError, load_devices, load_settings
+from shared.homewizard import HomeWizardError, V2Client, create_user
+from services.simulator.main import add_arguments as add_simulate_arguments
 from shared.planning.planners import DEFAULT_PLANNER, PLANNER_NAMES, get_planner
 from shared.planning.problem import Plan, PlanningProblem, ProblemError, parse_problem
 from shared.planning.simulate import simulate
@@ -136,6 +141,86 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _devices_entry(host: str) -> str:
+    """Where a device's token goes: `devices[i] ("name")` when the devices file has HOST."""
+    try:
+        settings = load_settings()
+        devices = load_devices(settings.devices_file)
+    except ConfigError:
+        return f"the device's entry for {host} in config/config_devices.json"
+    for i, device in enumerate(devices.devices):
+        if device.ip_address == host:
+            return f"devices[{i}] ({device.device_name!r}) in {settings.devices_file}"
+    return f"the device's entry for {host} in {settings.devices_file}"
+
+
+async def _pair(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The token, and a line about the paired device (None if it could not be read)."""
+
+    def press_button() -> None:
+        print(
+            f"Press the button on the device at {args.host} now (waiting up to "
+            f"{args.timeout:g} s)...",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    token = await create_user(
+        args.host,
+        args.name,
+        port=args.port,
+        ca_file=args.ca_file,
+        timeout_s=args.timeout,
+        on_waiting=press_button,
+    )
+    try:
+        async with V2Client(args.host, token, args.port, ca_file=args.ca_file) as device:
+            info = await device.device_info()
+    except HomeWizardError as err:
+        print(f"hwsched pair: warning: the new token could not be tried: {err}", file=sys.stderr)
+        return token, None
+    return token, f"{info.product_type} ({info.product_name or 'HomeWizard'}), serial {info.serial}"
+
+
+def cmd_pair(args: argparse.Namespace) -> int:
+    """Pair with a device (API v2): wait for its button, print the token and where it goes."""
+    name = args.name if args.name.startswith("local/") else f"local/{args.name}"
+    args.name = name
+    if args.timeout <= 0:
+        raise CliError("--timeout must be > 0")
+    print(f"Asking {args.host} for a token for user {name}...", file=sys.stderr, flush=True)
+    try:
+        token, paired = asyncio.run(_pair(args))
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    except HomeWizardError as err:
+        raise CliError(str(err)) from None
+    if paired:
+        print(f"Paired with {paired}.")
+    user_info = json.dumps({"name": name, "token": token})
+    print(f"Token: {token}")
+    print(
+        f"Put it in {_devices_entry(args.host)}, as devices[].user_info.token:\n"
+        f'  "user_info": {user_info}\n'
+        "Keep it secret: it gives full access to the device. Pairing again with the same "
+        "name replaces it."
+    )
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Run the simulated house (services/simulator) until SIGINT or SIGTERM."""
+    try:
+        from services.simulator.main import SimulatorUsageError, run
+        from services.simulator.server import SimulatorError
+    except ImportError as err:
+        raise CliError(f"the simulator needs the 'simulator' extra (aiohttp, cryptography): {err}")
+    try:
+        return run(args)
+    except (SimulatorError, SimulatorUsageError) as err:
+        raise CliError(str(err)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hwsched", description="Solar-surplus energy scheduler for HomeWizard devices."
@@ -164,6 +249,37 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--settings", metavar="FILE", help="settings TOML (default: as services)")
     c.add_argument("--devices", metavar="FILE", help="devices JSON (default: from settings)")
     c.set_defaults(func=cmd_check_config)
+    pr = sub.add_parser(
+        "pair",
+        help="pair with a device (API v2): press its button, get a token",
+        description="Ask the device at HOST (HTTPS, API v2) for a token: press its button "
+        "when told, then put the printed token in the devices file. The token goes to "
+        "stdout only, nowhere else.",
+    )
+    pr.add_argument("host", metavar="HOST", help="the device's IP address or host name")
+    pr.add_argument(
+        "--name", default="local/hwsched", help="user name on the device (default: local/hwsched)"
+    )
+    pr.add_argument("--port", type=int, default=None, help="HTTPS port (default: 443)")
+    pr.add_argument(
+        "--timeout", type=float, default=60.0, metavar="S", help="wait for the button (60 s)"
+    )
+    pr.add_argument(
+        "--ca-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="CA certificate to trust instead of HomeWizard's (e.g. the simulator's)",
+    )
+    pr.set_defaults(func=cmd_pair)
+    sim = sub.add_parser(
+        "simulate",
+        help="run the simulated house: devices, solar panels and weather on 127.0.0.1",
+        description="Serve simulated HomeWizard devices (each on its own port), an "
+        "Open-Meteo-compatible weather service and a control endpoint, until Ctrl-C.",
+    )
+    add_simulate_arguments(sim)
+    sim.set_defaults(func=cmd_simulate)
     return parser
 
 

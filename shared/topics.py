@@ -5,6 +5,8 @@ Layout under one configurable base topic (default `hwsched`):
 * state, retained, QoS 1: `<base>/<thing>` or `<base>/<thing>/<aspect>`
   (`hwsched/boiler`, `hwsched/boiler/measurement`, `hwsched/surplus`, `hwsched/plan`);
 * commands, *not* retained, QoS 1: `<base>/<socket>/set`, `<base>/<socket>/override/set`;
+* devices: `<base>/<device>/measurement` (JSON) and `<base>/<device>/availability` (plain
+  `online`/`offline`, retained: whether the poller can read the device);
 * services: `<base>/service/<name>/availability` (plain `online`/`offline`, retained, the MQTT
   Will is `offline`) and `<base>/service/<name>/status` (JSON, retained);
 * request/response: `<base>/request/forecast` answered on `<base>/response/forecast`.
@@ -158,6 +160,15 @@ TOPICS: list[TopicSpec] = [
         True,
         1,
         "Latest reading of one HomeWizard device (P1 meter, Energy Socket, Plug-In Battery).",
+    ),
+    TopicSpec(
+        "device_availability",
+        "{device}/availability",
+        None,
+        "poller → HA, scheduler",
+        True,
+        1,
+        "Whether the poller can read the device: online after a good poll, offline on a failure.",
     ),
     TopicSpec(
         "surplus",
@@ -314,6 +325,9 @@ class Topics:
     def measurement(self, device: str) -> str:
         return self._build("measurement", device=device)
 
+    def device_availability(self, device: str) -> str:
+        return self._build("device_availability", device=device)
+
     def surplus(self) -> str:
         return self._build("surplus")
 
@@ -357,6 +371,9 @@ class Topics:
     # subscription wildcards
     def all_measurements(self) -> str:
         return _BY_NAME["measurement"].wildcard(self.base)
+
+    def all_device_availability(self) -> str:
+        return _BY_NAME["device_availability"].wildcard(self.base)
 
     def all_socket_sets(self) -> str:
         return _BY_NAME["socket_set"].wildcard(self.base)
@@ -527,7 +544,9 @@ service levels are slugs of the configured names (`Kitchen Boiler` → `kitchen_
   replayed after a restart.
 - **Liveness**: each service publishes retained `online` on
   `{DEFAULT_BASE}/service/<name>/availability` and sets its MQTT **Will** to `offline` there, so a
-  crash shows at once; `…/status` carries its version and counters.
+  crash shows at once; `…/status` carries its version and counters. The poller publishes each
+  device's own retained `online`/`offline` on `{DEFAULT_BASE}/<device>/availability` (it is only
+  current while the poller is `online`: Home Assistant should require both).
 - **Request/response**: `{DEFAULT_BASE}/request/forecast` is answered on
   `{DEFAULT_BASE}/response/forecast`, echoing `transaction`.
 - **Every JSON payload** has `schema_version` and `timestamp` (ISO 8601 with offset; naive times

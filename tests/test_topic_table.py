@@ -43,6 +43,7 @@ def test_topic_strings_default_base() -> None:
     t = Topics()
     assert t.base == "hwsched"
     assert t.measurement("p1") == "hwsched/p1/measurement"
+    assert t.device_availability("p1") == "hwsched/p1/availability"
     assert t.surplus() == "hwsched/surplus"
     assert t.forecast() == "hwsched/forecast"
     assert t.plan() == "hwsched/plan"
@@ -61,6 +62,7 @@ def test_topic_strings_default_base() -> None:
 def test_wildcards() -> None:
     t = Topics("home/energy")
     assert t.all_measurements() == "home/energy/+/measurement"
+    assert t.all_device_availability() == "home/energy/+/availability"
     assert t.all_socket_sets() == "home/energy/+/set"
     assert t.all_override_sets() == "home/energy/+/override/set"
     assert t.all_overrides() == "home/energy/+/override"
@@ -114,12 +116,12 @@ def test_registry_shape() -> None:
     assert len(set(names)) == len(names)
     assert len(set(patterns)) == len(patterns)
     assert all(t.qos == 1 for t in TOPICS)
-    # every message model has exactly one topic; one plain-string topic (availability)
+    # every message model has exactly one topic; two plain-string topics (availability)
     models = [t.model for t in TOPICS]
     assert sorted(m.__name__ for m in models if m is not None) == sorted(
         m.__name__ for m in MESSAGE_MODELS
     )
-    assert [t.name for t in TOPICS if t.model is None] == ["availability"]
+    assert [t.name for t in TOPICS if t.model is None] == ["device_availability", "availability"]
 
 
 def test_commands_events_and_requests_are_not_retained_state_is() -> None:

@@ -1,0 +1,1 @@
+"""The poller service: HomeWizard devices → measurements, house surplus, availability (MQTT)."""

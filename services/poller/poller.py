@@ -1,0 +1,426 @@
+"""The poller: reads every HomeWizard device, publishes measurements, surplus and availability.
+
+Each device has its own task, its own timeout and its own exponential back-off, so a slow or
+failing device never delays the others. Every `poll_interval_s` (fixed rate) a device is read
+(an Energy Socket: measurement, then relay state) and its `DeviceMeasurement` published,
+retained, on `<base>/<device>/measurement`. A failed poll is counted (`polls_failed`,
+`polls_failed_<kind>`, `device_failures_<device>`), logged with the device's name (repeats
+rate-limited), and the next try comes interval × 2^(failures−1) after the failure, at most
+`max_backoff_s` (a timed-out poll counts from its timeout).
+
+Each device's availability (`<base>/<device>/availability`, retained) is `online` after a good
+poll and `offline` after a failed one; it is published when it changes.
+
+After every good P1 reading the house surplus is published (retained, `<base>/surplus`):
+
+    surplus_w = −p1_power_w + Σ socket power + Σ battery power (charging +)
+
+from the devices with a fresh reading (`based_on`); a device whose last poll failed or whose
+reading is older than 2 poll intervals is `missing` and left out. No fresh P1: no surplus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from pydantic import ValidationError
+
+from shared.clock import Clock
+from shared.config import BatteryConfig, DevicesConfig, P1Config, SocketConfig
+from shared.homewizard import (
+    ApiDisabledError,
+    CertificateError,
+    DeviceTimeoutError,
+    DeviceUnreachableError,
+    HomeWizardError,
+    InvalidResponseError,
+    Measurement,
+    SocketState,
+    UnauthorizedError,
+    UnsupportedError,
+    client_for,
+)
+from shared.messages import (
+    AVAILABILITY_OFFLINE,
+    AVAILABILITY_ONLINE,
+    Availability,
+    DeviceMeasurement,
+    HouseSurplus,
+    Message,
+)
+from shared.planning.problem import describe_validation_error
+from shared.service import Counters, RateLimitedLog, Service, run_service, with_timeout
+from shared.topics import Topics
+
+__all__ = [
+    "AnyDevice",
+    "ClientFactory",
+    "MeasurementReader",
+    "Poller",
+    "PollerOptions",
+    "Publisher",
+    "SocketReader",
+    "app",
+    "default_client_factory",
+    "error_kind",
+    "main",
+]
+
+SERVICE_NAME = "poller"
+
+AnyDevice = P1Config | SocketConfig | BatteryConfig
+
+
+class MeasurementReader(Protocol):
+    """What the poller needs of a device client (`V1Client`, `V2Client`, or a test fake)."""
+
+    async def measurement(self) -> Measurement: ...
+
+
+@runtime_checkable
+class SocketReader(MeasurementReader, Protocol):
+    """An Energy Socket's client also reads the relay state."""
+
+    async def socket_state(self) -> SocketState: ...
+
+
+#: Makes the client of one device; used as `async with factory(device) as client`.
+ClientFactory = Callable[[AnyDevice], AbstractAsyncContextManager[MeasurementReader]]
+
+
+class Publisher(Protocol):
+    """Where the poller's messages go (`shared.service.Service`, or a test recorder)."""
+
+    def publish(self, topic: str, payload: Message | Availability) -> None: ...
+
+
+class ReadingError(Exception):
+    """The device answered, but not with a usable reading (no power, out-of-range value)."""
+
+
+#: Error kinds, most specific first: the `<kind>` of the `polls_failed_<kind>` counters.
+_KINDS: tuple[tuple[type[BaseException], str], ...] = (
+    (CertificateError, "certificate"),
+    (DeviceUnreachableError, "unreachable"),
+    (DeviceTimeoutError, "timeout"),
+    (TimeoutError, "timeout"),
+    (UnauthorizedError, "unauthorized"),
+    (ApiDisabledError, "api_disabled"),
+    (InvalidResponseError, "invalid_response"),
+    (UnsupportedError, "unsupported"),
+    (HomeWizardError, "device_error"),
+    (ReadingError, "invalid_reading"),
+)
+
+
+def error_kind(err: BaseException) -> str:
+    """The counter suffix of a failure: `timeout`, `unreachable`, ..., or `unexpected`."""
+    return next((kind for cls, kind in _KINDS if isinstance(err, cls)), "unexpected")
+
+
+@dataclass(frozen=True)
+class PollerOptions:
+    """Timings of the poller; only `interval_s` is a setting (`poll_interval_s`)."""
+
+    interval_s: float = 30.0
+    #: Longest a poll of one device may take, s (default: the interval, within 1..10 s).
+    timeout_s: float | None = None
+    #: Longest wait after failures, s (default: 8 intervals, within interval..300 s).
+    max_backoff_s: float | None = None
+    #: A reading older than this many intervals is stale (the device counts as missing).
+    stale_after_intervals: float = 2.0
+    #: Repeated failure lines of one device: at most once per this many s.
+    log_every_s: float = 60.0
+
+    @property
+    def poll_timeout_s(self) -> float:
+        if self.timeout_s is not None:
+            return self.timeout_s
+        return min(10.0, max(1.0, self.interval_s))
+
+    @property
+    def backoff_cap_s(self) -> float:
+        if self.max_backoff_s is not None:
+            return self.max_backoff_s
+        return max(self.interval_s, min(300.0, 8 * self.interval_s))
+
+    def backoff_s(self, failures: int) -> float:
+        """Wait before the next try after `failures` failures in a row."""
+        if failures <= 0:
+            return self.interval_s
+        return min(self.interval_s * 2.0 ** min(failures - 1, 30), self.backoff_cap_s)
+
+
+@dataclass
+class DeviceState:
+    """What the poller knows of one device."""
+
+    device: AnyDevice
+    reading: DeviceMeasurement | None = None
+    #: Clock monotonic time of `reading`.
+    read_at: float | None = None
+    #: The last poll failed.
+    failed: bool = False
+    #: Failures in a row.
+    failures: int = 0
+    availability: Availability | None = None
+
+
+class Poller:
+    """Polls every configured device concurrently; see the module docstring."""
+
+    def __init__(
+        self,
+        devices: DevicesConfig,
+        publisher: Publisher,
+        *,
+        topics: Topics,
+        counters: Counters,
+        clock: Clock,
+        client_factory: ClientFactory,
+        options: PollerOptions | None = None,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.devices = devices
+        self.options = options if options is not None else PollerOptions()
+        self.states: dict[str, DeviceState] = {
+            d.device_name: DeviceState(d) for d in devices.devices
+        }
+        self._publisher = publisher
+        self._topics = topics
+        self._counters = counters
+        self._clock = clock
+        self._factory = client_factory
+        self._log = log if log is not None else logging.getLogger(f"hwsched.{SERVICE_NAME}")
+        self._rate_limited = RateLimitedLog(self._log, clock, self.options.log_every_s)
+
+    async def run(self) -> None:
+        """Poll until cancelled (one task per device)."""
+        for battery in self.devices.batteries:
+            if battery.user_info.token_is_placeholder:
+                self._log.warning(
+                    "%s: the token is the example's placeholder (all zeros): pair the battery "
+                    "and put its token in the devices file",
+                    battery.device_name,
+                )
+        self._log.info(
+            "polling %d devices every %g s (timeout %g s)",
+            len(self.states),
+            self.options.interval_s,
+            self.options.poll_timeout_s,
+        )
+        async with asyncio.TaskGroup() as group:
+            for state in self.states.values():
+                group.create_task(self._device_task(state), name=f"poll-{state.device.slug}")
+
+    # --- one device ---------------------------------------------------------------------
+
+    async def _device_task(self, state: DeviceState) -> None:
+        """Keep a client for the device and poll with it; a client that fails is remade."""
+        while True:
+            try:
+                async with self._factory(state.device) as client:
+                    await self._poll_loop(state, client)
+            except Exception as err:  # making or closing the client failed: a failed poll
+                self._failed(state, err)
+                await self._clock.sleep(self.options.backoff_s(state.failures))
+
+    async def _poll_loop(self, state: DeviceState, client: MeasurementReader) -> None:
+        opts = self.options
+        next_due = self._clock.monotonic()
+        while True:
+            wait = next_due - self._clock.monotonic()
+            if wait > 0:
+                await self._clock.sleep(wait)
+            try:
+                reading = await with_timeout(
+                    self._clock, opts.poll_timeout_s, self._read(state.device, client)
+                )
+            except Exception as err:  # every failure is counted and logged, never fatal
+                self._failed(state, err)
+                next_due = self._clock.monotonic() + opts.backoff_s(state.failures)
+            else:
+                self._succeeded(state, reading)
+                next_due = max(next_due + opts.interval_s, self._clock.monotonic())
+
+    async def _read(self, device: AnyDevice, client: MeasurementReader) -> DeviceMeasurement:
+        measured = await client.measurement()
+        power_on: bool | None = None
+        switch_lock: bool | None = None
+        if isinstance(device, SocketConfig):
+            if not isinstance(client, SocketReader):
+                raise ReadingError("its client cannot read a socket's relay state")
+            relay = await client.socket_state()
+            power_on, switch_lock = relay.power_on, relay.switch_lock
+        if measured.power_w is None:
+            raise ReadingError("the device sent no power")
+        try:
+            return DeviceMeasurement(
+                timestamp=self._clock.now(),
+                device=device.device_name,
+                device_type=device.device_type,
+                power_w=measured.power_w,
+                energy_import_kwh=measured.energy_import_kwh,
+                energy_export_kwh=measured.energy_export_kwh,
+                power_on=power_on,
+                switch_lock=switch_lock,
+                state_of_charge_pct=(
+                    measured.state_of_charge_pct if isinstance(device, BatteryConfig) else None
+                ),
+                api="v2" if isinstance(device, BatteryConfig) else "v1",
+            )
+        except ValidationError as err:
+            raise ReadingError(describe_validation_error(err)) from None
+
+    def _succeeded(self, state: DeviceState, reading: DeviceMeasurement) -> None:
+        device = state.device
+        if state.failures:
+            self._log.info(
+                "%s: read again after %d failed polls", device.device_name, state.failures
+            )
+            self._rate_limited.reset(f"device:{device.slug}")
+        state.reading = reading
+        state.read_at = self._clock.monotonic()
+        state.failed = False
+        state.failures = 0
+        self._counters.inc("polls_ok")
+        self._publisher.publish(self._topics.measurement(device.slug), reading)
+        self._set_availability(state, AVAILABILITY_ONLINE)
+        if isinstance(device, P1Config):
+            self._publish_surplus()
+
+    def _failed(self, state: DeviceState, err: Exception) -> None:
+        device = state.device
+        kind = error_kind(err)
+        state.failed = True
+        state.failures += 1
+        self._counters.inc("polls_failed")
+        self._counters.inc(f"polls_failed_{kind}")
+        self._counters.inc(f"device_failures_{device.slug}")
+        port = f":{device.port}" if device.port is not None else ""
+        self._rate_limited.log(
+            f"device:{device.slug}",
+            logging.ERROR if kind == "unexpected" else logging.WARNING,
+            "%s (%s%s): poll failed (%s): %s; %d in a row, next try in %g s",
+            device.device_name,
+            device.ip_address,
+            port,
+            kind,
+            str(err) or type(err).__name__,
+            state.failures,
+            self.options.backoff_s(state.failures),
+        )
+        if kind == "unexpected":
+            self._log.debug("%s: unexpected failure", device.device_name, exc_info=err)
+        self._set_availability(state, AVAILABILITY_OFFLINE)
+
+    def _set_availability(self, state: DeviceState, availability: Availability) -> None:
+        if state.availability == availability:
+            return
+        name = state.device.device_name
+        if availability == AVAILABILITY_ONLINE:
+            self._log.info("%s: online", name)
+        elif state.availability is not None:
+            self._log.warning("%s: offline", name)
+        state.availability = availability
+        self._publisher.publish(self._topics.device_availability(state.device.slug), availability)
+
+    # --- the house surplus -----------------------------------------------------------------
+
+    def is_fresh(self, state: DeviceState) -> bool:
+        """The last poll succeeded and its reading is at most `stale_after_intervals` old."""
+        if state.failed or state.reading is None or state.read_at is None:
+            return False
+        age = self._clock.monotonic() - state.read_at
+        return age <= self.options.stale_after_intervals * self.options.interval_s
+
+    def surplus(self) -> HouseSurplus | None:
+        """The house surplus from the fresh readings now; None without a fresh P1 reading."""
+        p1 = self.states[self.devices.p1.device_name]
+        if not self.is_fresh(p1) or p1.reading is None:
+            return None
+        sockets_w: dict[str, float] = {}
+        batteries_w: dict[str, float] = {}
+        based_on = [p1.device.device_name]
+        missing: list[str] = []
+        for name, state in self.states.items():
+            if state is p1:
+                continue
+            if not self.is_fresh(state) or state.reading is None:
+                missing.append(name)
+                continue
+            based_on.append(name)
+            if isinstance(state.device, SocketConfig):
+                sockets_w[name] = state.reading.power_w
+            elif isinstance(state.device, BatteryConfig):
+                batteries_w[name] = state.reading.power_w
+        p1_power = p1.reading.power_w
+        return HouseSurplus(
+            timestamp=self._clock.now(),
+            surplus_w=-p1_power + sum(sockets_w.values()) + sum(batteries_w.values()),
+            p1_power_w=p1_power,
+            sockets_w=sockets_w,
+            batteries_w=batteries_w,
+            based_on=based_on,
+            missing=missing,
+        )
+
+    def _publish_surplus(self) -> None:
+        try:
+            surplus = self.surplus()
+        except ValidationError as err:
+            self._counters.inc("surplus_invalid")
+            self._rate_limited.log(
+                "surplus",
+                logging.WARNING,
+                "surplus not published: %s",
+                describe_validation_error(err),
+            )
+            return
+        if surplus is None:
+            return
+        self._counters.inc("surplus_published")
+        self._publisher.publish(self._topics.surplus(), surplus)
+
+
+# --- the service ----------------------------------------------------------------------------
+
+
+def default_client_factory(options: PollerOptions) -> ClientFactory:
+    """The real HomeWizard clients (`shared.homewizard.client_for`), within the poll timeout.
+
+    The clients retry twice themselves (with short pauses), so one attempt gets a quarter of
+    the poll timeout; the poller's own timeout still bounds the whole poll.
+    """
+    timeout_s = max(0.3, options.poll_timeout_s / 4)
+
+    def make(device: AnyDevice) -> AbstractAsyncContextManager[MeasurementReader]:
+        return client_for(device, timeout_s=timeout_s, ca_file=None)
+
+    return make
+
+
+async def app(service: Service, devices: DevicesConfig) -> None:
+    """The poller's work inside the service runtime."""
+    options = PollerOptions(interval_s=service.settings.poll_interval_s)
+    poller = Poller(
+        devices,
+        service,
+        topics=service.topics,
+        counters=service.counters,
+        clock=service.clock,
+        client_factory=default_client_factory(options),
+        options=options,
+        log=service.log,
+    )
+    await poller.run()
+
+
+def main() -> int:
+    """`python -m services.poller`: settings from config/settings.toml and HWSCHED_* variables."""
+    return run_service(SERVICE_NAME, app)

@@ -528,7 +528,7 @@ async def retained(
     broker: MqttBroker,
     base: str,
     until: Callable[[dict[str, bytes]], bool],
-    within_s: float = 5.0,
+    within_s: float = 20.0,
 ) -> dict[str, bytes]:
     """Retained messages under `base`, as a fresh subscriber sees them, once `until` holds.
 

@@ -19,9 +19,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TextIO
 
+from services.simulator.main import add_arguments as add_simulate_arguments
 from shared.config import ConfigError, load_devices, load_settings
 from shared.homewizard import HomeWizardError, V2Client, create_user
-from services.simulator.main import add_arguments as add_simulate_arguments
 from shared.planning.planners import DEFAULT_PLANNER, PLANNER_NAMES, get_planner
 from shared.planning.problem import Plan, PlanningProblem, ProblemError, parse_problem
 from shared.planning.simulate import simulate
@@ -214,7 +214,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         from services.simulator.main import SimulatorUsageError, run
         from services.simulator.server import SimulatorError
     except ImportError as err:
-        raise CliError(f"the simulator needs the 'simulator' extra (aiohttp, cryptography): {err}")
+        raise CliError(
+            f"the simulator needs the 'simulator' extra (aiohttp, cryptography): {err}"
+        ) from None
     try:
         return run(args)
     except (SimulatorError, SimulatorUsageError) as err:

@@ -415,7 +415,6 @@ def plan_optimal(problem: PlanningProblem, options: Options | None = None) -> Pl
     budget = opts.time_limit_s if opts.time_limit_s is not None else default_time_limit(problem)
     deadline = t0 + budget
     ref = plan_reference(problem)
-    ref_out = simulate(problem, ref.sockets)
     # Starts: the reference plan and a window plan; then the MILP (without the switch term,
     # which makes it slow) warm-started from the better of them, on part of the budget.
     states = [DayState(problem, start) for start in (ref.sockets, _window_plan(problem))]
@@ -460,15 +459,13 @@ def plan_optimal(problem: PlanningProblem, options: Options | None = None) -> Pl
     info["evals"] = opts.max_evals - evals.left
     info["moves"] = moves
     status: PlanStatus = "optimal" if proved and converged else "time-limited"
-    chosen, out = ref.sockets, ref_out
-    if math.ceil(problem.switch_interval_s / problem.step_s - 1e-9) > 1:
-        # Steps shorter than the switch interval: the reference knows no interval, so its
-        # plan, as a fallback, is first made to keep the interval.
-        spaced = DayState(problem, ref.sockets)
-        for i in range(len(spaced.socks)):
-            spaced.apply_row(i, spaced.spaced_row(spaced.rows[i]))
-        chosen = spaced.plan()
-        out = ref_out = simulate(problem, chosen)
+    # The baseline: the reference plan, made admissible where the physics disagree with
+    # the greedy's own bookkeeping (e.g. an optional socket it runs before the battery
+    # really holds its threshold) or where steps are shorter than the switch interval.
+    baseline = DayState(problem, ref.sockets)
+    baseline.repair()
+    chosen = baseline.plan()
+    out = ref_out = simulate(problem, chosen)
     if best is not None:
         mine = best.plan()
         mine_out = simulate(problem, mine)
@@ -481,7 +478,7 @@ def plan_optimal(problem: PlanningProblem, options: Options | None = None) -> Pl
         status = "fallback"
     return Plan(
         sockets=chosen,
-        battery_power_w=[round(v, 3) for v in out.battery_power_w],
+        battery_power_w=[round(v, 3) + 0.0 for v in out.battery_power_w],
         planner=PLANNER_NAME,
         solve_s=time.perf_counter() - t0,
         status=status,

@@ -93,6 +93,14 @@ class PlanningProblem(_Model):
             seen.add(s.name)
         return sockets
 
+    @model_validator(mode="after")
+    def _initial_on_names_known(self) -> PlanningProblem:
+        names = {s.name for s in self.sockets}
+        unknown = sorted(set(self.initial_on) - names)
+        if unknown:
+            raise ValueError(f"initial_on names unknown socket(s): {', '.join(unknown)}")
+        return self
+
     @property
     def n_steps(self) -> int:
         return len(self.available_power_w)

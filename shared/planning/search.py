@@ -157,6 +157,10 @@ class DayState:
                     net += b
             if net < 0:
                 imp -= net * dt
+        if record:
+            self.soc_pre[self.n] = soc
+            self.imp_pre[self.n] = imp
+            self.ok_pre[self.n] = ok
         return imp, ok
 
     def _score(self, imp: float, ok: bool) -> Score:
@@ -247,21 +251,52 @@ class DayState:
                     out[t] = 1
         return out
 
+    def _first_bad_step(self) -> int | None:
+        """The first step where the plan is inadmissible (after `_simulate`), if any."""
+        for t in range(self.n):
+            if not self.ok_pre[t + 1]:
+                return t
+        return None
+
     def repair(self) -> None:
-        """Make the plan admissible: switches spaced by the switch interval, and on-steps
-        that the battery or grid would feed (optional, or full and idle) switched off."""
+        """Make the plan admissible: switches spaced by the switch interval; then, at the
+        first step the battery or grid would feed an optional or full socket, or an optional
+        socket runs before the battery holds its threshold, that socket (the lowest priority
+        one) is switched off there — its whole run where the switch interval needs it."""
         for i in range(len(self.socks)):
             spaced = self.spaced_row(self.rows[i])
             if spaced != self.rows[i]:
                 self.apply_row(i, spaced)
-        for t in range(self.n):
+        for _ in range(sum(sum(r) for r in self.rows) + 1):
             if self.score[0] != float("inf"):
                 return
-            for i in sorted(range(len(self.socks)), key=lambda i: -self.socks[i].rank):
-                if self.rows[i][t] and self._risky(i, 1, self.draws[i][t]):
-                    row = list(self.rows[i])
-                    row[t] = 0
-                    self.apply_row(i, row)
+            t = self._first_bad_step()
+            if t is None:
+                return  # inadmissible only through spacing, which spaced_row settled
+            soc = self.soc_pre[t]
+            deficit = self.a[t] - self.load[t] < -_EPS
+            offenders = [
+                i
+                for i, s in enumerate(self.socks)
+                if self.rows[i][t]
+                and (
+                    (deficit and self._risky(i, 1, self.draws[i][t]))
+                    or (not s.needed and s.threshold > 0 and soc < s.threshold - _EPS)
+                )
+            ]
+            if not offenders:
+                return
+            i = max(offenders, key=lambda i: self.socks[i].rank)
+            row = list(self.rows[i])
+            lo = hi = t
+            if self.min_gap > 1:
+                while lo > 0 and row[lo - 1]:
+                    lo -= 1
+                while hi < self.n - 1 and row[hi + 1]:
+                    hi += 1
+            for u in range(lo, hi + 1):
+                row[u] = 0
+            self.apply_row(i, self.spaced_row(row))
 
     def plan(self) -> dict[str, list[int]]:
         return {s.name: list(self.rows[i]) for i, s in enumerate(self.socks)}
@@ -301,10 +336,17 @@ def _candidates(state: DayState, i: int) -> Iterator[list[int]]:
     worst_on = sorted(on, key=lambda t: (free[t], t))[:10]
     wants = sum(state.draws[i]) * state.dt < s.room - UNMET_TOLERANCE_WH
     if wants:
+        k = state.min_gap
         for t2 in best_off:
             r = list(row)
             r[t2] = 1
             yield r
+            if k > 1:  # a block the switch interval allows, after or before t2
+                for lo in (t2, t2 - k + 1):
+                    r = list(row)
+                    for t in range(max(0, lo), min(n, lo + k)):
+                        r[t] = 1
+                    yield r
     runs = _runs(row)
     for lo, hi in runs:
         if lo > 0:  # shift left by one, grow left

@@ -282,7 +282,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_simulate_arguments(sim)
     sim.set_defaults(func=cmd_simulate)
+    run = sub.add_parser(
+        "run",
+        help="the whole product on this machine: broker, simulated house, all four services",
+        description="Start a local mosquitto on a free port, the simulated house for the "
+        "devices file, and the poller, forecaster, scheduler and actuator as processes; print "
+        "what to watch; stop everything on Ctrl-C.",
+    )
+    run.add_argument(
+        "--devices",
+        metavar="FILE",
+        default="config/config_devices.example.json",
+        help="devices file of the house to simulate (default: the example house)",
+    )
+    run.add_argument("--run-dir", metavar="DIR", default="run", help="logs and state (run/)")
+    run.set_defaults(func=cmd_run)
     return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from services.stack import main as run_stack
+
+    return run_stack(Path(args.devices), Path(args.run_dir))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -115,7 +115,8 @@ class _OneLineFormatter(logging.Formatter):
 def setup_logging(level: str = "INFO", *, stream: Any = None) -> None:
     """Log one line per event to stderr: `time level logger: message`.
 
-    aiomqtt/paho's own logger (`mqtt`) is kept at WARNING unless `level` is DEBUG.
+    The libraries' own loggers (aiomqtt/paho's `mqtt`, httpx's one line per request) are
+    kept at WARNING unless `level` is DEBUG.
     """
     handler = logging.StreamHandler(sys.stderr if stream is None else stream)
     handler.setFormatter(_OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -124,7 +125,8 @@ def setup_logging(level: str = "INFO", *, stream: Any = None) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    logging.getLogger("mqtt").setLevel(level if level == "DEBUG" else "WARNING")
+    for noisy in ("mqtt", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(level if level == "DEBUG" else "WARNING")
 
 
 @dataclass

@@ -15,12 +15,35 @@ $(STAMP): requirements/runtime.lock requirements/dev.lock pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
+## The forecaster's island: quartz-solar-forecast 1.2.12 and its old pins (Python 3.11).
+FPY     ?= $(PY)
+FVENV   ?= .venv-forecaster
+FBIN    := $(FVENV)/bin
+FSTAMP  := $(FVENV)/.installed
+
+.PHONY: venv-forecaster test-forecaster
+
+venv-forecaster: $(FSTAMP)
+
+$(FSTAMP): requirements/forecaster.lock pyproject.toml
+	test -x $(FBIN)/python || $(FPY) -m venv $(FVENV)
+	$(FBIN)/python -m pip install -q --upgrade pip
+	$(FBIN)/python -m pip install -q -r requirements/forecaster.lock
+	$(FBIN)/python -m pip install -q --no-deps -e .
+	$(FBIN)/python -c "import importlib.metadata as m; v = m.version('quartz-solar-forecast'); assert v == '1.2.12', v"
+	touch $(FSTAMP)
+
+## The forecaster's tests: the model worker in the island, the service in the main venv.
+test-forecaster: $(STAMP) $(FSTAMP)
+	$(FBIN)/pytest tests/forecaster/island
+	HWSCHED_FORECAST__WORKER_PYTHON=$(abspath $(FBIN))/python $(BIN)/pytest tests/forecaster/service
+
 ## The main job: for now, plan the example day and print the plan readably.
 run: $(STAMP)
 	$(BIN)/hwsched plan config/example-day.json --show
 
 ## Every check: ruff, mypy (strict on shared/), pytest.
-test: lint typecheck pytest
+test: lint typecheck pytest test-forecaster
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -41,3 +64,8 @@ lock:
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+## Constant vs fading forecast shift on simulated days (the scheduler's default).
+.PHONY: bench-shift
+bench-shift: $(STAMP)
+	$(BIN)/python -m bench.shift

@@ -6,13 +6,16 @@ Two files, two owners:
   (IanVliet/control-homewizard-devices) `config_devices.json`, read as it is: a user
   moving over keeps it. Unknown keys are ignored; what hwsched uses is validated
   strictly (a power given as the string "2000" is refused, an integer is fine).
+  hwsched reads two optional additions: `v2_port` (P1 meter, battery: the API v2 port
+  when not 443, as in the simulated house's file) and the P1 meter's own `user_info`
+  (its API v2 token, for battery control), validated as a battery's.
 - the settings, `config/settings.toml` plus `HWSCHED_*` environment variables (the
-  environment wins), are hwsched's own: broker, topics, time zone, intervals.
+  environment wins), are hwsched's own: broker, topics, time zone, intervals, the devices' CA.
 
 Anything wrong is refused at load as a `ConfigError` whose message is ONE line naming
 the file (or environment variable), the field and the problem, e.g.
 `config/config_devices.json: devices[2].max_power_usage: must be > 0 (got -5)`.
-Battery tokens and the broker password are `SecretStr`: never in a repr or a message.
+API v2 tokens and the broker password are `SecretStr`: never in a repr or a message.
 """
 
 from __future__ import annotations
@@ -152,6 +155,15 @@ def _check_local_time(value: time) -> time:
     return value
 
 
+def _check_ca_file(value: Path | None) -> Path | None:
+    """A CA bundle that exists (its PEM content is checked when a client loads it)."""
+    if value is None:
+        return None
+    if not value.is_file():
+        raise ValueError(f"file not found: {value}")
+    return value
+
+
 def _upper(value: object) -> object:
     return value.upper() if isinstance(value, str) else value
 
@@ -184,10 +196,36 @@ class _Device(_Strict):
         return slugify(self.device_name)
 
 
+class UserInfo(_Strict):
+    """A HomeWizard API v2 user of one device (battery or P1 meter): name and token (secret).
+
+    A token is valid only on the device that gave it (`hwsched pair HOST`).
+    """
+
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    name: NonBlank
+    token: Token
+
+    @property
+    def token_is_placeholder(self) -> bool:
+        """True for the example file's all-zero token (a service should say so)."""
+        return set(self.token.get_secret_value()) == {"0"}
+
+
 class P1Config(_Device):
-    """The P1 meter (HWE-P1): where the grid power is measured."""
+    """The P1 meter (HWE-P1): where the grid power is measured.
+
+    hwsched reads it through the API v1 (`port`). Its API v2 (HTTPS), which controls the
+    batteries (`/api/batteries`), needs the P1's own token in `user_info` (not a battery's:
+    a token is only valid on the device that gave it) and listens on `v2_port` (None = 443).
+    """
 
     device_type: Literal["HWE-P1"]
+    #: TCP port of the API v2 (HTTPS) when not 443 (e.g. the simulated house's).
+    v2_port: Port | None = None
+    #: The P1 meter's own API v2 user (optional: only battery control needs it).
+    user_info: UserInfo | None = None
 
 
 class SocketConfig(_Device):
@@ -213,27 +251,18 @@ class SocketConfig(_Device):
         )
 
 
-class UserInfo(_Strict):
-    """The HomeWizard API v2 user of a battery: name and token (secret)."""
-
-    model_config = ConfigDict(hide_input_in_errors=True)
-
-    name: NonBlank
-    token: Token
-
-    @property
-    def token_is_placeholder(self) -> bool:
-        """True for the example file's all-zero token (a service should say so)."""
-        return set(self.token.get_secret_value()) == {"0"}
-
-
 class BatteryConfig(_Device):
-    """A Plug-In Battery (HWE-BAT), reached through the API v2 with a token."""
+    """A Plug-In Battery (HWE-BAT), reached through the API v2 with a token.
+
+    Its only API is v2 (HTTPS): `v2_port` if given, else `port`, else 443.
+    """
 
     device_type: Literal["HWE-BAT"]
     max_power_usage: PositiveFloat  # W, charge and discharge
     energy_capacity: PositiveFloat  # Wh
     user_info: UserInfo
+    #: TCP port of the API v2 (HTTPS) when not 443; wins over `port`.
+    v2_port: Port | None = None
 
     def spec(self, energy_stored: float = 0.0) -> BatterySpec:
         """The planner's view of this battery (stored energy clamped to 0..capacity)."""
@@ -528,8 +557,31 @@ class Settings(BaseSettings):
     #: Local time at which the planning day starts (the original's 06:00).
     daily_boundary: Annotated[time, AfterValidator(_check_local_time)] = time(6, 0)
     switch_interval_s: Annotated[int, Field(ge=0, le=86_400)] = 300
+    #: Actuator: seconds between two reads of each socket's relay (how soon a hand switch
+    #: is seen).
+    actuator_read_interval_s: Annotated[float, Field(ge=0.05, le=3_600, allow_inf_nan=False)] = 10.0
+    #: Actuator: without a fresh command or plan for this long, its local fallback rule
+    #: keeps the needed sockets filling (control goes back when the scheduler returns).
+    fallback_after_s: Annotated[int, Field(ge=60, le=86_400)] = 900
+    #: Actuator fallback: a needed socket starts this long before the time it takes to fill.
+    fallback_margin_s: Annotated[int, Field(ge=0, le=43_200)] = 1800
     devices_file: Path = DEFAULT_DEVICES_FILE
+    #: CA bundle (PEM) the API v2 devices' certificates must chain to; None = the bundled
+    #: HomeWizard CA. The simulated house writes its own to `<state-dir>/ca.pem`.
+    device_ca_file: Annotated[Path | None, AfterValidator(_check_ca_file)] = None
     planner: Literal["optimal", "reference"] = "optimal"
+    #: Scheduler: planning step, s (the plan runs from now to the next boundary in steps).
+    planning_step_s: Annotated[int, Field(ge=60, le=3_600)] = 900
+    #: Scheduler: time budget of the optimal planner per plan, s (the reference on time-out).
+    planner_time_limit_s: Annotated[float, Field(gt=0, le=60, allow_inf_nan=False)] = 1.0
+    #: Scheduler: a forecast made longer ago than this is stale (fallback rule), s.
+    forecast_max_age_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 43_200.0
+    #: Scheduler: how the measured-now correction of the forecast carries over the day:
+    #: "fading" (towards the recent mean offset, with a half-life) or "constant" (original).
+    forecast_shift: Literal["fading", "constant"] = "fading"
+    forecast_shift_half_life_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 3_600.0
+    #: Time constant of the mean offset (measured − forecast) the fading shift tends to, s.
+    forecast_shift_baseline_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 43_200.0
     log_level: Annotated[LogLevel, BeforeValidator(_upper)] = "INFO"
 
     @property

@@ -51,6 +51,7 @@ __all__ = [
     "MAX_STEPS",
     "MESSAGE_MODELS",
     "Availability",
+    "BatteryBook",
     "DeviceMeasurement",
     "EnergyBooks",
     "Forecast",
@@ -66,6 +67,7 @@ __all__ = [
     "ServiceStatus",
     "SocketBook",
     "SocketCommand",
+    "SocketNextOn",
     "SocketPlan",
     "SocketState",
     "SwitchEvent",
@@ -248,6 +250,8 @@ class Forecast(Message):
     ] = {}
     #: True when this is a fallback (the preferred source failed).
     fallback: bool = False
+    #: The PV model ("quartz-solar-forecast 1.2.12 gb (model-0.4.0)", "clear-sky"); "" if unknown.
+    pv_model: Annotated[str, StringConstraints(max_length=100)] = ""
 
     @model_validator(mode="after")
     def _shares_sum_to_one(self) -> Forecast:
@@ -343,6 +347,15 @@ class PlanMessage(Message):
     forecast_made_at: AwareDatetime | None = None
     #: The surplus per step the plan was made for, W.
     available_power_w: Steps
+    #: The forecast solar power per step, resampled to the plan's steps, before the shift
+    #: by the measured surplus (absent when planned without a forecast).
+    forecast_power_w: Steps | None = None
+    #: The surplus measured when planning, W (sockets left out of the plan subtracted).
+    measured_surplus_w: FiniteFloat | None = None
+    #: Sockets left out of the plan (under an override or manual control).
+    excluded: Names = []
+    #: Why this is not a forecast plan ("no forecast", "stale forecast", ...); absent if it is.
+    fallback_reason: Text | None = None
 
     @model_validator(mode="after")
     def _same_length(self) -> PlanMessage:
@@ -351,6 +364,8 @@ class PlanMessage(Message):
             ("battery_power_w", len(self.battery_power_w)),
             ("battery_energy_wh", len(self.battery_energy_wh)),
         ]
+        if self.forecast_power_w is not None:
+            rows.append(("forecast_power_w", len(self.forecast_power_w)))
         rows += [(f"sockets.{name}.states", len(p.states)) for name, p in self.sockets.items()]
         for what, length in rows:
             if length != n:
@@ -468,6 +483,10 @@ class SocketState(Message):
     controlled_by: Literal["plan", "override", "manual", "fallback"]
     last_switch_at: AwareDatetime | None = None
     last_switch_reason: Text | None = None
+    #: The state the socket should be in now (absent: nothing asks for one yet).
+    desired: OnOff | None = None
+    #: A switch to `desired` waits until then (the switch interval, or a retry after a failure).
+    held_until: AwareDatetime | None = None
 
 
 class SwitchEvent(Message):
@@ -485,6 +504,39 @@ class SwitchEvent(Message):
     def _a_change(self) -> SwitchEvent:
         if self.from_state == self.to_state:
             raise ValueError(f"from_state and to_state are both {self.to_state}")
+        return self
+
+
+class SocketNextOn(Message):
+    """When the plan next has one socket on (the bridge's reading of the plan, retained).
+
+    Re-published at each plan step boundary, so it stays right between plans.
+    """
+
+    schema_version: Literal[1] = 1
+    timestamp: AwareDatetime
+    socket: Name
+    #: Start of the planned on-block running now or next to come (absent: none left).
+    next_on: AwareDatetime | None = None
+    #: End of that block (absent with `next_on`).
+    next_off: AwareDatetime | None = None
+    #: The plan has the socket on in the current step.
+    on_now: bool = False
+    #: The socket has a row in the plan (false: left out, e.g. under an override).
+    in_plan: bool
+    #: Energy the plan still gives the socket, from the current step on, Wh.
+    planned_energy_wh: NonNegativeFloat = 0.0
+    #: `made_at` of the plan read.
+    plan_made_at: AwareDatetime
+
+    @model_validator(mode="after")
+    def _block(self) -> SocketNextOn:
+        if (self.next_on is None) != (self.next_off is None):
+            raise ValueError("next_on and next_off come together")
+        if self.next_on is not None and self.next_off is not None and self.next_off <= self.next_on:
+            raise ValueError("next_off must be after next_on")
+        if self.on_now and self.next_on is None:
+            raise ValueError("on_now needs next_on (the block running now)")
         return self
 
 
@@ -527,6 +579,16 @@ class SocketBook(Message):
     last_power_w: NonNegativeFloat = 0.0
 
 
+class BatteryBook(Message):
+    """One battery's energy, from its last reading (capacity x state of charge)."""
+
+    name: Name
+    energy_wh: NonNegativeFloat
+    state_of_charge_pct: Percent | None = None
+    #: When the reading was made.
+    measured_at: AwareDatetime | None = None
+
+
 class EnergyBooks(Message):
     """The scheduler's energy books (retained, read back on start so a restart loses nothing).
 
@@ -541,6 +603,15 @@ class EnergyBooks(Message):
     sockets: Annotated[
         dict[Name, SocketBook], Field(max_length=MAX_DEVICES, json_schema_extra=_key("socket"))
     ] = {}
+    #: Energy in each battery (the scheduler's; `shared.bookkeeping.Books` ignores it).
+    batteries: Annotated[
+        dict[Name, BatteryBook],
+        Field(max_length=MAX_DEVICES, json_schema_extra=_key("battery")),
+    ] = {}
+    #: The scheduler's mean offset (measured surplus − forecast) its fading shift tends to,
+    #: W, and when it was last updated (kept so a restart does not start it over).
+    shift_baseline_w: FiniteFloat | None = None
+    shift_baseline_at: AwareDatetime | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> EnergyBooks:
@@ -549,6 +620,9 @@ class EnergyBooks(Message):
                 raise ValueError(f"book {book.name!r} filed under {key!r}")
             if book.day_start is not None and book.day_start > self.day_start:
                 raise ValueError(f"book {key!r} is for a later day than the books")
+        for key, battery in self.batteries.items():
+            if key != battery.name:
+                raise ValueError(f"book {battery.name!r} filed under {key!r}")
         return self
 
 
@@ -565,6 +639,7 @@ MESSAGE_MODELS: tuple[type[Message], ...] = (
     OverrideState,
     SocketState,
     SwitchEvent,
+    SocketNextOn,
     ServiceStatus,
     EnergyBooks,
 )

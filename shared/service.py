@@ -363,6 +363,25 @@ class Service:
             self._queue.append((topic, data, spec.qos))
         self._wake_sender.set()
 
+    def publish_external(self, topic: str, data: bytes) -> None:
+        """Send `data` retained, QoS 1, on a topic outside the layout; never blocks.
+
+        For Home Assistant's discovery configs (`<discovery prefix>/device/<id>/config`),
+        which live outside the base topic and so outside the registry; `b""` removes one.
+        Kept like retained state: sent again after a reconnect, and every call sends it
+        again even when unchanged (a re-announcement). ValueError for a topic of the
+        layout (use `publish`) or one with wildcards or empty levels.
+        """
+        base = self.topics.base
+        bad = not topic or topic.startswith("/") or "//" in topic or topic.endswith("/")
+        if bad or any(c in "+#\0" for c in topic):
+            raise ValueError(f"{topic!r} is not a topic to publish on")
+        if topic == base or topic.startswith(base + "/"):
+            raise ValueError(f"{topic!r} is under the base topic: use publish")
+        self._seq += 1
+        self._retained[topic] = (data, 1, self._seq)
+        self._wake_sender.set()
+
     def status(self, state: Availability = AVAILABILITY_ONLINE) -> ServiceStatus:
         """The status message as it would be published now."""
         return ServiceStatus(

@@ -46,6 +46,7 @@ from shared.messages import (
     PlanMessage,
     ServiceStatus,
     SocketCommand,
+    SocketNextOn,
     SocketState,
     SwitchEvent,
     schema_version_of,
@@ -252,6 +253,15 @@ TOPICS: list[TopicSpec] = [
         "One relay switch made by the actuator (event).",
     ),
     TopicSpec(
+        "next_on",
+        "{socket}/next_on",
+        SocketNextOn,
+        "bridge → HA, Node-RED",
+        True,
+        1,
+        "When the plan next has the socket on (re-read from the plan at each step boundary).",
+    ),
+    TopicSpec(
         "availability",
         "service/{service}/availability",
         None,
@@ -345,6 +355,9 @@ class Topics:
 
     def override(self, socket: str) -> str:
         return self._build("override", socket=socket)
+
+    def next_on(self, socket: str) -> str:
+        return self._build("next_on", socket=socket)
 
     def availability(self, service: str) -> str:
         return self._build("availability", service=service)

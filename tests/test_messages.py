@@ -30,6 +30,7 @@ from shared.messages import (
     ServiceStatus,
     SocketBook,
     SocketCommand,
+    SocketNextOn,
     SocketPlan,
     SocketState,
     SwitchEvent,
@@ -129,6 +130,16 @@ def samples() -> dict[type[Message], Message]:
         ),
         SwitchEvent: SwitchEvent(
             timestamp=T0, socket="Boiler", from_state="off", to_state="on", reason="plan", at=T0
+        ),
+        SocketNextOn: SocketNextOn(
+            timestamp=T0,
+            socket="Boiler",
+            next_on=T0,
+            next_off=T0 + timedelta(minutes=30),
+            on_now=True,
+            in_plan=True,
+            planned_energy_wh=200.0,
+            plan_made_at=T0,
         ),
         ServiceStatus: ServiceStatus(
             timestamp=T0,

@@ -1,0 +1,1 @@
+"""The actuator service: commands, overrides and a local fallback → Energy Sockets (MQTT)."""

@@ -1,0 +1,803 @@
+"""The actuator's decisions, pure: no I/O, no clock of its own (every call is given `now`).
+
+`ActuatorCore` holds what the actuator knows of each socket and decides, per socket, the
+state it should be in and whether to switch now; the service shell (`actuator.py`) reads the
+sockets, switches them and feeds the results back. Messages go out through a `Publisher`.
+
+What a socket should be in now, first that applies:
+
+1. an override in force (`until` in the future): from MQTT (`controlled_by` "override") or
+   from a person switching the socket by hand ("manual");
+2. the scheduler's latest command, while it is valid (`valid_until`) and fresh;
+3. the retained plan's step at now, while the plan is fresh;
+4. the fallback rule, when nothing came from the scheduler for `fallback_after_s`;
+5. nothing: the socket is left as it is.
+
+"Fresh" = the command's timestamp / the plan's `made_at` is less than `fallback_after_s` old.
+
+A switch is made only when the socket's read state differs from the desired one, and:
+not while `switch_lock` is on and the target is off (reported, not fought); not within
+`switch_interval_s` of the socket's last real change (by the actuator or by hand, remembered
+across restarts through the retained `SocketState`); not before the retry time after a
+failed switch.
+
+A hand switch is a change of the relay the actuator did not make. When it goes against what
+the socket should be in, it becomes an override with source `manual-switch` until the next
+daily boundary (published retained, so the scheduler leaves the socket out of its plan; a
+person clears it with `auto`); a hand switch *on* also ends when the socket reads full (on
+and drawing < 10 % of its max power), as in the original project.
+
+The fallback rule (`fallback_targets`): in the planning order, a needed socket that is not
+full is on from its latest start (next boundary − remaining Wh / power − margin); any socket
+not full is on while the measured surplus left covers its power (the original's
+`fallback_states`). Energy comes from the scheduler's retained books, carried on with the
+poller's measurements (`shared.bookkeeping`); without books a socket counts as empty.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from typing import Literal, Protocol
+from zoneinfo import ZoneInfo
+
+from pydantic import ValidationError
+
+from shared.bookkeeping import (
+    FULL_POWER_RATIO,
+    Books,
+    SocketBook,
+    books_from_dict,
+    empty_books,
+    record_sample,
+    roll_books,
+)
+from shared.config import Settings, SocketConfig
+from shared.daytime import day_start, next_boundary
+from shared.messages import (
+    Availability,
+    DeviceMeasurement,
+    EnergyBooks,
+    HouseSurplus,
+    Message,
+    MessageError,
+    OverrideRequest,
+    OverrideState,
+    PlanMessage,
+    SocketCommand,
+    SocketState,
+    SwitchEvent,
+)
+from shared.naming import slugify
+from shared.planning.reference import POWER_EPS_W, planning_order
+from shared.service import Counters
+from shared.topics import Topics
+
+__all__ = [
+    "MANUAL_SOURCE",
+    "ActuatorCore",
+    "ActuatorOptions",
+    "ControlledBy",
+    "Decision",
+    "Desired",
+    "FallbackInput",
+    "Hold",
+    "Publisher",
+    "SocketControl",
+    "SwitchReason",
+    "fallback_targets",
+    "latest_start",
+]
+
+OnOff = Literal["on", "off"]
+ControlledBy = Literal["plan", "override", "manual", "fallback"]
+SwitchReason = Literal["plan", "override", "fallback"]
+HoldSource = Literal["mqtt", "manual-switch"]
+StateSource = Literal["mqtt", "manual-switch", "expiry"]
+Blocked = Literal["unknown", "locked", "interval", "retry"]
+
+#: The override source of a hand switch (and the `last_switch_reason` prefix).
+MANUAL_SOURCE: HoldSource = "manual-switch"
+_MAX_TEXT = 500
+
+
+class Publisher(Protocol):
+    """Where messages go (`shared.service.Service`, or a test recorder)."""
+
+    def publish(self, topic: str, payload: Message | Availability) -> None: ...
+
+
+@dataclass(frozen=True)
+class ActuatorOptions:
+    """The decision rules' parameters (the first three are settings)."""
+
+    #: A socket switches at most once per this many seconds (from its last real change).
+    switch_interval_s: float = 300.0
+    #: No fresh command or plan for this long: the fallback rule takes over, s.
+    fallback_after_s: float = 900.0
+    #: Fallback: a needed socket starts this much earlier than filling takes, s.
+    fallback_margin_s: float = 1800.0
+    #: A manual-on socket is judged full only on a measurement this long after the switch, s.
+    full_settle_s: float = 60.0
+    #: An older surplus reading counts as none (fallback: no surplus-driven switching), s.
+    surplus_max_age_s: float = 300.0
+    #: After a failed switch: retry after this, doubling up to the maximum, s.
+    retry_min_s: float = 10.0
+    retry_max_s: float = 300.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ActuatorOptions:
+        return cls(
+            switch_interval_s=float(settings.switch_interval_s),
+            fallback_after_s=float(settings.fallback_after_s),
+            fallback_margin_s=float(settings.fallback_margin_s),
+            retry_min_s=max(1.0, settings.actuator_read_interval_s),
+        )
+
+
+@dataclass
+class Hold:
+    """An override in force on one socket."""
+
+    state: OnOff
+    until: datetime
+    source: HoldSource
+    set_at: datetime
+
+    @property
+    def ends_when_full(self) -> bool:
+        """A socket switched on by hand is out of control until it is full (or `until`)."""
+        return self.source == MANUAL_SOURCE and self.state == "on"
+
+    @property
+    def controlled_by(self) -> ControlledBy:
+        return "manual" if self.source == MANUAL_SOURCE else "override"
+
+
+@dataclass
+class SocketControl:
+    """What the actuator knows of one socket."""
+
+    config: SocketConfig
+    slug: str
+    #: The relay as last read (None: unknown, or the last read failed).
+    power_on: bool | None = None
+    switch_lock: bool | None = None
+    read_at: datetime | None = None
+    #: The relay state as the actuator last knew it (its own switches and hand switches seen).
+    expected_on: bool | None = None
+    last_switch_at: datetime | None = None
+    last_switch_reason: str | None = None
+    hold: Hold | None = None
+    command: SocketCommand | None = None
+    #: A switch whose outcome is unknown (the request failed): target, reason, detail.
+    uncertain: tuple[bool, SwitchReason, str] | None = None
+    failures: int = 0
+    retry_at: datetime | None = None
+    #: The current blocked episode (counted once when it begins).
+    blocked: Blocked | None = None
+    measurement: DeviceMeasurement | None = None
+    #: The override was set live in this run (a late retained one must not replace it).
+    touched: bool = False
+    #: What was last published as SocketState (without the timestamp).
+    published: tuple[object, ...] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.device_name
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What a socket should be in now and why."""
+
+    on: bool | None
+    controlled_by: ControlledBy
+    reason: SwitchReason | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The desired state and what to do about it now."""
+
+    desired: Desired
+    #: Switch to this now (None: nothing to do, or blocked).
+    switch_to: bool | None = None
+    blocked: Blocked | None = None
+    #: A blocked switch may happen from then on (interval, retry).
+    held_until: datetime | None = None
+
+
+# --- the fallback rule (pure functions) -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FallbackInput:
+    """One socket as the fallback rule sees it."""
+
+    config: SocketConfig
+    energy_wh: float = 0.0
+    full: bool = False
+    #: The state of an override in force on it (it is left out of the rule), else None.
+    held: bool | None = None
+    #: Power it draws now, W (for a held-on socket: taken from the surplus), if measured.
+    drawing_w: float | None = None
+
+
+def latest_start(
+    config: SocketConfig, energy_wh: float, boundary_at: datetime, margin_s: float
+) -> datetime | None:
+    """When a needed socket must be on to be full by `boundary_at`; None if it is full."""
+    remaining_wh = max(0.0, config.energy_capacity - energy_wh)
+    if remaining_wh <= 0:
+        return None
+    need_s = remaining_wh / config.max_power_usage * 3600.0 + margin_s
+    return boundary_at - timedelta(seconds=need_s)
+
+
+def fallback_targets(
+    sockets: Sequence[FallbackInput],
+    surplus_w: float | None,
+    now: datetime,
+    boundary_at: datetime,
+    margin_s: float,
+    tz: ZoneInfo | None = None,
+) -> dict[str, tuple[bool, str]]:
+    """The fallback state of each socket not under an override: name → (on, why).
+
+    In the planning order (priority, then max power, then the given order): a full socket is
+    off; a needed socket is on from its `latest_start`; any socket is on while the surplus
+    left covers its power. A socket that is on takes its power from the surplus left. Sockets
+    held on by an override take what they draw first. `surplus_w` None: no surplus known.
+    """
+    left = surplus_w if surplus_w is not None else 0.0
+    for item in sockets:
+        if item.held:
+            left -= item.drawing_w if item.drawing_w is not None else item.config.max_power_usage
+    free = [s for s in sockets if s.held is None]
+    specs = planning_order([s.config.spec(s.energy_wh) for s in free])
+    by_name = {s.config.device_name: s for s in free}
+    out: dict[str, tuple[bool, str]] = {}
+    for spec in specs:
+        item = by_name[spec.name]
+        power = item.config.max_power_usage
+        if item.full:
+            out[spec.name] = (False, "full")
+            continue
+        start = (
+            latest_start(item.config, item.energy_wh, boundary_at, margin_s)
+            if item.config.daily_need
+            else None
+        )
+        by_deadline = start is not None and now >= start
+        by_surplus = surplus_w is not None and left >= power - POWER_EPS_W
+        on = by_deadline or by_surplus
+        if on:
+            left -= power
+        if by_deadline and start is not None:
+            why = f"needed by {_local(boundary_at, tz)}: on from {_local(start, tz)}"
+        elif by_surplus:
+            why = f"surplus covers {power:.0f} W"
+        elif start is not None:
+            why = f"needed: on from {_local(start, tz)} unless there is surplus"
+        else:
+            why = "no surplus"
+        out[spec.name] = (on, why)
+    return out
+
+
+def _local(when: datetime, tz: ZoneInfo | None) -> str:
+    return (when.astimezone(tz) if tz is not None else when).strftime("%H:%M")
+
+
+def _slug_of(name: str) -> str | None:
+    try:
+        return slugify(name)
+    except ValueError:
+        return None
+
+
+def _on_off(on: bool) -> OnOff:
+    return "on" if on else "off"
+
+
+# --- the core -------------------------------------------------------------------------------
+
+
+class ActuatorCore:
+    """Every socket's state and decisions; see the module docstring."""
+
+    def __init__(
+        self,
+        sockets: Sequence[SocketConfig],
+        publisher: Publisher,
+        *,
+        topics: Topics,
+        counters: Counters,
+        tz: ZoneInfo,
+        boundary: time,
+        started_at: datetime,
+        options: ActuatorOptions | None = None,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.options = options if options is not None else ActuatorOptions()
+        self.sockets: dict[str, SocketControl] = {s.slug: SocketControl(s, s.slug) for s in sockets}
+        self.tz = tz
+        self.boundary = boundary
+        self.restoring = True
+        #: The latest moment the scheduler was heard from (a command's or plan's time).
+        self.last_contact = started_at
+        self.fallback_active = False
+        self.plan: PlanMessage | None = None
+        self.surplus: HouseSurplus | None = None
+        self.books: Books = empty_books(day_start(started_at, tz, boundary))
+        self._publisher = publisher
+        self._topics = topics
+        self._counters = counters
+        self._log = log if log is not None else logging.getLogger("hwsched.actuator")
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def socket(self, slug: str) -> SocketControl:
+        return self.sockets[slug]
+
+    def _check_name(self, c: SocketControl, name: str, field: str) -> None:
+        if name != c.name and _slug_of(name) != c.slug:
+            raise MessageError(f"{field}: {name[:60]!r} is not the socket {c.name!r}", field)
+
+    def _fresh(self, when: datetime | None, now: datetime) -> bool:
+        return when is not None and (now - when).total_seconds() < self.options.fallback_after_s
+
+    def _fallback_due(self, now: datetime) -> bool:
+        return (now - self.last_contact).total_seconds() >= self.options.fallback_after_s
+
+    def _contact(self, when: datetime, now: datetime) -> None:
+        self.last_contact = max(self.last_contact, min(when, now))
+
+    def _publish_override(self, c: SocketControl, now: datetime, source: StateSource) -> None:
+        hold = c.hold
+        message = OverrideState(
+            timestamp=now,
+            socket=c.name,
+            state=hold.state if hold is not None else "auto",
+            until=hold.until if hold is not None else None,
+            source=hold.source if hold is not None else source,
+            set_at=hold.set_at if hold is not None else now,
+        )
+        self._publisher.publish(self._topics.override(c.slug), message)
+
+    # --- restoring from the retained messages -------------------------------------------
+
+    def restore_state(self, slug: str, message: SocketState) -> bool:
+        """The socket's own retained state from before a restart: last switch, relay.
+
+        Only while restoring; True when it was used.
+        """
+        c = self.sockets[slug]
+        self._check_name(c, message.socket, "socket")
+        if not self.restoring:
+            return False
+        at = message.last_switch_at
+        if at is not None and (c.last_switch_at is None or at > c.last_switch_at):
+            c.last_switch_at = at
+            c.last_switch_reason = message.last_switch_reason
+        if c.expected_on is None and message.power_on is not None:
+            c.expected_on = message.power_on
+        self._counters.inc("restored_states")
+        return True
+
+    def restore_override(self, slug: str, message: OverrideState) -> bool:
+        """The socket's own retained override from before a restart (only while restoring)."""
+        c = self.sockets[slug]
+        self._check_name(c, message.socket, "socket")
+        if not self.restoring or c.touched:
+            return False
+        if message.state == "auto" or message.until is None:
+            c.hold = None
+        else:
+            source: HoldSource = MANUAL_SOURCE if message.source == MANUAL_SOURCE else "mqtt"
+            c.hold = Hold(message.state, message.until, source, message.set_at)
+        self._counters.inc("restored_overrides")
+        return True
+
+    def finish_restore(self, now: datetime) -> None:
+        """Restoring is over: from now on the scheduler has `fallback_after_s` to show up."""
+        self.restoring = False
+        self.last_contact = max(self.last_contact, now)
+        held = [f"{c.name} {c.hold.state}" for c in self.sockets.values() if c.hold is not None]
+        if held:
+            self._log.info("restored overrides: %s", ", ".join(held))
+
+    # --- inputs from the scheduler, the poller and people --------------------------------
+
+    def on_command(self, slug: str, command: SocketCommand, now: datetime) -> bool:
+        """A command from the scheduler; True when it was taken (not stale, not older)."""
+        c = self.sockets[slug]
+        self._check_name(c, command.socket, "socket")
+        if (command.valid_until is not None and command.valid_until <= now) or not self._fresh(
+            command.timestamp, now
+        ):
+            self._counters.inc("commands_stale")
+            return False
+        if c.command is not None and command.timestamp < c.command.timestamp:
+            self._counters.inc("commands_out_of_order")
+            return False
+        c.command = command
+        self._contact(command.timestamp, now)
+        self._counters.inc("commands")
+        return True
+
+    def on_plan(self, plan: PlanMessage, now: datetime) -> bool:
+        """The scheduler's retained plan; True when taken (not older than the one held)."""
+        if self.plan is not None and plan.made_at < self.plan.made_at:
+            self._counters.inc("plans_out_of_order")
+            return False
+        self.plan = plan
+        self._contact(plan.made_at, now)
+        self._counters.inc("plans")
+        return True
+
+    def on_surplus(self, surplus: HouseSurplus) -> None:
+        if self.surplus is None or surplus.timestamp >= self.surplus.timestamp:
+            self.surplus = surplus
+
+    def on_books(self, message: EnergyBooks, now: datetime) -> None:
+        """The scheduler's books: taken per socket unless ours has a later sample."""
+        try:
+            incoming = books_from_dict(message.model_dump(mode="json"))
+        except ValidationError as err:  # pragma: no cover - EnergyBooks validates the same
+            raise MessageError(f"(payload): books unusable: {err.error_count()} errors") from None
+        today = day_start(now, self.tz, self.boundary)
+        if incoming.day_start > today:
+            raise MessageError("day_start: books for a later day than today", "day_start")
+        incoming = roll_books(incoming, today)
+        ours = roll_books(self.books, today)
+        merged = dict(ours.sockets)
+        for name, book in incoming.sockets.items():
+            mine = merged.get(name)
+            if (
+                mine is None
+                or mine.last_sample_at is None
+                or (book.last_sample_at is not None and book.last_sample_at >= mine.last_sample_at)
+            ):
+                merged[name] = book
+        self.books = Books(day_start=today, sockets=merged)
+        self._counters.inc("books")
+
+    def on_measurement(self, slug: str, m: DeviceMeasurement, now: datetime) -> None:
+        """The poller's reading of the socket: energy for the fallback, 'full' for manual-on."""
+        c = self.sockets[slug]
+        self._check_name(c, m.device, "device")
+        if m.device_type != "HWE-SKT":
+            raise MessageError(f"device_type: {m.device_type} is not a socket", "device_type")
+        c.measurement = m
+        on = m.power_on if m.power_on is not None else c.power_on
+        if on is not None:
+            try:
+                self.books = record_sample(
+                    self.books,
+                    c.name,
+                    capacity_wh=c.config.energy_capacity,
+                    max_power_w=c.config.max_power_usage,
+                    sample_at=m.timestamp,
+                    power_w=m.power_w,
+                    power_on=on,
+                    day_start=day_start(m.timestamp, self.tz, self.boundary),
+                )
+            except ValueError as err:
+                raise MessageError(f"power_w: not a usable sample: {err}", "power_w") from None
+        hold = c.hold
+        if (
+            hold is not None
+            and hold.ends_when_full
+            and on
+            and m.power_w < FULL_POWER_RATIO * c.config.max_power_usage
+            and m.timestamp >= hold.set_at + timedelta(seconds=self.options.full_settle_s)
+        ):
+            c.hold = None
+            self._counters.inc("manual_full")
+            self._log.info(
+                "%s: full (%.0f W): back under the scheduler's control", c.name, m.power_w
+            )
+            self._publish_override(c, now, "expiry")
+
+    def on_override_request(self, slug: str, request: OverrideRequest, now: datetime) -> None:
+        """`<socket>/override/set`: on/off for a lease (default: to the next boundary), or auto.
+
+        Raises MessageError for a lease out of range (a counted drop).
+        """
+        c = self.sockets[slug]
+        if request.state == "auto":
+            if c.hold is not None:
+                self._counters.inc("overrides_cleared")
+                self._log.info("%s: override %s cleared (auto)", c.name, c.hold.state)
+            c.hold = None
+            c.touched = True
+            self._publish_override(c, now, "mqtt")
+            return
+        default_s = (next_boundary(now, self.tz, self.boundary) - now).total_seconds()
+        until = request.expires_at(now, default_s)
+        if until is None:  # pragma: no cover - only `auto` has no end
+            raise MessageError("state: an override without an end", "state")
+        c.hold = Hold(request.state, until, "mqtt", now)
+        c.touched = True
+        self._counters.inc("overrides_set")
+        self._log.info(
+            "%s: override %s until %s", c.name, request.state, until.astimezone(self.tz).isoformat()
+        )
+        self._publish_override(c, now, "mqtt")
+
+    # --- time passing ---------------------------------------------------------------------
+
+    def tick(self, now: datetime) -> None:
+        """Expire overrides; enter or leave the fallback."""
+        for c in self.sockets.values():
+            if c.hold is not None and c.hold.until <= now:
+                self._log.info("%s: override %s expired", c.name, c.hold.state)
+                c.hold = None
+                self._counters.inc("overrides_expired")
+                self._publish_override(c, now, "expiry")
+        due = self._fallback_due(now)
+        if due and not self.fallback_active:
+            self._counters.inc("fallback_activations")
+            self._log.warning(
+                "nothing from the scheduler since %s: fallback rule in control",
+                self.last_contact.astimezone(self.tz).isoformat(timespec="seconds"),
+            )
+        elif self.fallback_active and not due:
+            self._counters.inc("fallback_handbacks")
+            self._log.info("the scheduler is back: control handed back")
+        self.fallback_active = due
+
+    # --- reading the socket -------------------------------------------------------------
+
+    def observe(self, slug: str, power_on: bool, switch_lock: bool, now: datetime) -> None:
+        """A read of the relay: confirms a switch whose outcome was unknown, or a hand switch."""
+        c = self.sockets[slug]
+        c.power_on, c.switch_lock, c.read_at = power_on, switch_lock, now
+        if c.uncertain is not None:
+            target, reason, detail = c.uncertain
+            c.uncertain = None
+            if power_on == target and c.expected_on is not None and power_on != c.expected_on:
+                self._record_switch(c, target, reason, detail + " (confirmed by a read)", now)
+                return
+        if c.expected_on is None:
+            c.expected_on = power_on
+            return
+        if power_on != c.expected_on:
+            self._hand_switch(c, power_on, now)
+
+    def read_failed(self, slug: str) -> None:
+        c = self.sockets[slug]
+        c.power_on = c.switch_lock = None
+
+    def _hand_switch(self, c: SocketControl, power_on: bool, now: datetime) -> None:
+        wanted = self.desired(c.slug, now)
+        c.expected_on = power_on
+        c.last_switch_at = now
+        c.last_switch_reason = f"{MANUAL_SOURCE}: switched {_on_off(power_on)} by hand"
+        self._counters.inc("hand_switches")
+        if wanted.on is not None and wanted.on == power_on:
+            self._log.info("%s: switched %s by hand, as wanted", c.name, _on_off(power_on))
+            return
+        until = next_boundary(now, self.tz, self.boundary)
+        c.hold = Hold(_on_off(power_on), until, MANUAL_SOURCE, now)
+        c.touched = True
+        c.uncertain = None
+        self._log.info(
+            "%s: switched %s by hand: held %suntil %s",
+            c.name,
+            _on_off(power_on),
+            "until full or " if power_on else "",
+            until.astimezone(self.tz).isoformat(timespec="minutes"),
+        )
+        self._publish_override(c, now, MANUAL_SOURCE)
+
+    # --- deciding -----------------------------------------------------------------------
+
+    def desired(self, slug: str, now: datetime) -> Desired:
+        """What the socket should be in now (see the module docstring for the order)."""
+        c = self.sockets[slug]
+        if c.hold is not None and c.hold.until > now:
+            until = _local(c.hold.until, self.tz)
+            by = c.hold.controlled_by
+            return Desired(c.hold.state == "on", by, "override", f"{by} {c.hold.state} to {until}")
+        cmd = c.command
+        if (
+            cmd is not None
+            and (cmd.valid_until is None or cmd.valid_until > now)
+            and self._fresh(cmd.timestamp, now)
+        ):
+            return Desired(cmd.state == "on", "plan", "plan", cmd.reason)
+        planned = self._plan_state(c, now)
+        if planned is not None:
+            return Desired(planned[0], "plan", "plan", f"plan step {planned[1]}")
+        if self._fallback_due(now):
+            on, why = self.fallback(now).get(c.name, (False, "left out"))
+            return Desired(on, "fallback", "fallback", why)
+        return Desired(None, "plan", None, "waiting for the scheduler")
+
+    def _plan_state(self, c: SocketControl, now: datetime) -> tuple[bool, int] | None:
+        plan = self.plan
+        if plan is None or not self._fresh(plan.made_at, now):
+            return None
+        row = plan.sockets.get(c.name)
+        if row is None:
+            row = next((r for n, r in plan.sockets.items() if _slug_of(n) == c.slug), None)
+        step = plan.step_at(now)
+        if row is None or step is None:
+            return None
+        return row.states[step] == 1, step
+
+    def fallback(self, now: datetime) -> dict[str, tuple[bool, str]]:
+        """The fallback rule's state for every socket not under an override."""
+        today = day_start(now, self.tz, self.boundary)
+        books = roll_books(self.books, today)
+        items = []
+        for c in self.sockets.values():
+            book: SocketBook = books.book(c.name)
+            held = None
+            if c.hold is not None and c.hold.until > now:
+                held = c.hold.state == "on"
+            drawing = c.measurement.power_w if c.measurement is not None else None
+            items.append(FallbackInput(c.config, book.energy_wh, book.full, held, drawing))
+        surplus = self.surplus
+        surplus_w = None
+        if surplus is not None:
+            age = (now - surplus.timestamp).total_seconds()
+            if age <= self.options.surplus_max_age_s:
+                surplus_w = surplus.surplus_w
+        end = next_boundary(now, self.tz, self.boundary)
+        return fallback_targets(items, surplus_w, now, end, self.options.fallback_margin_s, self.tz)
+
+    def decide(self, slug: str, now: datetime) -> Decision:
+        """Whether to switch the socket now (pure: changes nothing)."""
+        c = self.sockets[slug]
+        d = self.desired(slug, now)
+        if d.on is None or c.power_on == d.on:
+            return Decision(d)
+        if c.power_on is None:
+            return Decision(d, blocked="unknown")
+        if c.switch_lock and not d.on:
+            return Decision(d, blocked="locked")
+        if c.retry_at is not None and now < c.retry_at:
+            return Decision(d, blocked="retry", held_until=c.retry_at)
+        if c.last_switch_at is not None:
+            free_at = c.last_switch_at + timedelta(seconds=self.options.switch_interval_s)
+            if now < free_at:
+                return Decision(d, blocked="interval", held_until=free_at)
+        return Decision(d, switch_to=d.on)
+
+    def step(self, slug: str, now: datetime) -> Decision:
+        """`decide`, counting each blocked episode once (and logging a switch_lock)."""
+        c = self.sockets[slug]
+        decision = self.decide(slug, now)
+        if decision.blocked != c.blocked and decision.blocked is not None:
+            self._counters.inc(f"switch_blocked_{decision.blocked}")
+            if decision.blocked == "locked":
+                self._log.warning(
+                    "%s: switch_lock is on: not switched off (reported, not fought)", c.name
+                )
+        c.blocked = decision.blocked
+        return decision
+
+    def next_wake(self, slug: str, now: datetime) -> datetime | None:
+        """The next moment something changes on its own for this socket (expiry, hold end)."""
+        c = self.sockets[slug]
+        times = [t for t in (c.retry_at, c.hold.until if c.hold else None) if t is not None]
+        if c.last_switch_at is not None:
+            times.append(c.last_switch_at + timedelta(seconds=self.options.switch_interval_s))
+        times.append(self.last_contact + timedelta(seconds=self.options.fallback_after_s))
+        future = [t for t in times if t > now]
+        return min(future) if future else None
+
+    # --- switching results ---------------------------------------------------------------
+
+    def switched(
+        self,
+        slug: str,
+        decision: Decision,
+        now: datetime,
+        power_on: bool | None = None,
+        switch_lock: bool | None = None,
+    ) -> None:
+        """The switch of `decision` was made; `power_on`/`switch_lock`: the state read back."""
+        c = self.sockets[slug]
+        target = decision.switch_to
+        if target is None:
+            raise ValueError("switched: the decision switches nothing")
+        c.failures = 0
+        c.retry_at = None
+        c.uncertain = None
+        if power_on is not None:
+            c.power_on, c.switch_lock, c.read_at = power_on, switch_lock, now
+        else:
+            c.power_on = target
+        self._record_switch(
+            c, target, decision.desired.reason or "plan", decision.desired.detail, now
+        )
+
+    def switch_locked(self, slug: str, now: datetime) -> None:
+        """The socket refused: switch_lock is on (nothing changed)."""
+        c = self.sockets[slug]
+        c.switch_lock = True
+        c.power_on = True  # the lock only exists while the socket is on
+        c.read_at = now
+        self._counters.inc("switch_refused_locked")
+
+    def switch_failed(self, slug: str, decision: Decision, now: datetime) -> datetime:
+        """The switch request failed (its outcome unknown); returns the retry time."""
+        c = self.sockets[slug]
+        target = decision.switch_to
+        if target is None:
+            raise ValueError("switch_failed: the decision switches nothing")
+        c.uncertain = (target, decision.desired.reason or "plan", decision.desired.detail)
+        c.failures += 1
+        delay = min(
+            self.options.retry_min_s * 2.0 ** min(c.failures - 1, 20), self.options.retry_max_s
+        )
+        c.retry_at = now + timedelta(seconds=delay)
+        c.power_on = None  # read it again before anything else
+        self._counters.inc("switch_failed")
+        return c.retry_at
+
+    def _record_switch(
+        self, c: SocketControl, target: bool, reason: SwitchReason, detail: str, now: datetime
+    ) -> None:
+        before = c.expected_on if c.expected_on is not None else not target
+        c.expected_on = target
+        c.last_switch_at = now
+        c.last_switch_reason = f"{reason}: {detail}"[:_MAX_TEXT]
+        self._counters.inc("switches")
+        self._counters.inc(f"switches_{reason}")
+        self._log.info("%s: switched %s (%s: %s)", c.name, _on_off(target), reason, detail)
+        if before != target:
+            self._publisher.publish(
+                self._topics.switched(c.slug),
+                SwitchEvent(
+                    timestamp=now,
+                    socket=c.name,
+                    from_state=_on_off(before),
+                    to_state=_on_off(target),
+                    reason=reason,
+                    at=now,
+                ),
+            )
+
+    # --- reporting ------------------------------------------------------------------------
+
+    def publish_state(self, slug: str, now: datetime, decision: Decision | None = None) -> bool:
+        """Publish the socket's `SocketState` if anything in it changed; True if published."""
+        c = self.sockets[slug]
+        d = decision if decision is not None else self.decide(slug, now)
+        desired = _on_off(d.desired.on) if d.desired.on is not None else None
+        key = (
+            c.power_on,
+            c.switch_lock,
+            d.desired.controlled_by,
+            c.last_switch_at,
+            c.last_switch_reason,
+            desired,
+            d.held_until,
+        )
+        if key == c.published:
+            return False
+        c.published = key
+        self._publisher.publish(
+            self._topics.socket_state(slug),
+            SocketState(
+                timestamp=now,
+                socket=c.name,
+                power_on=c.power_on,
+                switch_lock=c.switch_lock,
+                controlled_by=d.desired.controlled_by,
+                last_switch_at=c.last_switch_at,
+                last_switch_reason=(c.last_switch_reason or None),
+                desired=desired,
+                held_until=d.held_until,
+            ),
+        )
+        return True

@@ -1,0 +1,1 @@
+"""The scheduler service: energy books, the plan and the desired socket states."""

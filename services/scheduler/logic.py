@@ -1,0 +1,530 @@
+"""The scheduler's pure logic: no I/O, no clock (every time is an argument).
+
+* **Horizon**: from now to the next daily boundary in whole planning steps (`horizon`).
+* **Forecast**: `resample` gives the mean forecast power over each planning step (overlap
+  weighted; what the forecast does not cover counts 0 W); `forecast_at` the forecast power at
+  an instant (linear between step middles); `forecast_problem` says why a forecast cannot be
+  used (none, stale, not covering now).
+* **Shift** (`shift_profile`): the forecast is PV only, so the planning surplus is
+  `available(t) = forecast(t) + shift(t)` with `shift(0) = measured surplus now − forecast(now)`,
+  which takes in the house's own consumption (as the original does). `constant` keeps that
+  shift all day (the original: a passing cloud or a kettle now is spread over the whole day);
+  `fading` lets the part of it that differs from the recent typical offset (`Baseline`, an
+  exponentially weighted mean of the past offsets) fade with a half-life:
+  `shift(t) = baseline + (shift(0) − baseline) · 2^(−t / half-life)`, per step its mean.
+* **Problem** (`prepare`): sockets under an active override are left out (their measured draw
+  is then house load: subtracted from the measured surplus); the others with their stored
+  energy from the books; the batteries with theirs; or, without a usable forecast, a one-step
+  problem on the measured surplus for the original's fallback rule (`fallback_plan`).
+* **Output**: `plan_message` (the retained plan, with the simulated energies) and `commands`
+  (one `SocketCommand` per planned socket, for now).
+* **Books**: `restore_books` reads the retained books back for today only; `books_message`
+  publishes them with the batteries' energy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from shared.bookkeeping import Books, SocketBook, restore
+from shared.config import DevicesConfig, SocketConfig
+from shared.daytime import day_start, next_boundary
+from shared.messages import (
+    BatteryBook,
+    EnergyBooks,
+    Forecast,
+    HouseSurplus,
+    OverrideState,
+    PlanMessage,
+    SocketCommand,
+    SocketPlan,
+)
+from shared.planning.problem import Plan, PlanningProblem
+from shared.planning.reference import fallback_states
+from shared.planning.simulate import simulate
+
+__all__ = [
+    "FALLBACK_PLANNER",
+    "REASON_FALLBACK",
+    "REASON_PLAN",
+    "Baseline",
+    "BatteryEnergy",
+    "PlanContext",
+    "Prepared",
+    "Restored",
+    "ShiftMode",
+    "ShiftOptions",
+    "books_message",
+    "commands",
+    "excluded_sockets",
+    "fallback_plan",
+    "forecast_at",
+    "forecast_problem",
+    "horizon",
+    "measured_available_w",
+    "override_active",
+    "plan_message",
+    "prepare",
+    "resample",
+    "restore_books",
+    "shift_profile",
+    "stored_for_plan",
+    "update_baseline",
+]
+
+ShiftMode = Literal["constant", "fading"]
+#: `SocketCommand.reason` of a command from a forecast plan / from the fallback rule.
+REASON_PLAN = "plan"
+REASON_FALLBACK = "fallback-rule"
+#: `PlanMessage.planner` of a fallback-rule plan.
+FALLBACK_PLANNER = "fallback-rule"
+#: A store at its capacity that is not full (reheating) is planned as this share of one
+#: step's energy below its capacity (more than the 10 % `FULL_MARGIN`: it gets a step).
+REHEAT_STEP_SHARE = 0.5
+_LN2 = math.log(2.0)
+
+
+# --- horizon and forecast ----------------------------------------------------------------
+
+
+def horizon(now: datetime, tz: ZoneInfo, boundary: time, step_s: int) -> int:
+    """Whole planning steps from `now` to the next daily boundary (at least 1).
+
+    The last part shorter than a step is left out, so needs are met before the boundary.
+    """
+    left_s = (next_boundary(now, tz, boundary) - now).total_seconds()
+    return max(1, math.floor(left_s / step_s + 1e-9))
+
+
+def resample(forecast: Forecast, start: datetime, step_s: int, n_steps: int) -> list[float]:
+    """Mean forecast power over each step `[start + k·step_s, start + (k+1)·step_s)`, W.
+
+    The forecast's own steps are mean powers (piecewise constant): each planning step gets the
+    overlap-weighted mean; time the forecast does not cover counts 0 W.
+    """
+    fstep = float(forecast.step_s)
+    values = forecast.power_w
+    offset = (start - forecast.start).total_seconds()
+    out: list[float] = []
+    for k in range(n_steps):
+        a = offset + k * step_s
+        b = a + step_s
+        total = 0.0
+        for i in range(max(0, math.floor(a / fstep)), min(len(values), math.ceil(b / fstep))):
+            overlap = min(b, (i + 1) * fstep) - max(a, i * fstep)
+            if overlap > 0:
+                total += values[i] * overlap
+        out.append(total / step_s)
+    return out
+
+
+def forecast_at(forecast: Forecast, when: datetime) -> float:
+    """Forecast power at an instant, W: linear between step middles, flat beyond the ends.
+
+    Outside the forecast (before its start, at or after its end) it is 0 W.
+    """
+    values = forecast.power_w
+    offset = (when - forecast.start).total_seconds()
+    if offset < 0 or offset >= forecast.step_s * len(values):
+        return 0.0
+    x = offset / forecast.step_s - 0.5  # in steps, from the first step's middle
+    if x <= 0:
+        return values[0]
+    if x >= len(values) - 1:
+        return values[-1]
+    i = math.floor(x)
+    return values[i] + (values[i + 1] - values[i]) * (x - i)
+
+
+def forecast_problem(forecast: Forecast | None, now: datetime, max_age_s: float) -> str | None:
+    """Why `forecast` cannot be planned on at `now` (one short line), or None if it can."""
+    if forecast is None:
+        return "no forecast"
+    age_s = (now - forecast.made_at).total_seconds()
+    if age_s > max_age_s:
+        return f"stale forecast (made {age_s / 3600:.1f} h ago)"
+    if not forecast.start <= now < forecast.end:
+        return "forecast does not cover now"
+    return None
+
+
+# --- the shift -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ShiftOptions:
+    """How the measured-now correction carries over the day."""
+
+    mode: ShiftMode = "fading"
+    #: Half-life of the fading part, s.
+    half_life_s: float = 3600.0
+    #: Time constant of the baseline (the mean offset the fading shift tends to), s.
+    baseline_s: float = 43_200.0
+
+
+@dataclass(frozen=True, slots=True)
+class Baseline:
+    """Exponentially weighted mean of the offsets `measured − forecast`, W, as of `at`."""
+
+    value_w: float
+    at: datetime
+
+
+def update_baseline(
+    baseline: Baseline | None, at: datetime, offset_w: float, time_constant_s: float
+) -> Baseline:
+    """The baseline after one more offset (the first one starts it; an older one is ignored)."""
+    if not math.isfinite(offset_w):
+        return baseline if baseline is not None else Baseline(0.0, at)
+    if baseline is None:
+        return Baseline(offset_w, at)
+    dt = (at - baseline.at).total_seconds()
+    if dt <= 0:
+        return baseline
+    alpha = 1.0 - math.exp(-dt / time_constant_s)
+    return Baseline(baseline.value_w + alpha * (offset_w - baseline.value_w), at)
+
+
+def shift_profile(
+    shift0_w: float,
+    n_steps: int,
+    step_s: int,
+    options: ShiftOptions,
+    baseline_w: float | None = None,
+) -> list[float]:
+    """The shift per planning step, W (step k covers `[k·step_s, (k+1)·step_s)` from now).
+
+    `constant`: `shift0_w` everywhere (the original). `fading`: the step mean of
+    `baseline + (shift0 − baseline) · 2^(−t / half-life)`; without a baseline yet the shift
+    is constant.
+    """
+    if options.mode == "constant" or baseline_w is None:
+        return [shift0_w] * n_steps
+    h = options.half_life_s
+    delta = shift0_w - baseline_w
+    scale = h / (step_s * _LN2)
+    out = []
+    for k in range(n_steps):
+        mean = scale * (2.0 ** (-k * step_s / h) - 2.0 ** (-(k + 1) * step_s / h))
+        out.append(baseline_w + delta * mean)
+    return out
+
+
+# --- the planning problem ------------------------------------------------------------------
+
+
+def override_active(state: OverrideState | None, now: datetime) -> bool:
+    """The socket is under an override (on or off) whose lease has not ended."""
+    return (
+        state is not None
+        and state.state != "auto"
+        and state.until is not None
+        and state.until > now
+    )
+
+
+def excluded_sockets(
+    sockets: Sequence[SocketConfig], overrides: Mapping[str, OverrideState], now: datetime
+) -> list[str]:
+    """Names of the sockets under an active override (keyed by device name), config order."""
+    return [s.device_name for s in sockets if override_active(overrides.get(s.device_name), now)]
+
+
+def measured_available_w(surplus: HouseSurplus, excluded: Sequence[str]) -> float:
+    """The surplus the plan can use: measured, minus what the excluded sockets draw."""
+    return surplus.surplus_w - sum(surplus.sockets_w.get(name, 0.0) for name in excluded)
+
+
+def stored_for_plan(book: SocketBook, socket: SocketConfig, step_s: int) -> float:
+    """Energy the planner takes as stored in the socket's store, Wh.
+
+    Full: the capacity. At the capacity but not full (a thermostat reheats: it lost an unknown
+    amount): half a step's energy below it, so the planner gives it a step.
+    """
+    capacity = socket.energy_capacity
+    if book.full:
+        return capacity
+    if book.energy_wh < capacity - 1e-9:
+        return max(0.0, book.energy_wh)
+    step_wh = socket.max_power_usage * step_s / 3600.0
+    return max(0.0, capacity - REHEAT_STEP_SHARE * step_wh)
+
+
+@dataclass(frozen=True, slots=True)
+class BatteryEnergy:
+    """What the scheduler knows of one battery: energy (Wh) and its reading."""
+
+    energy_wh: float
+    state_of_charge_pct: float | None = None
+    measured_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlanContext:
+    """The settings the planning problem is built with."""
+
+    tz: ZoneInfo
+    boundary: time
+    step_s: int = 900
+    switch_interval_s: int = 300
+    forecast_max_age_s: float = 12 * 3600.0
+    shift: ShiftOptions = ShiftOptions()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A planning problem and how it was made."""
+
+    problem: PlanningProblem
+    #: Sockets in the plan (device names, config order) and those left out.
+    controlled: list[str]
+    excluded: list[str]
+    #: The surplus measured now minus the excluded sockets' draw, W.
+    measured_w: float
+    #: Why the fallback rule applies (no usable forecast); None: plan on the forecast.
+    fallback_reason: str | None = None
+    #: The resampled forecast (before the shift) and the shift at now.
+    forecast_power_w: list[float] | None = None
+    shift0_w: float | None = None
+    forecast: Forecast | None = None
+    slugs: dict[str, str] = field(default_factory=dict)
+
+
+def prepare(
+    *,
+    now: datetime,
+    ctx: PlanContext,
+    devices: DevicesConfig,
+    books: Books,
+    batteries: Mapping[str, BatteryEnergy],
+    overrides: Mapping[str, OverrideState],
+    power_on: Mapping[str, bool],
+    surplus: HouseSurplus,
+    forecast: Forecast | None,
+    baseline: Baseline | None = None,
+) -> Prepared:
+    """The planning problem from now to the next boundary (or one step for the fallback rule).
+
+    `overrides`, `power_on` and `batteries` are keyed by device name.
+    """
+    excluded = excluded_sockets(devices.sockets, overrides, now)
+    controlled = [s for s in devices.sockets if s.device_name not in excluded]
+    measured = measured_available_w(surplus, excluded)
+    sockets = [
+        s.spec(stored_for_plan(books.book(s.device_name), s, ctx.step_s)) for s in controlled
+    ]
+    battery_specs = [
+        b.spec(batteries[b.device_name].energy_wh if b.device_name in batteries else 0.0)
+        for b in devices.batteries
+    ]
+    initial_on = {
+        s.device_name: power_on[s.device_name] for s in controlled if s.device_name in power_on
+    }
+    reason = forecast_problem(forecast, now, ctx.forecast_max_age_s)
+    forecast_w: list[float] | None = None
+    shift0: float | None = None
+    if reason is None and forecast is not None:
+        n = horizon(now, ctx.tz, ctx.boundary, ctx.step_s)
+        forecast_w = resample(forecast, now, ctx.step_s, n)
+        shift0 = measured - forecast_at(forecast, now)
+        base = baseline.value_w if baseline is not None else None
+        shift = shift_profile(shift0, n, ctx.step_s, ctx.shift, base)
+        available = [f + s for f, s in zip(forecast_w, shift, strict=True)]
+    else:
+        available = [measured]
+    problem = PlanningProblem(
+        start=now,
+        step_s=ctx.step_s,
+        available_power_w=available,
+        sockets=sockets,
+        batteries=battery_specs,
+        switch_interval_s=ctx.switch_interval_s,
+        initial_on=initial_on,
+    )
+    return Prepared(
+        problem=problem,
+        controlled=[s.device_name for s in controlled],
+        excluded=excluded,
+        measured_w=measured,
+        fallback_reason=reason,
+        forecast_power_w=forecast_w,
+        shift0_w=shift0,
+        forecast=forecast if reason is None else None,
+        slugs={s.device_name: s.slug for s in devices.sockets},
+    )
+
+
+def fallback_plan(problem: PlanningProblem) -> Plan:
+    """The original's no-forecast rule on the measured surplus (step 0), as a one-step plan.
+
+    In planning order a socket is on when the surplus still left covers its power; sockets
+    whose store is already full stay off and take nothing from the surplus.
+    """
+    open_ = [s for s in problem.sockets if s.room_wh() > 0 and problem.steps_needed(s) > 0]
+    states = fallback_states(open_, problem.available_power_w[0])
+    rows = {s.name: [int(states.get(s.name, False))] * problem.n_steps for s in problem.sockets}
+    return Plan(
+        sockets=rows,
+        battery_power_w=[0.0] * problem.n_steps,
+        planner=FALLBACK_PLANNER,
+        solve_s=0.0,
+        status="fallback",
+    )
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def _clean(values: Sequence[float], *, floor: float | None = None) -> list[float]:
+    out = [round(v, 3) for v in values]
+    return [max(floor, v) for v in out] if floor is not None else out
+
+
+def plan_message(
+    prepared: Prepared, plan: Plan, made_at: datetime, note: str | None = None
+) -> PlanMessage:
+    """The retained plan: states and expected energies per socket, the batteries, the inputs.
+
+    Energies and the battery trajectory come from the day simulator (what the plan does);
+    `note` (e.g. "optimal planner timed out") joins the fallback reason.
+    """
+    problem = prepared.problem
+    outcome = simulate(problem, plan.sockets)
+    dt_h = problem.dt_h
+    sockets = {
+        s.name: SocketPlan(
+            states=[1 if v else 0 for v in plan.sockets.get(s.name, [0] * problem.n_steps)],
+            energy_wh=_clean([p * dt_h for p in outcome.socket_power_w[s.name]], floor=0.0),
+        )
+        for s in problem.sockets
+    }
+    reasons = [r for r in (prepared.fallback_reason, note) if r]
+    return PlanMessage(
+        timestamp=made_at,
+        made_at=made_at,
+        start=problem.start,
+        step_s=problem.step_s,
+        sockets=sockets,
+        battery_power_w=_clean(outcome.battery_power_w),
+        battery_energy_wh=_clean(outcome.battery_energy_wh, floor=0.0),
+        planner=plan.planner,
+        status=plan.status,
+        solve_s=max(0.0, round(plan.solve_s, 4)),
+        forecast_made_at=prepared.forecast.made_at if prepared.forecast is not None else None,
+        available_power_w=_clean(problem.available_power_w),
+        forecast_power_w=_clean(prepared.forecast_power_w, floor=0.0)
+        if prepared.forecast_power_w is not None
+        else None,
+        measured_surplus_w=round(prepared.measured_w, 3),
+        excluded=list(prepared.excluded),
+        fallback_reason="; ".join(reasons) if reasons else None,
+    )
+
+
+def commands(
+    prepared: Prepared, plan: Plan, made_at: datetime, valid_s: float
+) -> list[tuple[str, SocketCommand]]:
+    """(socket slug, command) for every planned socket: its state in step 0, valid
+    `valid_s` from `made_at` (the plan's). Sockets under an override get none."""
+    reason = REASON_FALLBACK if plan.planner == FALLBACK_PLANNER else REASON_PLAN
+    until = made_at + timedelta(seconds=valid_s)
+    out = []
+    for name in prepared.controlled:
+        row = plan.sockets.get(name) or [0]
+        out.append(
+            (
+                prepared.slugs[name],
+                SocketCommand(
+                    timestamp=made_at,
+                    socket=name,
+                    state="on" if row[0] else "off",
+                    reason=reason,
+                    plan_made_at=made_at,
+                    valid_until=until,
+                ),
+            )
+        )
+    return out
+
+
+# --- books -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Restored:
+    """Books read back from the retained message."""
+
+    books: Books
+    batteries: dict[str, BatteryEnergy]
+    baseline: Baseline | None
+
+
+def books_message(
+    books: Books,
+    batteries: Mapping[str, BatteryEnergy],
+    now: datetime,
+    *,
+    manual: Sequence[str] = (),
+    baseline: Baseline | None = None,
+) -> EnergyBooks:
+    """The retained books: the sockets' (`manual` = under an override now), the batteries'
+    and the shift's baseline."""
+    sockets = {
+        name: book.model_dump(mode="json") | {"manual": name in manual}
+        for name, book in books.sockets.items()
+    }
+    return EnergyBooks.model_validate(
+        {
+            "timestamp": now,
+            "day_start": books.day_start,
+            "sockets": sockets,
+            "batteries": {
+                name: BatteryBook(
+                    name=name,
+                    energy_wh=max(0.0, b.energy_wh),
+                    state_of_charge_pct=b.state_of_charge_pct,
+                    measured_at=b.measured_at,
+                )
+                for name, b in batteries.items()
+            },
+            "shift_baseline_w": round(baseline.value_w, 3) if baseline is not None else None,
+            "shift_baseline_at": baseline.at if baseline is not None else None,
+        }
+    )
+
+
+def restore_books(
+    message: EnergyBooks, now: datetime, tz: ZoneInfo, boundary: time, devices: DevicesConfig
+) -> Restored | None:
+    """Today's books, battery energies and baseline read back; None if for another day.
+
+    Never across the boundary: books whose `day_start` is not today's give None. Books of
+    sockets or batteries no longer configured are left out.
+    """
+    today = day_start(now, tz, boundary)
+    if message.day_start != today:
+        return None
+    books = restore(message.model_dump(mode="json"), now, tz, boundary)
+    names = {s.device_name for s in devices.sockets}
+    books = books.model_copy(
+        update={"sockets": {k: v for k, v in books.sockets.items() if k in names}}
+    )
+    capacities = {b.device_name: b.energy_capacity for b in devices.batteries}
+    batteries = {
+        name: BatteryEnergy(
+            energy_wh=min(b.energy_wh, capacities[name]),
+            state_of_charge_pct=b.state_of_charge_pct,
+            measured_at=b.measured_at,
+        )
+        for name, b in message.batteries.items()
+        if name in capacities
+    }
+    baseline = None
+    if message.shift_baseline_w is not None and message.shift_baseline_at is not None:
+        baseline = Baseline(message.shift_baseline_w, message.shift_baseline_at)
+    return Restored(books=books, batteries=batteries, baseline=baseline)

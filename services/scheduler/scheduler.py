@@ -1,0 +1,588 @@
+"""The scheduler: energy books, the plan and the desired socket states.
+
+It reads (all retained, so a (re)start sees the latest at once):
+
+* `<base>/books`: its own books, read back once at start (today's only: never across the
+  daily boundary); later copies (its own echoes) are only checked;
+* `<base>/forecast`: the latest solar forecast (an older `made_at` than the one held is
+  ignored);
+* `<base>/<socket>/override`: the actuator's override state per socket;
+* `<base>/<device>/measurement`: socket samples go into the books (`shared.bookkeeping`:
+  trapezoid integration, full detection, daily reset); battery readings give the batteries'
+  energy (capacity x state of charge);
+* `<base>/surplus`: each new one (re)plans.
+
+Until the books are restored (the retained books arrive, or `restore_wait_s` after
+connecting without any) socket samples are held back and nothing is planned.
+
+A plan (on the latest surplus only: plans never overlap, a burst of surpluses gives one plan)
+runs from now to the next boundary in `planning_step_s` steps (`logic.prepare`): sockets under
+an active override are left out and their draw counted as house load; the forecast is
+resampled and shifted (`forecast_shift`). The configured planner runs in a thread with a
+time limit; on its time-out, failure, or while a timed-out solve still runs, the reference
+plan is used. Without a usable forecast (none, stale, not covering now), the original's
+fallback rule on the measured surplus (flagged: `planner` "fallback-rule", `fallback_reason`).
+Each plan publishes: the plan (retained), one `SocketCommand` per planned socket (not
+retained, `valid_until` = a few poll intervals on) and the books (retained).
+
+At the daily boundary the books start empty (and manual flags end) and a new day's plan is
+made. Every unusable message is a counted drop (`messages_dropped_<topic>`) with a
+rate-limited log line; state is never changed by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, TypeVar
+
+from pydantic import ValidationError
+
+from shared.bookkeeping import (
+    Books,
+    battery_energy_wh,
+    empty_books,
+    record_sample,
+    roll_books,
+)
+from shared.clock import Clock
+from shared.config import BatteryConfig, DevicesConfig, Settings, SocketConfig
+from shared.daytime import day_start, next_boundary
+from shared.messages import (
+    Availability,
+    DeviceMeasurement,
+    EnergyBooks,
+    Forecast,
+    HouseSurplus,
+    Message,
+    MessageError,
+    OverrideState,
+    parse_message,
+)
+from shared.planning.optimal import Options, plan_optimal
+from shared.planning.problem import Plan, PlanningProblem
+from shared.planning.reference import plan_reference
+from shared.service import Counters, RateLimitedLog, Service, run_service, with_timeout
+from shared.topics import Topics
+
+from .logic import (
+    Baseline,
+    BatteryEnergy,
+    PlanContext,
+    Prepared,
+    ShiftOptions,
+    books_message,
+    commands,
+    excluded_sockets,
+    fallback_plan,
+    forecast_at,
+    forecast_problem,
+    measured_available_w,
+    plan_message,
+    prepare,
+    restore_books,
+    update_baseline,
+)
+
+__all__ = ["SERVICE_NAME", "Publisher", "Scheduler", "SchedulerOptions", "app", "main"]
+
+SERVICE_NAME = "scheduler"
+
+Planner = Callable[[PlanningProblem], Plan]
+M = TypeVar("M", bound=Message)
+
+
+class Publisher(Protocol):
+    """Where the scheduler's messages go (`shared.service.Service`, or a test recorder)."""
+
+    def publish(self, topic: str, payload: Message | Availability) -> None: ...
+
+
+@dataclass(frozen=True)
+class SchedulerOptions:
+    """Timings of the scheduler that are not settings."""
+
+    #: A command holds for this many poll intervals (`valid_until`).
+    command_valid_intervals: float = 3.0
+    #: A surplus older than this many poll intervals is not planned on.
+    surplus_max_age_intervals: float = 3.0
+    #: After connecting, wait this long for the retained books before starting empty, s.
+    restore_wait_s: float = 2.0
+    #: A message time this far ahead of the clock is refused (clock skew), s.
+    max_future_s: float = 120.0
+    #: The planner's thread is given up after factor x its time limit + margin.
+    planner_timeout_factor: float = 3.0
+    planner_timeout_margin_s: float = 2.0
+    #: Socket samples held back while the books are restored.
+    max_held_samples: int = 1000
+    log_every_s: float = 60.0
+
+
+class _DropError(Exception):
+    """A message that cannot be used (why, in one line)."""
+
+
+class Scheduler:
+    """The scheduler's state and work; see the module docstring."""
+
+    def __init__(
+        self,
+        devices: DevicesConfig,
+        settings: Settings,
+        publisher: Publisher,
+        *,
+        topics: Topics,
+        counters: Counters,
+        clock: Clock,
+        options: SchedulerOptions | None = None,
+        planner: Planner | None = None,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.devices = devices
+        self._by_name = {d.device_name: d for d in devices.devices}
+        self.settings = settings
+        self.options = options if options is not None else SchedulerOptions()
+        self.ctx = PlanContext(
+            tz=settings.tz,
+            boundary=settings.daily_boundary,
+            step_s=settings.planning_step_s,
+            switch_interval_s=settings.switch_interval_s,
+            forecast_max_age_s=settings.forecast_max_age_s,
+            shift=ShiftOptions(
+                mode=settings.forecast_shift,
+                half_life_s=settings.forecast_shift_half_life_s,
+                baseline_s=settings.forecast_shift_baseline_s,
+            ),
+        )
+        self._publisher = publisher
+        self._topics = topics
+        self._counters = counters
+        self._clock = clock
+        self._log = log if log is not None else logging.getLogger(f"hwsched.{SERVICE_NAME}")
+        self._rate_limited = RateLimitedLog(self._log, clock, self.options.log_every_s)
+        self._planner_name = settings.planner
+        self._planner: Planner = planner if planner is not None else self._default_planner
+        # state
+        self.books: Books = empty_books(self._today())
+        self.batteries: dict[str, BatteryEnergy] = {}
+        self.overrides: dict[str, OverrideState] = {}
+        self.power_on: dict[str, bool] = {}
+        self.forecast: Forecast | None = None
+        self.surplus: HouseSurplus | None = None
+        self.baseline: Baseline | None = None
+        self.last_plan: Prepared | None = None
+        self.restored = asyncio.Event()
+        self._held: list[DeviceMeasurement] = []
+        self._wake = asyncio.Event()
+        self._solver: asyncio.Future[Plan] | None = None
+        self._mode: str | None = None
+
+    # --- settings-derived ---------------------------------------------------------------
+
+    def _today(self) -> datetime:
+        return day_start(self._clock.now(), self.ctx.tz, self.ctx.boundary)
+
+    @property
+    def poll_interval_s(self) -> float:
+        return self.settings.poll_interval_s
+
+    @property
+    def time_limit_s(self) -> float:
+        return self.settings.planner_time_limit_s
+
+    def _default_planner(self, problem: PlanningProblem) -> Plan:
+        if self._planner_name == "reference":
+            return plan_reference(problem)
+        return plan_optimal(problem, Options(time_limit_s=self.time_limit_s))
+
+    # --- subscriptions ------------------------------------------------------------------
+
+    def subscribe(self, service: Service) -> None:
+        """Register the handlers (books first, so its retained copy comes before samples)."""
+        t = self._topics
+        service.subscribe(t.books(), self.on_books)
+        service.subscribe(t.forecast(), self.on_forecast)
+        service.subscribe(t.all_overrides(), self.on_override)
+        service.subscribe(t.all_measurements(), self.on_measurement)
+        service.subscribe(t.surplus(), self.on_surplus)
+
+    def _drop(self, kind: str, topic: str, why: str) -> None:
+        self._counters.inc("messages_dropped")
+        self._counters.inc(f"messages_dropped_{kind}")
+        self._rate_limited.log(
+            f"drop:{kind}", logging.WARNING, "dropped a message on %s: %s", topic, why
+        )
+
+    def _parse(self, model: type[M], payload: bytes) -> M:
+        try:
+            return parse_message(model, payload)
+        except MessageError as err:
+            raise _DropError(str(err)) from None
+
+    def _not_future(self, when: datetime) -> None:
+        ahead = (when - self._clock.now()).total_seconds()
+        if ahead > self.options.max_future_s:
+            raise _DropError(f"timestamp {when.isoformat()} is {ahead:.0f} s in the future")
+
+    def _slug(self, topic: str) -> str:
+        found = self._topics.match(topic)
+        if found is None:
+            raise _DropError("not a topic of the layout")
+        _, params = found
+        slug = params.get("device") or params.get("socket")
+        if slug is None:
+            raise _DropError("no device in the topic")
+        return slug
+
+    # --- handlers -----------------------------------------------------------------------
+
+    async def on_books(self, topic: str, payload: bytes) -> None:
+        try:
+            message = self._parse(EnergyBooks, payload)
+        except _DropError as err:
+            self._drop("books", topic, str(err))
+            return
+        if self.restored.is_set():
+            return  # our own copy coming back: the books in memory are newer
+        now = self._clock.now()
+        got = restore_books(message, now, self.ctx.tz, self.ctx.boundary, self.devices)
+        if got is None:
+            self._counters.inc("books_not_restored_other_day")
+            self._log.info(
+                "retained books are for the day from %s, not today: starting empty",
+                message.day_start.isoformat(),
+            )
+            self._finish_restore(None)
+            return
+        self._counters.inc("books_restored")
+        self._log.info(
+            "books restored: %s",
+            ", ".join(f"{n} {b.energy_wh:.0f} Wh" for n, b in got.books.sockets.items()) or "-",
+        )
+        self.books = got.books
+        self.batteries = got.batteries
+        self.baseline = got.baseline
+        self._finish_restore(got.books)
+
+    def _finish_restore(self, books: Books | None) -> None:
+        if self.restored.is_set():
+            return
+        if books is None:
+            self.books = empty_books(self._today())
+        held, self._held = self._held, []
+        self.restored.set()
+        for m in held:
+            self._apply_measurement(m)
+        self._publish_books()
+        self._wake.set()
+
+    async def on_forecast(self, topic: str, payload: bytes) -> None:
+        try:
+            forecast = self._parse(Forecast, payload)
+            self._not_future(forecast.made_at)
+        except _DropError as err:
+            self._drop("forecast", topic, str(err))
+            return
+        if self.forecast is not None and forecast.made_at < self.forecast.made_at:
+            self._counters.inc("forecasts_older_ignored")
+            return
+        self._counters.inc("forecasts_received")
+        self.forecast = forecast
+        self._wake.set()
+
+    async def on_override(self, topic: str, payload: bytes) -> None:
+        try:
+            slug = self._slug(topic)
+            device = self.devices.device_by_slug(slug)
+            if not isinstance(device, SocketConfig):
+                raise _DropError(f"{slug!r} is not a configured socket")
+            state = self._parse(OverrideState, payload)
+            if state.socket != device.device_name:
+                raise _DropError(f"socket {state.socket!r} on the topic of {device.device_name!r}")
+            self._not_future(state.timestamp)
+        except _DropError as err:
+            self._drop("override", topic, str(err))
+            return
+        name = device.device_name
+        old = self.overrides.get(name)
+        if old is not None and state.timestamp < old.timestamp:
+            self._counters.inc("overrides_older_ignored")
+            return
+        self.overrides[name] = state
+        self._counters.inc("overrides_received")
+        self._wake.set()
+
+    async def on_measurement(self, topic: str, payload: bytes) -> None:
+        try:
+            slug = self._slug(topic)
+            device = self.devices.device_by_slug(slug)
+            if device is None:
+                raise _DropError(f"{slug!r} is not a configured device")
+            m = self._parse(DeviceMeasurement, payload)
+            if m.device != device.device_name or m.device_type != device.device_type:
+                raise _DropError(
+                    f"{m.device_type} {m.device!r} on the topic of "
+                    f"{device.device_type} {device.device_name!r}"
+                )
+            self._not_future(m.timestamp)
+            if isinstance(device, BatteryConfig) and m.state_of_charge_pct is None:
+                raise _DropError("a battery reading without state_of_charge_pct")
+        except _DropError as err:
+            self._drop("measurement", topic, str(err))
+            return
+        if isinstance(device, SocketConfig | BatteryConfig):
+            if not self.restored.is_set():
+                if len(self._held) < self.options.max_held_samples:
+                    self._held.append(m)
+                else:
+                    self._counters.inc("samples_dropped_restoring")
+                return
+            self._apply_measurement(m)
+
+    def _apply_measurement(self, m: DeviceMeasurement) -> None:
+        device = self._by_name.get(m.device)
+        if isinstance(device, SocketConfig):
+            if m.power_on is not None:
+                self.power_on[device.device_name] = m.power_on
+            try:
+                self.books = record_sample(
+                    self.books,
+                    device.device_name,
+                    capacity_wh=device.energy_capacity,
+                    max_power_w=device.max_power_usage,
+                    sample_at=m.timestamp,
+                    power_w=m.power_w,
+                    power_on=bool(m.power_on),
+                    day_start=day_start(m.timestamp, self.ctx.tz, self.ctx.boundary),
+                )
+            except (ValueError, ValidationError) as err:
+                self._drop("measurement", self._topics.measurement(device.slug), str(err))
+                return
+            self._counters.inc("socket_samples")
+        elif isinstance(device, BatteryConfig) and m.state_of_charge_pct is not None:
+            old = self.batteries.get(device.device_name)
+            if old is not None and old.measured_at is not None and m.timestamp <= old.measured_at:
+                return
+            self.batteries[device.device_name] = BatteryEnergy(
+                energy_wh=battery_energy_wh(device.energy_capacity, m.state_of_charge_pct),
+                state_of_charge_pct=m.state_of_charge_pct,
+                measured_at=m.timestamp,
+            )
+            self._counters.inc("battery_samples")
+
+    async def on_surplus(self, topic: str, payload: bytes) -> None:
+        try:
+            surplus = self._parse(HouseSurplus, payload)
+            self._not_future(surplus.timestamp)
+        except _DropError as err:
+            self._drop("surplus", topic, str(err))
+            return
+        if self.surplus is not None and surplus.timestamp <= self.surplus.timestamp:
+            self._counters.inc("surpluses_older_ignored")
+            return
+        self.surplus = surplus
+        self._counters.inc("surpluses_received")
+        self._update_baseline(surplus)
+        self._wake.set()
+
+    def _update_baseline(self, surplus: HouseSurplus) -> None:
+        """Feed the fading shift's baseline: measured − forecast at the surplus's time."""
+        at = surplus.timestamp
+        if forecast_problem(self.forecast, at, self.ctx.forecast_max_age_s) is not None:
+            return
+        assert self.forecast is not None
+        excluded = excluded_sockets(self.devices.sockets, self.overrides, at)
+        offset = measured_available_w(surplus, excluded) - forecast_at(self.forecast, at)
+        self.baseline = update_baseline(self.baseline, at, offset, self.ctx.shift.baseline_s)
+
+    # --- running ------------------------------------------------------------------------
+
+    async def run(self, wait_connected: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Restore the books, then plan on every new surplus and reset at each boundary."""
+        if wait_connected is not None:
+            await wait_connected()
+        if not self.restored.is_set():
+            waiter = asyncio.ensure_future(self.restored.wait())
+            timer = asyncio.ensure_future(self._clock.sleep(self.options.restore_wait_s))
+            try:
+                await asyncio.wait({waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                timer.cancel()
+            if not self.restored.is_set():
+                self._counters.inc("books_not_restored_none")
+                self._log.info("no retained books: starting the day's books empty")
+                self._finish_restore(None)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._plan_loop(), name="scheduler-plan")
+            group.create_task(self._boundary_loop(), name="scheduler-boundary")
+
+    async def _plan_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.plan_once()
+            except Exception as err:  # a bug: counted and logged, the next surplus retries
+                self._counters.inc("plan_errors")
+                self._rate_limited.log("plan_error", logging.ERROR, "planning failed: %r", err)
+                self._log.debug("planning failed", exc_info=err)
+
+    async def _boundary_loop(self) -> None:
+        while True:
+            end = next_boundary(self._clock.now(), self.ctx.tz, self.ctx.boundary)
+            await self._clock.sleep_until(end)
+            self.new_day()
+
+    def new_day(self) -> None:
+        """The daily boundary: the stores reset (and manual flags end), a new day's plan."""
+        today = self._today()
+        if today <= self.books.day_start:
+            return
+        self.books = roll_books(self.books, today)
+        self._counters.inc("boundary_resets")
+        self._log.info("new day from %s: books reset", today.isoformat())
+        self._publish_books()
+        self._wake.set()
+
+    async def plan_once(self) -> Prepared | None:
+        """Plan on the latest surplus and publish plan, commands and books (None: not now)."""
+        now = self._clock.now()
+        surplus = self.surplus
+        if surplus is None or not self.restored.is_set():
+            return None
+        age = (now - surplus.timestamp).total_seconds()
+        if age > self.options.surplus_max_age_intervals * self.poll_interval_s:
+            self._counters.inc("surplus_stale")
+            self._rate_limited.log(
+                "surplus_stale",
+                logging.WARNING,
+                "the latest surplus is %.0f s old: not planning (is the poller running?)",
+                age,
+            )
+            return None
+        self.books = roll_books(self.books, self._today())
+        prepared = prepare(
+            now=now,
+            ctx=self.ctx,
+            devices=self.devices,
+            books=self.books,
+            batteries=self.batteries,
+            overrides=self.overrides,
+            power_on=self.power_on,
+            surplus=surplus,
+            forecast=self.forecast,
+            baseline=self.baseline,
+        )
+        note: str | None = None
+        if prepared.fallback_reason is not None:
+            plan = fallback_plan(prepared.problem)
+            self._counters.inc("plans_fallback_rule")
+        else:
+            plan, note = await self._solve(prepared.problem)
+        self._report_mode(prepared, plan, note)
+        message = plan_message(prepared, plan, now, note)
+        self._publisher.publish(self._topics.plan(), message)
+        valid_s = self.options.command_valid_intervals * self.poll_interval_s
+        for slug, command in commands(prepared, plan, now, valid_s):
+            self._publisher.publish(self._topics.socket_set(slug), command)
+            self._counters.inc("commands_sent")
+        self._counters.inc("plans_published")
+        self._publish_books(now, prepared.excluded)
+        self.last_plan = prepared
+        return prepared
+
+    async def _solve(self, problem: PlanningProblem) -> tuple[Plan, str | None]:
+        """The configured planner's plan in a thread, or the reference plan and why."""
+        if self._planner_name == "reference":
+            return self._planner(problem), None
+        if self._solver is not None and not self._solver.done():
+            self._counters.inc("planner_busy")
+            return plan_reference(problem), "optimal planner still busy"
+        solver = asyncio.ensure_future(asyncio.to_thread(self._planner, problem))
+        solver.add_done_callback(_retrieve)
+        self._solver = solver
+        limit = self.options.planner_timeout_factor * self.time_limit_s
+        limit += self.options.planner_timeout_margin_s
+        try:
+            plan = await with_timeout(self._clock, limit, asyncio.shield(solver))
+        except TimeoutError:
+            self._counters.inc("planner_timeouts")
+            self._rate_limited.log(
+                "planner_timeout",
+                logging.WARNING,
+                "the %s planner took over %g s: the reference plan is used",
+                self._planner_name,
+                limit,
+            )
+            return plan_reference(problem), "optimal planner timed out"
+        except Exception as err:
+            self._counters.inc("planner_errors")
+            self._rate_limited.log(
+                "planner_error",
+                logging.ERROR,
+                "the %s planner failed (%r): the reference plan is used",
+                self._planner_name,
+                err,
+            )
+            return plan_reference(problem), "optimal planner failed"
+        return plan, None
+
+    def _report_mode(self, prepared: Prepared, plan: Plan, note: str | None) -> None:
+        mode = prepared.fallback_reason or note or "forecast"
+        kind = "fallback" if prepared.fallback_reason else (note or "forecast")
+        if kind != self._mode:
+            level = logging.INFO if kind == "forecast" else logging.WARNING
+            self._log.log(level, "planning: %s (%s planner)", mode, plan.planner)
+            self._mode = kind
+
+    def _publish_books(
+        self, now: datetime | None = None, excluded: list[str] | None = None
+    ) -> None:
+        now = now if now is not None else self._clock.now()
+        if excluded is None:
+            excluded = excluded_sockets(self.devices.sockets, self.overrides, now)
+        message = books_message(
+            self.books, self.batteries, now, manual=excluded, baseline=self.baseline
+        )
+        self._publisher.publish(self._topics.books(), message)
+        self._counters.inc("books_published")
+
+
+def _retrieve(future: asyncio.Future[Plan]) -> None:
+    """Fetch a finished solve's outcome, so an abandoned one never logs 'never retrieved'."""
+    if not future.cancelled():
+        future.exception()
+
+
+# --- the service ----------------------------------------------------------------------------
+
+
+async def app(service: Service, devices: DevicesConfig) -> None:
+    """The scheduler's work inside the service runtime."""
+    scheduler = Scheduler(
+        devices,
+        service.settings,
+        service,
+        topics=service.topics,
+        counters=service.counters,
+        clock=service.clock,
+        log=service.log,
+    )
+    scheduler.subscribe(service)
+    service.log.info(
+        "planning %d sockets in %d-s steps with the %s planner, forecast shift %s",
+        len(devices.sockets),
+        service.settings.planning_step_s,
+        service.settings.planner,
+        service.settings.forecast_shift,
+    )
+    await scheduler.run(service.wait_connected)
+
+
+def main() -> int:
+    """`python -m services.scheduler`: settings from config/settings.toml and HWSCHED_*."""
+    return run_service(SERVICE_NAME, app)

@@ -1,0 +1,719 @@
+"""The actuator's decisions (services.actuator.core), directly, on a ManualClock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from services.actuator.actuator import TokenBucket
+from services.actuator.core import (
+    ActuatorCore,
+    ActuatorOptions,
+    FallbackInput,
+    fallback_targets,
+    latest_start,
+)
+from shared.clock import ManualClock
+from shared.config import DevicesConfig, SocketConfig
+from shared.daytime import next_boundary
+from shared.messages import (
+    DeviceMeasurement,
+    EnergyBooks,
+    HouseSurplus,
+    Message,
+    MessageError,
+    OverrideRequest,
+    OverrideState,
+    PlanMessage,
+    SocketBook,
+    SocketCommand,
+    SocketPlan,
+    SocketState,
+    SwitchEvent,
+    parse_message,
+)
+from shared.service import Counters
+from shared.topics import Topics
+
+TZ = ZoneInfo("Europe/Amsterdam")
+BOUNDARY = time(6, 0)
+T0 = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)  # 12:00 local
+NEXT_BOUNDARY = datetime(2024, 5, 2, 4, 0, tzinfo=UTC)  # 06:00 local
+DAY_START = NEXT_BOUNDARY - timedelta(days=1)
+DEVICES = DevicesConfig.model_validate(
+    {
+        "devices": [
+            {"device_name": "P1 meter", "device_type": "HWE-P1", "ip_address": "10.0.0.1"},
+            {
+                "device_name": "Boiler",
+                "device_type": "HWE-SKT",
+                "ip_address": "10.0.0.2",
+                "max_power_usage": 2000,
+                "energy_capacity": 6000,
+                "daily_need": True,
+            },
+            {
+                "device_name": "E-bike",
+                "device_type": "HWE-SKT",
+                "ip_address": "10.0.0.3",
+                "max_power_usage": 300,
+                "energy_capacity": 500,
+                "priority": 2,
+            },
+        ]
+    }
+)
+BOILER, BIKE = DEVICES.sockets
+TOPICS = Topics("t")
+
+
+@dataclass
+class Recorder:
+    sent: list[tuple[str, Any]] = field(default_factory=list)
+
+    def publish(self, topic: str, payload: Message | str) -> None:
+        self.sent.append((topic, payload))
+
+    def of(self, kind: type[Message]) -> list[Any]:
+        return [p for _, p in self.sent if isinstance(p, kind)]
+
+    def clear(self) -> None:
+        self.sent.clear()
+
+
+@dataclass
+class Rig:
+    clock: ManualClock
+    core: ActuatorCore
+    out: Recorder
+    counters: Counters
+
+    @property
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.core.tick(self.now)
+
+    def command(self, slug: str, state: str, valid_s: float = 900, **kw: Any) -> bool:
+        name = self.core.socket(slug).name
+        cmd = SocketCommand(
+            timestamp=self.now,
+            socket=name,
+            state=state,
+            reason=kw.pop("reason", "plan step"),
+            valid_until=self.now + timedelta(seconds=valid_s),
+            **kw,
+        )
+        return self.core.on_command(slug, cmd, self.now)
+
+    def override(self, slug: str, **request: Any) -> None:
+        self.core.on_override_request(slug, OverrideRequest(**request), self.now)
+
+    def read(self, slug: str, on: bool, lock: bool = False) -> None:
+        self.core.observe(slug, on, lock, self.now)
+
+    def run(self, slug: str) -> bool | None:
+        """One cycle as the shell does it (the relay is read as it was left); the switch made."""
+        self.core.tick(self.now)
+        decision = self.core.step(slug, self.now)
+        if decision.switch_to is not None:
+            self.core.switched(slug, decision, self.now, decision.switch_to, False)
+        self.core.publish_state(slug, self.now)
+        return decision.switch_to
+
+    def measure(self, slug: str, power_w: float, on: bool = True) -> None:
+        c = self.core.socket(slug)
+        m = DeviceMeasurement(
+            timestamp=self.now,
+            device=c.name,
+            device_type="HWE-SKT",
+            power_w=power_w,
+            power_on=on,
+            switch_lock=False,
+            api="v1",
+        )
+        self.core.on_measurement(slug, m, self.now)
+
+    def last_override(self, slug: str) -> OverrideState:
+        return [p for t, p in self.out.sent if t == TOPICS.override(slug)][-1]  # type: ignore[no-any-return]
+
+    def last_state(self, slug: str) -> SocketState:
+        return [p for t, p in self.out.sent if t == TOPICS.socket_state(slug)][-1]  # type: ignore[no-any-return]
+
+
+def make_rig(start: datetime = T0, restore: bool = True, **options: Any) -> Rig:
+    clock = ManualClock(start)
+    out = Recorder()
+    counters = Counters()
+    core = ActuatorCore(
+        DEVICES.sockets,
+        out,
+        topics=TOPICS,
+        counters=counters,
+        tz=TZ,
+        boundary=BOUNDARY,
+        started_at=start,
+        options=ActuatorOptions(**options),
+    )
+    if restore:
+        core.finish_restore(start)
+    return Rig(clock, core, out, counters)
+
+
+# --- switching ------------------------------------------------------------------------------
+
+
+def test_no_switch_when_the_state_already_matches() -> None:
+    rig = make_rig()
+    rig.read("boiler", True)
+    assert rig.command("boiler", "on")
+    assert rig.run("boiler") is None
+    assert rig.out.of(SwitchEvent) == []
+    state = rig.last_state("boiler")
+    assert (state.power_on, state.desired, state.controlled_by) == (True, "on", "plan")
+
+
+def test_nothing_asked_nothing_done() -> None:
+    rig = make_rig()
+    rig.read("boiler", False)
+    assert rig.run("boiler") is None
+    assert rig.last_state("boiler").desired is None
+
+
+def test_switch_interval_counted_from_the_last_real_change() -> None:
+    rig = make_rig()
+    rig.read("boiler", False)
+    rig.command("boiler", "on")
+    assert rig.run("boiler") is True
+    (event,) = rig.out.of(SwitchEvent)
+    assert (event.from_state, event.to_state, event.reason, event.at) == ("off", "on", "plan", T0)
+    assert rig.last_state("boiler").last_switch_reason == "plan: plan step"
+
+    rig.advance(60)
+    rig.read("boiler", True)
+    rig.command("boiler", "off")
+    assert rig.run("boiler") is None  # held back
+    decision = rig.core.decide("boiler", rig.now)
+    assert decision.blocked == "interval"
+    assert decision.held_until == T0 + timedelta(seconds=300)
+    assert rig.last_state("boiler").held_until == T0 + timedelta(seconds=300)
+    rig.advance(239)
+    assert rig.run("boiler") is None
+    rig.advance(1)
+    assert rig.run("boiler") is False
+    assert rig.counters["switches_plan"] == 2
+    assert rig.counters["switch_blocked_interval"] == 1  # one episode, counted once
+
+    # a hand switch is a real change too: the interval counts from it
+    rig.advance(400)
+    rig.command("boiler", "on")
+    rig.core.socket("boiler").last_switch_at = rig.now - timedelta(seconds=10)  # pretend held
+    assert rig.run("boiler") is None
+    rig.advance(5)
+    rig.read("boiler", True)  # a person does what the plan wants: adopted, no override
+    assert rig.core.socket("boiler").hold is None
+    assert rig.core.socket("boiler").last_switch_at == rig.now
+    rig.advance(60)
+    rig.command("boiler", "off")
+    assert rig.core.decide("boiler", rig.now).held_until == rig.now + timedelta(seconds=240)
+
+
+def test_switch_lock_is_reported_not_fought() -> None:
+    rig = make_rig()
+    rig.read("boiler", True, lock=True)
+    rig.command("boiler", "off")
+    for _ in range(3):
+        assert rig.run("boiler") is None
+        rig.advance(10)
+        rig.read("boiler", True, lock=True)
+    assert rig.counters["switch_blocked_locked"] == 1
+    state = rig.last_state("boiler")
+    assert (state.power_on, state.switch_lock, state.desired) == (True, True, "off")
+    # the lock goes: the switch is made
+    rig.read("boiler", True, lock=False)
+    assert rig.run("boiler") is False
+    # a refused switch (the device says locked) changes nothing and is counted
+    rig.core.switch_locked("e_bike", rig.now)
+    assert rig.counters["switch_refused_locked"] == 1
+
+
+def test_unknown_state_and_failed_switch_then_confirmed_by_a_read() -> None:
+    rig = make_rig()
+    rig.command("boiler", "on")
+    assert rig.core.decide("boiler", rig.now).blocked == "unknown"  # never read yet
+    rig.read("boiler", False)
+    decision = rig.core.step("boiler", rig.now)
+    assert decision.switch_to is True
+    retry_at = rig.core.switch_failed("boiler", decision, rig.now)
+    assert retry_at == T0 + timedelta(seconds=10)
+    assert rig.core.decide("boiler", rig.now).blocked == "unknown"
+    rig.advance(2)
+    rig.read("boiler", True)  # it did switch (the answer was lost): ours, not a hand switch
+    assert rig.core.socket("boiler").hold is None
+    assert rig.counters["hand_switches"] == 0
+    (event,) = rig.out.of(SwitchEvent)
+    assert event.to_state == "on"
+    assert rig.core.socket("boiler").last_switch_at == rig.now
+
+
+def test_failed_switches_back_off() -> None:
+    rig = make_rig(retry_min_s=10, retry_max_s=40)
+    rig.read("boiler", False)
+    rig.command("boiler", "on")
+    delays = []
+    for _ in range(4):
+        rig.read("boiler", False)
+        decision = rig.core.step("boiler", rig.now)
+        assert decision.switch_to is True
+        retry_at = rig.core.switch_failed("boiler", decision, rig.now)
+        delays.append((retry_at - rig.now).total_seconds())
+        rig.read("boiler", False)
+        assert rig.core.decide("boiler", rig.now).blocked == "retry"
+        rig.clock.set(retry_at)
+    assert delays == [10, 20, 40, 40]
+
+
+# --- overrides by MQTT ----------------------------------------------------------------------
+
+
+def test_override_on_for_a_duration_then_expiry() -> None:
+    rig = make_rig()
+    rig.read("e_bike", False)
+    rig.command("e_bike", "off")
+    rig.override("e_bike", state="on", duration_s=600)
+    published = rig.last_override("e_bike")
+    assert (published.state, published.until, published.source) == (
+        "on",
+        T0 + timedelta(seconds=600),
+        "mqtt",
+    )
+    assert rig.run("e_bike") is True
+    assert rig.out.of(SwitchEvent)[-1].reason == "override"
+    assert rig.last_state("e_bike").controlled_by == "override"
+    rig.advance(599)
+    rig.read("e_bike", True)
+    rig.command("e_bike", "off")
+    assert rig.run("e_bike") is None
+    rig.advance(1)  # expired: back to the plan
+    expired = rig.last_override("e_bike")
+    assert (expired.state, expired.until, expired.source) == ("auto", None, "expiry")
+    assert rig.run("e_bike") is False
+    assert rig.counters["overrides_expired"] == 1
+
+
+def test_override_until_and_default_is_the_next_boundary() -> None:
+    rig = make_rig()
+    rig.override("boiler", state="off", until=T0 + timedelta(hours=2))
+    assert rig.core.socket("boiler").hold is not None
+    assert rig.last_override("boiler").until == T0 + timedelta(hours=2)
+    rig.override("boiler", state="off")
+    assert rig.last_override("boiler").until == NEXT_BOUNDARY
+    rig.clock.set(NEXT_BOUNDARY - timedelta(seconds=1))
+    rig.core.tick(rig.now)
+    assert rig.core.socket("boiler").hold is not None
+    rig.clock.set(NEXT_BOUNDARY)
+    rig.core.tick(rig.now)
+    assert rig.core.socket("boiler").hold is None
+    assert rig.last_override("boiler").source == "expiry"
+
+
+def test_override_auto_ends_it_and_bad_leases_are_drops() -> None:
+    rig = make_rig()
+    rig.read("boiler", False)
+    rig.command("boiler", "off")
+    rig.override("boiler", state="on", duration_s=3600)
+    assert rig.core.desired("boiler", rig.now).on is True
+    rig.override("boiler", state="auto")
+    assert rig.core.socket("boiler").hold is None
+    assert rig.last_override("boiler").state == "auto"
+    assert rig.last_override("boiler").source == "mqtt"
+    assert rig.core.desired("boiler", rig.now).on is False
+    with pytest.raises(MessageError, match="until"):
+        rig.override("boiler", state="on", until=T0 - timedelta(minutes=1))
+    assert rig.core.socket("boiler").hold is None
+
+
+# --- hand switches --------------------------------------------------------------------------
+
+
+def test_hand_switch_on_against_the_plan_is_manual_until_full() -> None:
+    rig = make_rig()
+    rig.read("boiler", False)
+    rig.command("boiler", "off")
+    rig.run("boiler")
+    rig.advance(30)
+    rig.read("boiler", True)  # a person presses the button
+    hold = rig.last_override("boiler")
+    assert (hold.state, hold.until, hold.source) == ("on", NEXT_BOUNDARY, "manual-switch")
+    rig.command("boiler", "off")
+    assert rig.run("boiler") is None  # not fought
+    assert rig.last_state("boiler").controlled_by == "manual"
+    assert rig.last_state("boiler").last_switch_reason == "manual-switch: switched on by hand"
+    # drawing little right after the switch does not count (the element may not be on yet)
+    rig.advance(10)
+    rig.measure("boiler", 50)
+    assert rig.core.socket("boiler").hold is not None
+    rig.advance(600)
+    rig.measure("boiler", 1990)
+    assert rig.core.socket("boiler").hold is not None
+    rig.advance(3600)
+    rig.measure("boiler", 150)  # < 10 % of 2000 W: full
+    assert rig.core.socket("boiler").hold is None
+    assert (rig.last_override("boiler").state, rig.last_override("boiler").source) == (
+        "auto",
+        "expiry",
+    )
+    assert rig.counters["manual_full"] == 1
+    assert rig.run("boiler") is False  # back to the plan
+
+
+def test_hand_switch_on_never_full_ends_at_the_boundary() -> None:
+    rig = make_rig()
+    rig.read("boiler", False)
+    rig.command("boiler", "off")
+    rig.read("boiler", True)
+    assert rig.core.socket("boiler").hold is not None
+    rig.clock.set(NEXT_BOUNDARY)
+    rig.core.tick(rig.now)
+    assert rig.core.socket("boiler").hold is None
+    assert rig.last_override("boiler").source == "expiry"
+
+
+def test_hand_switch_off_against_the_plan_is_an_override_cleared_by_auto() -> None:
+    rig = make_rig()
+    rig.read("boiler", True)
+    rig.command("boiler", "on")
+    rig.run("boiler")
+    rig.advance(100)
+    rig.read("boiler", False)
+    hold = rig.last_override("boiler")
+    assert (hold.state, hold.until, hold.source) == ("off", NEXT_BOUNDARY, "manual-switch")
+    rig.command("boiler", "on")
+    assert rig.run("boiler") is None
+    assert rig.last_state("boiler").controlled_by == "manual"
+    rig.advance(60)
+    rig.override("boiler", state="auto")  # a person gives it back
+    assert rig.last_override("boiler").state == "auto"
+    decision = rig.core.decide("boiler", rig.now)
+    assert decision.desired.on is True
+    assert decision.blocked == "interval"  # the hand switch was a real change
+    assert decision.held_until == T0 + timedelta(seconds=400)
+    rig.clock.set(T0 + timedelta(seconds=400))
+    rig.command("boiler", "on")
+    assert rig.run("boiler") is True
+
+
+def test_hand_switch_without_any_plan_is_held_too() -> None:
+    rig = make_rig()
+    rig.read("e_bike", True)
+    rig.read("e_bike", False)
+    assert rig.last_override("e_bike").state == "off"
+    assert rig.counters["hand_switches"] == 1
+
+
+# --- restart --------------------------------------------------------------------------------
+
+
+def test_restore_last_switch_and_overrides_then_ignore_echoes() -> None:
+    rig = make_rig(restore=False)
+    switched_at = T0 - timedelta(seconds=100)
+    rig.core.restore_state(
+        "boiler",
+        SocketState(
+            timestamp=T0,
+            socket="Boiler",
+            power_on=True,
+            switch_lock=False,
+            controlled_by="plan",
+            last_switch_at=switched_at,
+            last_switch_reason="plan: x",
+        ),
+    )
+    rig.core.restore_override(
+        "e_bike",
+        OverrideState(
+            timestamp=T0,
+            socket="E-bike",
+            state="off",
+            until=T0 + timedelta(hours=1),
+            source="mqtt",
+            set_at=T0 - timedelta(minutes=5),
+        ),
+    )
+    with pytest.raises(MessageError, match="not the socket"):
+        rig.core.restore_override(
+            "boiler",
+            OverrideState(timestamp=T0, socket="E-bike", state="auto", source="mqtt", set_at=T0),
+        )
+    rig.core.finish_restore(T0)
+    assert rig.out.sent == []  # nothing published while restoring
+    rig.read("boiler", True)  # as before the restart: no hand switch
+    assert rig.counters["hand_switches"] == 0
+    rig.command("boiler", "off")
+    decision = rig.core.decide("boiler", rig.now)
+    assert (decision.blocked, decision.held_until) == ("interval", switched_at + timedelta(0, 300))
+    rig.read("e_bike", False)
+    rig.command("e_bike", "on")
+    assert rig.run("e_bike") is None
+    assert rig.last_state("e_bike").controlled_by == "override"
+    # our own retained messages coming back later change nothing
+    echo = OverrideState(timestamp=T0, socket="E-bike", state="auto", source="mqtt", set_at=T0)
+    assert not rig.core.restore_override("e_bike", echo)
+    assert rig.core.socket("e_bike").hold is not None
+
+
+def test_restored_state_differing_from_the_relay_is_a_hand_switch() -> None:
+    rig = make_rig(restore=False)
+    rig.core.restore_state(
+        "boiler", SocketState(timestamp=T0, socket="Boiler", power_on=False, controlled_by="plan")
+    )
+    rig.core.finish_restore(T0)
+    rig.read("boiler", True)
+    assert rig.last_override("boiler").source == "manual-switch"
+
+
+def test_restored_override_already_expired_is_cleared() -> None:
+    rig = make_rig(restore=False)
+    rig.core.restore_override(
+        "boiler",
+        OverrideState(
+            timestamp=T0,
+            socket="Boiler",
+            state="on",
+            until=T0 - timedelta(minutes=1),
+            source="manual-switch",
+            set_at=T0 - timedelta(hours=3),
+        ),
+    )
+    rig.core.finish_restore(T0)
+    rig.core.tick(T0)
+    assert rig.core.socket("boiler").hold is None
+    assert rig.last_override("boiler").source == "expiry"
+
+
+# --- commands and plans ---------------------------------------------------------------------
+
+
+def test_stale_wrong_and_out_of_order_commands() -> None:
+    rig = make_rig()
+    stale = SocketCommand(
+        timestamp=T0 - timedelta(hours=1), socket="Boiler", state="on", reason="old"
+    )
+    assert not rig.core.on_command("boiler", stale, T0)
+    expired = SocketCommand(
+        timestamp=T0, socket="Boiler", state="on", reason="x", valid_until=T0 - timedelta(1)
+    )
+    assert not rig.core.on_command("boiler", expired, T0)
+    assert rig.counters["commands_stale"] == 2
+    with pytest.raises(MessageError, match="not the socket"):
+        rig.core.on_command(
+            "boiler", SocketCommand(timestamp=T0, socket="E-bike", state="on", reason="x"), T0
+        )
+    rig.advance(10)
+    assert rig.command("boiler", "on")
+    late = SocketCommand(
+        timestamp=T0 + timedelta(seconds=5), socket="boiler", state="off", reason="late"
+    )
+    assert not rig.core.on_command("boiler", late, rig.now)
+    assert rig.core.desired("boiler", rig.now).on is True
+
+
+def plan_at(made_at: datetime, boiler: list[int]) -> PlanMessage:
+    n = len(boiler)
+    return PlanMessage(
+        timestamp=made_at,
+        made_at=made_at,
+        start=made_at,
+        step_s=900,
+        sockets={"Boiler": SocketPlan(states=boiler, energy_wh=[0.0] * n)},
+        battery_power_w=[0.0] * n,
+        battery_energy_wh=[0.0] * n,
+        planner="reference",
+        status="heuristic",
+        solve_s=0.0,
+        available_power_w=[0.0] * n,
+    )
+
+
+def test_the_plan_applies_between_commands_while_fresh() -> None:
+    rig = make_rig(fallback_after_s=1800)
+    rig.read("boiler", False)
+    assert rig.core.on_plan(plan_at(T0, [0, 1, 1, 0]), T0)
+    rig.command("boiler", "off", valid_s=900)
+    assert rig.core.desired("boiler", rig.now).on is False
+    rig.advance(900)  # the command ran out; the plan's step 1 says on
+    desired = rig.core.desired("boiler", rig.now)
+    assert (desired.on, desired.detail) == (True, "plan step 1")
+    assert not rig.core.on_plan(plan_at(T0 - timedelta(hours=1), [0]), rig.now)
+    rig.advance(900)  # the plan is no longer fresh: the fallback decides
+    assert rig.core.desired("boiler", rig.now).controlled_by == "fallback"
+
+
+# --- fallback -------------------------------------------------------------------------------
+
+
+def test_latest_start_and_fallback_rule() -> None:
+    end = NEXT_BOUNDARY
+    assert latest_start(BOILER, 0, end, 1800) == end - timedelta(hours=3.5)
+    assert latest_start(BOILER, 4000, end, 0) == end - timedelta(hours=1)
+    assert latest_start(BOILER, 6000, end, 0) is None
+    early = end - timedelta(hours=4)
+    items = [FallbackInput(BOILER), FallbackInput(BIKE)]
+    assert {k: v[0] for k, v in fallback_targets(items, None, early, end, 1800).items()} == {
+        "Boiler": False,
+        "E-bike": False,
+    }
+    # surplus covers the boiler first (priority 1), the bike with what is left
+    got = fallback_targets(items, 2400, early, end, 1800)
+    assert (got["Boiler"][0], got["E-bike"][0]) == (True, True)
+    got = fallback_targets(items, 2200, early, end, 1800)
+    assert (got["Boiler"][0], got["E-bike"][0]) == (True, False)
+    # late: the boiler is on by its deadline (no surplus), the optional bike never
+    late = end - timedelta(hours=3.5)
+    got = fallback_targets(items, 0, late, end, 1800)
+    assert (got["Boiler"][0], got["E-bike"][0]) == (True, False)
+    # full sockets stay off; a held-on socket takes its draw from the surplus first
+    full = [FallbackInput(BOILER, 6000, True), FallbackInput(BIKE)]
+    assert fallback_targets(full, 2400, late, end, 1800)["Boiler"] == (False, "full")
+    held = [FallbackInput(BOILER, held=True, drawing_w=2000), FallbackInput(BIKE)]
+    got = fallback_targets(held, 2200, early, end, 1800)
+    assert "Boiler" not in got
+    assert got["E-bike"][0] is False
+
+
+def test_fallback_fills_the_needed_socket_before_the_boundary_then_hands_back() -> None:
+    rig = make_rig(fallback_after_s=900, fallback_margin_s=1800, switch_interval_s=300)
+    boiler = rig.core.socket("boiler")
+    rig.read("boiler", False)
+    rig.read("e_bike", False)
+    rig.command("boiler", "off")
+    # the scheduler said 2 kWh is in (its books), then died
+    rig.core.on_books(
+        EnergyBooks(
+            timestamp=T0,
+            day_start=DAY_START,
+            sockets={"Boiler": SocketBook(name="Boiler", day_start=DAY_START, energy_wh=2000)},
+        ),
+        T0,
+    )
+    rig.advance(899)
+    assert not rig.core.fallback_active
+    rig.advance(1)
+    assert rig.core.fallback_active
+    assert rig.counters["fallback_activations"] == 1
+    assert rig.run("boiler") is None  # 4 kWh at 2 kW + 30 min: from 01:30 UTC
+    assert rig.last_state("boiler").controlled_by == "fallback"
+    # a surplus that covers the bike (not the boiler) switches the bike on
+    rig.core.on_surplus(
+        HouseSurplus(timestamp=rig.now, surplus_w=500, p1_power_w=-500, based_on=["P1 meter"])
+    )
+    assert rig.run("e_bike") is True
+    assert rig.out.of(SwitchEvent)[-1].reason == "fallback"
+    # through the night, minute by minute, with the poller's measurements
+    energy = 2000.0
+    on_at = None
+    while rig.now < NEXT_BOUNDARY - timedelta(minutes=1):
+        rig.advance(60)
+        if boiler.power_on:
+            energy = min(6000.0, energy + 2000 / 60)
+        drawing = 2000.0 if boiler.power_on and energy < 6000 else (10.0 if boiler.power_on else 0)
+        rig.measure("boiler", drawing, on=bool(boiler.power_on))
+        if rig.run("boiler") and on_at is None:
+            on_at = rig.now
+        rig.read("boiler", bool(boiler.power_on))
+    assert on_at == datetime(2024, 5, 2, 1, 30, tzinfo=UTC)
+    assert energy == pytest.approx(6000.0)
+    assert rig.core.books.book("Boiler").full
+    assert boiler.power_on is False  # switched off once it read full
+    assert boiler.last_switch_reason == "fallback: full"
+    # the scheduler returns: control goes back
+    rig.command("boiler", "on", reason="top up")
+    rig.core.tick(rig.now)
+    assert not rig.core.fallback_active
+    assert rig.counters["fallback_handbacks"] == 1
+    assert rig.core.desired("boiler", rig.now).controlled_by == "plan"
+    assert rig.run("boiler") is True
+    assert rig.last_state("boiler").last_switch_reason == "plan: top up"
+
+
+def test_fallback_without_books_assumes_empty_and_ignores_stale_surplus() -> None:
+    rig = make_rig(fallback_after_s=900)
+    rig.clock.set(NEXT_BOUNDARY - timedelta(hours=3, minutes=29))
+    rig.core.on_surplus(
+        HouseSurplus(
+            timestamp=rig.now - timedelta(hours=1),
+            surplus_w=5000,
+            p1_power_w=-5000,
+            based_on=["P1 meter"],
+        )
+    )
+    rig.core.tick(rig.now)
+    assert rig.core.desired("boiler", rig.now).on is True  # 6 kWh / 2 kW + 30 min
+    assert rig.core.desired("e_bike", rig.now).on is False  # the surplus is an hour old
+
+
+def test_books_merge_keeps_the_later_sample_and_refuses_another_day() -> None:
+    rig = make_rig()
+    rig.measure("boiler", 2000)
+    rig.advance(1800)
+    rig.measure("boiler", 2000)
+    assert rig.core.books.book("Boiler").energy_wh == pytest.approx(1000)
+    older = EnergyBooks(
+        timestamp=T0,
+        day_start=DAY_START,
+        sockets={
+            "Boiler": SocketBook(
+                name="Boiler", day_start=DAY_START, energy_wh=100, last_sample_at=T0
+            )
+        },
+    )
+    rig.core.on_books(older, rig.now)
+    assert rig.core.books.book("Boiler").energy_wh == pytest.approx(1000)
+    with pytest.raises(MessageError, match="later day"):
+        rig.core.on_books(
+            EnergyBooks(timestamp=T0, day_start=NEXT_BOUNDARY + timedelta(days=1)), rig.now
+        )
+
+
+def test_messages_published_are_valid_and_state_only_on_change() -> None:
+    rig = make_rig()
+    rig.read("boiler", False)
+    rig.command("boiler", "on")
+    rig.run("boiler")
+    before = len(rig.out.sent)
+    rig.read("boiler", True)
+    assert not rig.core.publish_state("boiler", rig.now)
+    assert len(rig.out.sent) == before
+    for topic, message in rig.out.sent:
+        spec_match = TOPICS.match(topic)
+        assert spec_match is not None
+        assert spec_match[0].model is type(message)
+        assert parse_message(type(message), message.model_dump_json()) == message
+
+
+def test_token_bucket() -> None:
+    bucket = TokenBucket(3, 1.0, 0.0)
+    assert [bucket.take(0.0) for _ in range(4)] == [True, True, True, False]
+    assert not bucket.take(0.5)
+    assert bucket.take(1.0)
+    assert not bucket.take(1.0)
+
+
+def test_options_from_settings() -> None:
+    from shared.config import Settings
+
+    settings = Settings(switch_interval_s=120, fallback_after_s=600, fallback_margin_s=0)
+    options = ActuatorOptions.from_settings(settings)
+    assert (options.switch_interval_s, options.fallback_after_s, options.fallback_margin_s) == (
+        120,
+        600,
+        0,
+    )
+    assert next_boundary(T0, TZ, BOUNDARY) == NEXT_BOUNDARY
+    assert isinstance(BOILER, SocketConfig)

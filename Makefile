@@ -43,7 +43,7 @@ run: $(STAMP)
 	$(BIN)/hwsched plan config/example-day.json --show
 
 ## Every check: ruff, mypy (strict on shared/), pytest.
-test: lint typecheck pytest test-forecaster
+test: lint typecheck pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -3,8 +3,8 @@
 Starts, as separate processes running their real code:
 - a broker: the local `mosquitto` on a free port of 127.0.0.1 (never the shared 1883);
 - the simulated house (its devices, its CA, its weather) for the devices file;
-- the poller, the forecaster (in its own environment, `.venv-forecaster`), the scheduler and
-  the actuator, pointed at that broker and that house;
+- the poller, the forecaster (in its own environment, `.venv-forecaster`), the scheduler,
+  the actuator and the Home Assistant bridge, pointed at that broker and that house;
 then prints what to watch and how to publish an override, restarts a service that dies (with
 back-off), and stops everything cleanly on Ctrl-C.
 """
@@ -222,6 +222,7 @@ async def run_stack(devices_file: Path, run_dir: Path) -> int:
             ("poller", [sys.executable, "-m", "services.poller"]),
             ("scheduler", [sys.executable, "-m", "services.scheduler"]),
             ("actuator", [sys.executable, "-m", "services.actuator"]),
+            ("bridge", [sys.executable, "-m", "services.bridge"]),
         ]
         if FORECASTER_PYTHON.exists():
             services.insert(

@@ -37,7 +37,7 @@ import signal
 import sys
 import traceback
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -231,9 +231,21 @@ async def _first_of(*awaitables: Awaitable[Any]) -> None:
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for t in tasks:
+        await _cancel_all(tasks)
+
+
+async def _cancel_all(tasks: Sequence[asyncio.Future[Any]]) -> None:
+    """Cancel tasks and wait until every one is done.
+
+    Cancelled again while any is pending: on Python 3.11 a `wait_for` inside a library
+    (aiomqtt's publish) can swallow one cancellation, and a single cancel-then-wait would
+    then hang the stop forever.
+    """
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for t in pending:
             t.cancel()
-        await asyncio.wait(tasks)
+        _, pending = await asyncio.wait(pending, timeout=0.5)
 
 
 def package_version() -> str:
@@ -523,9 +535,7 @@ class Service:
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.wait(tasks)
+            await _cancel_all(list(tasks))
         for t in done:
             error = None if t.cancelled() else t.exception()
             if error is not None:

@@ -390,6 +390,78 @@ def test_token_never_in_repr_or_str(tmp_path: Path) -> None:
         assert TOKEN.lower() not in text.lower()
 
 
+def test_v2_ports_and_the_p1_users_token_are_optional_additions(tmp_path: Path) -> None:
+    config = load_devices(_write(tmp_path, BASE))  # the original format: none of them
+    assert config.p1.v2_port is None
+    assert config.p1.user_info is None
+    assert config.batteries[0].v2_port is None
+    data = _base()
+    data["devices"][0]["v2_port"] = 8443
+    data["devices"][0]["user_info"] = {"name": "local/hwsched", "token": TOKEN.lower()}
+    data["devices"][2]["v2_port"] = 9443
+    config = load_devices(_write(tmp_path, data))
+    assert config.p1.v2_port == 8443
+    assert config.p1.port is None
+    assert config.p1.user_info is not None
+    assert config.p1.user_info.name == "local/hwsched"
+    assert config.p1.user_info.token.get_secret_value() == TOKEN.lower()
+    assert not config.p1.user_info.token_is_placeholder
+    assert config.batteries[0].v2_port == 9443
+    for text in (repr(config.p1), str(config.p1), config.model_dump_json()):
+        assert TOKEN.lower() not in text.lower()
+
+
+@pytest.mark.parametrize(
+    ("device", "value", "problem"),
+    [
+        (0, 0, "devices[0].v2_port: must be >= 1 (got 0)"),
+        (0, 70000, "devices[0].v2_port: must be <= 65535 (got 70000)"),
+        (0, "8443", 'devices[0].v2_port: must be a whole number (got "8443")'),
+        (2, -1, "devices[2].v2_port: must be >= 1 (got -1)"),
+    ],
+)
+def test_bad_v2_port(tmp_path: Path, device: int, value: object, problem: str) -> None:
+    data = _base()
+    data["devices"][device]["v2_port"] = value
+    assert _refusal(_write(tmp_path, data)).endswith(problem)
+
+
+@pytest.mark.parametrize(
+    ("user_info", "problem"),
+    [
+        ({"name": "local/hwsched", "token": TOKEN[:31]}, "token: must be a HomeWizard API v2"),
+        ({"name": "local/hwsched", "token": "g" * 32}, "token: must be a HomeWizard API v2"),
+        ({"name": "local/hwsched"}, "token: is required"),
+        ({"token": TOKEN}, "name: is required"),
+        (TOKEN, "user_info: must be an object"),
+    ],
+)
+def test_the_p1_users_token_is_checked_like_a_batterys_and_never_shown(
+    tmp_path: Path, user_info: object, problem: str
+) -> None:
+    data = _base()
+    data["devices"][0]["user_info"] = user_info
+    message = _refusal(_write(tmp_path, data))
+    assert "devices[0].user_info" in message
+    assert problem in message
+    assert TOKEN[:31] not in message
+    assert "g" * 32 not in message
+
+
+def test_the_simulators_devices_file_loads(tmp_path: Path) -> None:
+    """What `hwsched simulate` writes: devices on 127.0.0.1 with ports, the P1's v2 port."""
+    data = _base()
+    for i, device in enumerate(data["devices"]):
+        device["ip_address"] = "127.0.0.1"
+        device["port"] = 40000 + i
+    data["devices"][0]["v2_port"] = 40010
+    data["simulator"] = {"seed": 7}
+    config = load_devices(_write(tmp_path, data))
+    assert (config.p1.port, config.p1.v2_port) == (40000, 40010)
+    assert config.batteries[0].port == 40002
+    assert config.batteries[0].v2_port is None
+
+
 def test_message_counts_the_other_errors(tmp_path: Path) -> None:
     data = _base()
     data["devices"][1]["max_power_usage"] = -1
@@ -455,6 +527,7 @@ def test_defaults_without_file_or_environment(clean_env: pytest.MonkeyPatch) -> 
     assert settings.devices_file == Path("config/config_devices.json")
     assert settings.planner == "optimal"
     assert settings.log_level == "INFO"
+    assert settings.device_ca_file is None  # the bundled HomeWizard CA
 
 
 def test_example_settings_file_holds_the_defaults(clean_env: pytest.MonkeyPatch) -> None:
@@ -603,3 +676,30 @@ def test_unparsable_nested_environment_value(clean_env: pytest.MonkeyPatch) -> N
     with pytest.raises(ConfigError) as info:
         load_settings()
     assert str(info.value) == "environment variable HWSCHED_BROKER: broker: must be valid JSON"
+
+
+def test_device_ca_file_from_file_or_environment(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n", encoding="ascii")
+    path = _settings_file(tmp_path, f'device_ca_file = "{ca}"\n')
+    assert load_settings(path).device_ca_file == ca
+    other = tmp_path / "sim-ca.pem"
+    other.write_text("-----BEGIN CERTIFICATE-----\n", encoding="ascii")
+    clean_env.setenv("HWSCHED_DEVICE_CA_FILE", str(other))
+    assert load_settings(path).device_ca_file == other
+
+
+def test_device_ca_file_must_exist(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    missing = tmp_path / "state" / "ca.pem"
+    path = _settings_file(tmp_path, f'device_ca_file = "{missing}"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert str(info.value) == f"{path}: device_ca_file: file not found: {missing}"
+    clean_env.setenv("HWSCHED_DEVICE_CA_FILE", str(tmp_path))  # a directory
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value) == (
+        f"environment variable HWSCHED_DEVICE_CA_FILE: device_ca_file: file not found: {tmp_path}"
+    )

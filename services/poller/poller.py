@@ -1,12 +1,16 @@
 """The poller: reads every HomeWizard device, publishes measurements, surplus and availability.
 
 Each device has its own task, its own timeout and its own exponential back-off, so a slow or
-failing device never delays the others. Every `poll_interval_s` (fixed rate) a device is read
-(an Energy Socket: measurement, then relay state) and its `DeviceMeasurement` published,
-retained, on `<base>/<device>/measurement`. A failed poll is counted (`polls_failed`,
-`polls_failed_<kind>`, `device_failures_<device>`), logged with the device's name (repeats
-rate-limited), and the next try comes interval × 2^(failures−1) after the failure, at most
-`max_backoff_s` (a timed-out poll counts from its timeout).
+failing device never delays the others. A device's polls run one after the other (never
+overlapping); each HTTP attempt within a poll gets half the poll timeout (0.5..5 s). The API
+v2 devices' certificates are checked against `device_ca_file` (default: the HomeWizard CA).
+
+Every `poll_interval_s` (fixed rate) a device is read (an Energy Socket: measurement, then
+relay state) and its `DeviceMeasurement` published, retained, on `<base>/<device>/measurement`.
+A failed poll is counted (`polls_failed`, `polls_failed_<kind>`, `device_failures_<device>`),
+logged with the device's name (repeats rate-limited), and the next try comes
+interval × 2^(failures−1) after the failure, at most `max_backoff_s` (a timed-out poll counts
+from its timeout).
 
 Each device's availability (`<base>/<device>/availability`, retained) is `online` after a good
 poll and `offline` after a failed one; it is published when it changes.
@@ -26,6 +30,7 @@ import logging
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from pydantic import ValidationError
@@ -69,6 +74,7 @@ __all__ = [
     "default_client_factory",
     "error_kind",
     "main",
+    "make_poller",
 ]
 
 SERVICE_NAME = "poller"
@@ -130,6 +136,9 @@ class PollerOptions:
     interval_s: float = 30.0
     #: Longest a poll of one device may take, s (default: the interval, within 1..10 s).
     timeout_s: float | None = None
+    #: Longest one HTTP attempt (connect, TLS handshake, each read) may take, s
+    #: (default: half the poll timeout, within 0.5..5 s; see `request_timeout_s`).
+    attempt_timeout_s: float | None = None
     #: Longest wait after failures, s (default: 8 intervals, within interval..300 s).
     max_backoff_s: float | None = None
     #: A reading older than this many intervals is stale (the device counts as missing).
@@ -142,6 +151,20 @@ class PollerOptions:
         if self.timeout_s is not None:
             return self.timeout_s
         return min(10.0, max(1.0, self.interval_s))
+
+    @property
+    def request_timeout_s(self) -> float:
+        """The clients' per-attempt timeout: half the poll timeout, within 0.5..5 s.
+
+        Half, so that a lost first attempt leaves room for a retry within the poll; at most
+        5 s (a real device answers within a second, its TLS handshake within a few); at
+        least 0.5 s. A 30-s poll: 10-s poll timeout, 5-s attempts. A 1-s poll: 1-s poll
+        timeout, 0.5-s attempts. The poll timeout bounds the whole poll either way, and a
+        device's polls run one after the other, so they never overlap.
+        """
+        if self.attempt_timeout_s is not None:
+            return self.attempt_timeout_s
+        return min(5.0, max(0.5, self.poll_timeout_s / 2))
 
     @property
     def backoff_cap_s(self) -> float:
@@ -209,10 +232,11 @@ class Poller:
                     battery.device_name,
                 )
         self._log.info(
-            "polling %d devices every %g s (timeout %g s)",
+            "polling %d devices every %g s (timeout %g s, %g s per attempt)",
             len(self.states),
             self.options.interval_s,
             self.options.poll_timeout_s,
+            self.options.request_timeout_s,
         )
         async with asyncio.TaskGroup() as group:
             for state in self.states.values():
@@ -250,6 +274,8 @@ class Poller:
 
     async def _read(self, device: AnyDevice, client: MeasurementReader) -> DeviceMeasurement:
         measured = await client.measurement()
+        if measured.power_w is None:  # before asking a socket for its relay state
+            raise ReadingError("the device sent no power")
         power_on: bool | None = None
         switch_lock: bool | None = None
         if isinstance(device, SocketConfig):
@@ -257,8 +283,6 @@ class Poller:
                 raise ReadingError("its client cannot read a socket's relay state")
             relay = await client.socket_state()
             power_on, switch_lock = relay.power_on, relay.switch_lock
-        if measured.power_w is None:
-            raise ReadingError("the device sent no power")
         try:
             return DeviceMeasurement(
                 timestamp=self._clock.now(),
@@ -391,34 +415,45 @@ class Poller:
 # --- the service ----------------------------------------------------------------------------
 
 
-def default_client_factory(options: PollerOptions) -> ClientFactory:
+def default_client_factory(options: PollerOptions, ca_file: Path | None = None) -> ClientFactory:
     """The real HomeWizard clients (`shared.homewizard.client_for`), within the poll timeout.
 
-    The clients retry twice themselves (with short pauses), so one attempt gets a quarter of
-    the poll timeout; the poller's own timeout still bounds the whole poll.
+    Each HTTP attempt gets `options.request_timeout_s`; the clients retry a failed read
+    themselves, and the poller's own timeout still bounds the whole poll. `ca_file`: the
+    CA the API v2 devices' certificates must chain to (None: the bundled HomeWizard CA).
     """
-    timeout_s = max(0.3, options.poll_timeout_s / 4)
+    timeout_s = options.request_timeout_s
 
     def make(device: AnyDevice) -> AbstractAsyncContextManager[MeasurementReader]:
-        return client_for(device, timeout_s=timeout_s, ca_file=None)
+        return client_for(device, timeout_s=timeout_s, ca_file=ca_file)
 
     return make
 
 
-async def app(service: Service, devices: DevicesConfig) -> None:
-    """The poller's work inside the service runtime."""
-    options = PollerOptions(interval_s=service.settings.poll_interval_s)
-    poller = Poller(
+def make_poller(
+    service: Service, devices: DevicesConfig, options: PollerOptions | None = None
+) -> Poller:
+    """The poller on the service's runtime, with the real clients and the settings' CA.
+
+    `options` default to the settings' `poll_interval_s` with the derived timeouts.
+    """
+    if options is None:
+        options = PollerOptions(interval_s=service.settings.poll_interval_s)
+    return Poller(
         devices,
         service,
         topics=service.topics,
         counters=service.counters,
         clock=service.clock,
-        client_factory=default_client_factory(options),
+        client_factory=default_client_factory(options, service.settings.device_ca_file),
         options=options,
         log=service.log,
     )
-    await poller.run()
+
+
+async def app(service: Service, devices: DevicesConfig) -> None:
+    """The poller's work inside the service runtime."""
+    await make_poller(service, devices).run()
 
 
 def main() -> int:

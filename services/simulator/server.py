@@ -292,6 +292,8 @@ class Simulator:
                 sim.tokens[token] = dev.user_info.name
             elif isinstance(dev, P1Config):
                 sim.tokens.update(battery_tokens)
+                if dev.user_info is not None:
+                    sim.tokens[dev.user_info.token.get_secret_value().upper()] = dev.user_info.name
             sim.tokens.update({t.upper(): "local/configured" for t in s.tokens})
             self.devices[dev.slug] = sim
         self.weather_port: int | None = None
@@ -507,10 +509,11 @@ class Simulator:
             item = dev.config.model_dump(mode="json", exclude_none=True)
             item["ip_address"] = HOST
             item["port"] = dev.primary_port
-            if isinstance(dev.config, BatteryConfig):
+            user_info = getattr(dev.config, "user_info", None)
+            if user_info is not None:  # the dump masks secrets: write the real token
                 item["user_info"] = {
-                    "name": dev.config.user_info.name,
-                    "token": dev.config.user_info.token.get_secret_value(),
+                    "name": user_info.name,
+                    "token": user_info.token.get_secret_value(),
                 }
             if dev.product.v1 and dev.product.v2:
                 item["v2_port"] = dev.v2_port

@@ -64,18 +64,18 @@ def client_for(
     """The client for a configured device.
 
     - HWE-SKT → V1Client (measurement, socket state and switching).
-    - HWE-P1 → V1Client (measurement). The devices file holds no token for the P1 meter,
-      so no V2Client for its `/api/batteries` here: make one with
-      `V2Client(p1.ip_address, p1_token, p1.port, product_type="HWE-P1")` once a P1 token
-      is configured (the battery's token is not valid on the P1 meter).
-    - HWE-BAT → V2Client with the battery's `user_info.token`, certificate type
-      `battery`, serial pinned on first use; `ca_file` replaces the bundled CA.
+    - HWE-P1 → V1Client (measurement, on `port`). Its `/api/batteries` is API v2: make
+      `V2Client(p1.ip_address, p1.user_info.token..., p1.v2_port, product_type="HWE-P1")`
+      when the P1's own `user_info` is configured (a battery's token is not valid on it).
+    - HWE-BAT → V2Client with the battery's `user_info.token` on `v2_port` (else `port`,
+      else 443), certificate type `battery`, serial pinned on first use; `ca_file`
+      replaces the bundled CA.
     """
     if isinstance(device, BatteryConfig):
         return V2Client(
             device.ip_address,
             device.user_info.token.get_secret_value(),
-            device.port,
+            device.v2_port if device.v2_port is not None else device.port,
             product_type=device.device_type,
             ca_file=ca_file,
             timeout_s=timeout_s,

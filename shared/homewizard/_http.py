@@ -25,6 +25,8 @@ import logging
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
 
 import httpx
 
@@ -262,3 +264,23 @@ class Transport:
         if isinstance(exc, httpx.HTTPError):
             return InvalidResponseError(self.host, f"{what}: {reason}{tries}"), idempotent
         return DeviceUnreachableError(self.host, f"{what}: {reason}{tries}"), idempotent
+
+
+class ClientBase:
+    """What both API clients share: an async context manager closing their transport."""
+
+    _http: Transport
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()

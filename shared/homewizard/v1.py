@@ -15,11 +15,10 @@ SwitchLockedError, anything else → InvalidResponseError (with `code` = the id)
 from __future__ import annotations
 
 import json
-from types import TracebackType
 
 import httpx
 
-from shared.homewizard._http import Reply, Transport, base_url, short
+from shared.homewizard._http import ClientBase, Reply, Transport, base_url, short
 from shared.homewizard.errors import (
     ApiDisabledError,
     HomeWizardError,
@@ -50,7 +49,7 @@ def _error_body(body: bytes) -> tuple[int | None, str | None]:
     )
 
 
-class V1Client:
+class V1Client(ClientBase):
     """One device's API v1. An async context manager; or call `aclose()`.
 
     `client`: an httpx.AsyncClient to use (not closed by this client), e.g. with a
@@ -83,20 +82,6 @@ class V1Client:
 
     def __repr__(self) -> str:
         return f"V1Client({self._http.base!r})"
-
-    async def __aenter__(self) -> V1Client:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     # --- endpoints ----------------------------------------------------------------------
 

@@ -26,11 +26,10 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
 
 import httpx
 
-from shared.homewizard._http import Reply, Transport, base_url
+from shared.homewizard._http import ClientBase, Reply, Transport, base_url
 from shared.homewizard.errors import (
     HomeWizardError,
     InvalidResponseError,
@@ -80,7 +79,7 @@ def _error(transport: Transport, reply: Reply, what: str) -> HomeWizardError:
     return InvalidResponseError(host, f"{what}: refused (HTTP {reply.status}{shown})", code=code)
 
 
-class V2Client:
+class V2Client(ClientBase):
     """One device's API v2. An async context manager; or call `aclose()`.
 
     `product_type` ("HWE-BAT", "HWE-P1", ... or the certificate's "battery", "p1dongle")
@@ -137,20 +136,6 @@ class V2Client:
 
     def __repr__(self) -> str:  # never the token
         return f"V2Client({self._http.base!r}, serial={self.serial!r})"
-
-    async def __aenter__(self) -> V2Client:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     # --- endpoints ----------------------------------------------------------------------
 

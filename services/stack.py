@@ -3,7 +3,8 @@
 Starts, as separate processes running their real code:
 - a broker: the local `mosquitto` on a free port of 127.0.0.1 (never the shared 1883);
 - the simulated house (its devices, its CA, its weather) for the devices file;
-- the poller, the forecaster (in its own environment, `.venv-forecaster`), the scheduler,
+- the poller, the forecaster (quartz's model in its own environment, `.venv-forecaster`),
+  the scheduler,
   the actuator and the Home Assistant bridge, pointed at that broker and that house;
 then prints what to watch and how to publish an override, restarts a service that dies (with
 back-off), and stops everything cleanly on Ctrl-C.

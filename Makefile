@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench lock clean venv
+.PHONY: run plan-example test lint typecheck pytest bench lock clean venv
 
 venv: $(STAMP)
 
@@ -38,12 +38,16 @@ test-forecaster: $(STAMP) $(FSTAMP)
 	$(FBIN)/pytest tests/forecaster/island
 	HWSCHED_FORECAST__WORKER_PYTHON=$(abspath $(FBIN))/python $(BIN)/pytest tests/forecaster/service
 
-## The main job: for now, plan the example day and print the plan readably.
-run: $(STAMP)
+## The main job: the whole product on a simulated house (broker, house, all services).
+run: $(STAMP) $(FSTAMP)
+	$(BIN)/hwsched run
+
+## Plan the example day and print the plan readably.
+plan-example: $(STAMP)
 	$(BIN)/hwsched plan config/example-day.json --show
 
 ## Every check: ruff, mypy (strict on shared/), pytest.
-test: lint typecheck pytest
+test: lint typecheck pytest test-forecaster
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -69,3 +73,26 @@ clean:
 .PHONY: bench-shift
 bench-shift: $(STAMP)
 	$(BIN)/python -m bench.shift
+
+## Docker (compose.yaml). The broker's password file and ACL from .env, the settings and the
+## devices file (every `docker compose up` does this too); a running broker reloads them.
+.PHONY: broker-passwords images images-multiarch
+DOCKER_SERVICES := poller forecaster scheduler actuator bridge simulator
+IMAGE_TAG ?= 0.1.0
+
+broker-passwords:
+	@test -f .env || { echo "no .env: cp .env.example .env, then set the passwords"; exit 2; }
+	docker compose run --rm broker-setup
+	@if [ -n "$$(docker compose ps -q mosquitto 2>/dev/null)" ]; then \
+		docker compose kill -s SIGHUP mosquitto; fi
+
+## Build every image for this machine (hwsched/<service>:$(IMAGE_TAG)); sizes: docker image ls.
+images:
+	docker compose --profile sim build
+	docker image ls 'hwsched/*'
+
+## Build (and push with PUSH=--push) amd64 + arm64 images with buildx.
+images-multiarch:
+	for s in $(DOCKER_SERVICES); do \
+		docker buildx build --platform linux/amd64,linux/arm64 $(PUSH) \
+			-f services/$$s/Dockerfile -t hwsched/$$s:$(IMAGE_TAG) . || exit 1; done

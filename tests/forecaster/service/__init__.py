@@ -1,0 +1,1 @@
+"""Tests of the forecaster service, run with the main venv's pytest (`make test-forecaster`)."""

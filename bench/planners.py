@@ -25,6 +25,7 @@ from bench.days import benchmark_days
 from shared.planning import optimal
 from shared.planning.problem import PlanningProblem, parse_problem
 from shared.planning.reference import plan_reference
+from shared.planning.search import DayState
 from shared.planning.simulate import DayOutcome, simulate
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "planning"
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         sep += "---|"
     lines += [head, sep]
     tot = {"ref": [0.0, 0.0, 0.0, 0], "opt": [0.0, 0.0, 0.0, 0], "best": [0.0, 0.0, 0.0, 0]}
-    worse = unmet_new = 0
+    worse = unmet_new = ref_breaks = 0
     t96: list[float] = []
     t288: list[float] = []
     all_opt_times: list[float] = []
@@ -96,7 +97,15 @@ def main(argv: list[str] | None = None) -> int:
             t96.append(opt_s)
         if day.n_steps > 96:
             t288.append(opt_s)
-        if _worse(opt_o, ref_o):
+        # A reference plan can break a rule on the real physics (its own battery ledger runs an
+        # optional socket before the battery holds its min_battery_charge): compare with that
+        # plan made to keep the rules, as the optimal planner's own fallback does.
+        baseline = DayState(day, ref_rows)
+        breaks = baseline.score[0] == float("inf")
+        if breaks:
+            ref_breaks += 1
+            baseline.repair()
+        if _worse(opt_o, simulate(day, baseline.plan())):
             worse += 1
         if opt_o.unmet_need_wh > 0.5 and ref_o.unmet_need_wh <= 0.5:
             unmet_new += 1
@@ -107,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             t[2] += o.optional_wh
             t[3] += o.switches
         row = (
-            f"| {day.name} | {day.n_steps} | {len(day.sockets)} | {len(day.batteries)} "
+            f"| {day.name}{' †' if breaks else ''} | {day.n_steps} | {len(day.sockets)} "
+            f"| {len(day.batteries)} "
             f"| {_fig(ref_o)} | {ref_s * 1000:.1f} | {_fig(opt_o)} | {opt_s * 1000:.0f} "
             f"| {opt_plan.status} |"
         )
@@ -137,7 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     med96 = statistics.median(t96) if t96 else float("nan")
     max288 = max(t288) if t288 else float("nan")
     checks = [
-        ("days where optimal is worse than the reference (need, import, optional)", worse, 0),
+        (
+            "days where optimal is worse than the reference (need, import, optional; "
+            "† = the reference plan breaks a rule on the real physics, compared as repaired)",
+            worse,
+            0,
+        ),
         ("days with unmet need where the reference has none", unmet_new, 0),
     ]
     lines.append(
@@ -147,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     for label, value, target in checks:
         ok = "ok" if value <= target else "MISSED"
         lines.append(f"- {label}: {value} (target {target}) {ok}")
+    lines.append(
+        f"- days where the reference plan breaks a rule (an optional socket before the battery "
+        f"holds its min_battery_charge, or fed by battery/grid): {ref_breaks} (marked †)"
+    )
     sw_ok = "ok" if tot["opt"][3] < tot["ref"][3] else "MISSED"
     lines.append(
         f"- switches, all days: optimal {tot['opt'][3]:.0f} vs reference {tot['ref'][3]:.0f} "

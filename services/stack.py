@@ -226,9 +226,9 @@ async def run_stack(devices_file: Path, run_dir: Path) -> int:
             ("bridge", [sys.executable, "-m", "services.bridge"]),
         ]
         if FORECASTER_PYTHON.exists():
-            services.insert(
-                1, ("forecaster", [str(FORECASTER_PYTHON), "-m", "services.forecaster"])
-            )
+            # The service runs here; quartz's model runs in its island, as a worker process.
+            env["HWSCHED_FORECAST__WORKER_PYTHON"] = str(FORECASTER_PYTHON)
+            services.insert(1, ("forecaster", [sys.executable, "-m", "services.forecaster"]))
         else:
             print(
                 "[stack] no forecaster environment (.venv-forecaster): run `make venv-forecaster`"

@@ -96,3 +96,9 @@ images-multiarch:
 	for s in $(DOCKER_SERVICES); do \
 		docker buildx build --platform linux/amd64,linux/arm64 $(PUSH) \
 			-f services/$$s/Dockerfile -t hwsched/$$s:$(IMAGE_TAG) . || exit 1; done
+
+## Measurement-to-command latency (p50/p99, 1000 cycles) and each service's peak memory,
+## the services as processes against a throwaway mosquitto and the simulated house.
+.PHONY: bench-latency
+bench-latency: $(STAMP)
+	$(BIN)/python -m bench.latency

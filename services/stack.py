@@ -1,31 +1,53 @@
 """`hwsched run` / `make run`: the whole product on this machine, without Docker.
 
 Starts, as separate processes running their real code:
-- a broker: the local `mosquitto` on a free port of 127.0.0.1 (never the shared 1883);
+- a broker on a free port of 127.0.0.1 (never the shared 1883): the local `mosquitto` when
+  it is installed, else an embedded Python broker (amqtt, `python -m services.stack
+  --port N`); `$HWSCHED_RUN_BROKER` (or `main(broker=...)`) = auto | mosquitto | embedded;
 - the simulated house (its devices, its CA, its weather) for the devices file;
 - the poller, the forecaster (quartz's model in its own environment, `.venv-forecaster`),
   the scheduler,
   the actuator and the Home Assistant bridge, pointed at that broker and that house;
 then prints what to watch and how to publish an override, restarts a service that dies (with
-back-off), and stops everything cleanly on Ctrl-C.
+back-off), and stops everything cleanly on Ctrl-C (SIGTERM to each, SIGKILL to what is left of
+its process group after a grace period).
+
+`<run-dir>/stack.json` says, machine-readably, where everything is: the stack's pid, its
+state (starting, running, stopped), the broker (kind, host, port), the base topic, the
+simulator's URLs and each child's pid.
+
+The embedded broker speaks MQTT 3.1.1 (what the services use) with retained messages, QoS
+0-2 and wills, without persistence or authentication, like the stack's mosquitto.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
+import logging
 import os
 import shutil
 import signal
 import socket
 import sys
 import time
+import tomllib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 ROOT = Path(__file__).resolve().parents[1]
 FORECASTER_PYTHON = ROOT / ".venv-forecaster" / "bin" / "python"
+BROKER_HOST = "127.0.0.1"
+#: Which broker `hwsched run` starts: auto (mosquitto if installed, else embedded).
+BROKER_ENV = "HWSCHED_RUN_BROKER"
+BROKER_CHOICES = ("auto", "mosquitto", "embedded")
+STACK_FILE = "stack.json"
+BrokerKind = Literal["mosquitto", "embedded"]
 
 
 class StackError(Exception):
@@ -39,13 +61,74 @@ def free_port() -> int:
         return port
 
 
-def find_mosquitto() -> str:
+def mosquitto_path() -> str | None:
+    """The local mosquitto binary, if one is installed."""
     for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
         if candidate and Path(candidate).exists():
             return candidate
-    raise StackError(
-        "no mosquitto broker found: install it (Debian/Ubuntu: sudo apt-get install mosquitto)"
+    return None
+
+
+def find_mosquitto() -> str:
+    found = mosquitto_path()
+    if found is None:
+        raise StackError(
+            "no mosquitto broker found: install it (Debian/Ubuntu: sudo apt-get install mosquitto)"
+        )
+    return found
+
+
+def embedded_broker_available() -> bool:
+    return importlib.util.find_spec("amqtt") is not None
+
+
+@dataclass(frozen=True)
+class BrokerPlan:
+    """The broker the stack runs: what, how, and the line that says so."""
+
+    kind: BrokerKind
+    argv: list[str]
+    description: str
+
+
+def choose_broker(want: str, port: int, run_dir: Path) -> BrokerPlan:
+    """The broker for `want` (auto, mosquitto, embedded) on 127.0.0.1:`port`."""
+    if want not in BROKER_CHOICES:
+        raise StackError(f"broker {want!r}: choose one of {', '.join(BROKER_CHOICES)}")
+    mosquitto = mosquitto_path() if want in ("auto", "mosquitto") else None
+    if want == "mosquitto" and mosquitto is None:
+        find_mosquitto()  # raises, saying how to install it
+    if mosquitto is not None:
+        conf = run_dir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {port} {BROKER_HOST}\nallow_anonymous true\npersistence false\n"
+            "log_dest stdout\nlog_type error\nlog_type warning\n"
+        )
+        return BrokerPlan("mosquitto", [mosquitto, "-c", str(conf)], f"mosquitto ({mosquitto})")
+    if not embedded_broker_available():
+        raise StackError(
+            "no MQTT broker: install mosquitto (Debian/Ubuntu: sudo apt-get install mosquitto) "
+            "or the embedded one (pip install -r requirements/runtime.lock)"
+        )
+    from importlib.metadata import version
+
+    why = "" if want == "embedded" else ", no mosquitto installed"
+    return BrokerPlan(
+        "embedded",
+        [sys.executable, "-m", "services.stack", "--host", BROKER_HOST, "--port", str(port)],
+        f"embedded Python broker (amqtt {version('amqtt')}{why})",
     )
+
+
+def base_topic() -> str:
+    """The base topic the services use: config/settings.toml's, else the default (the
+    services run in the repository with no HWSCHED_* variable but the stack's own)."""
+    path = ROOT / "config" / "settings.toml"
+    with contextlib.suppress(OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        value = tomllib.loads(path.read_text()).get("base_topic")
+        if isinstance(value, str) and value:
+            return value
+    return "hwsched"
 
 
 @dataclass
@@ -75,7 +158,13 @@ class Child:
         out.close()
         self.started_at = time.monotonic()
 
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
     async def stop(self, grace_s: float = 8.0) -> None:
+        """SIGTERM, then SIGKILL after `grace_s`; then SIGKILL to whatever is left of its
+        process group (its own children: it was started as a session leader)."""
         proc = self.proc
         if proc is None or proc.returncode is not None:
             return
@@ -87,6 +176,10 @@ class Child:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
+        # Right after the leader's end: while a member lives the group keeps its id (no new
+        # process gets that pid), and an empty group is ESRCH.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 async def wait_for_file(path: Path, child: Child, timeout_s: float) -> None:
@@ -116,7 +209,9 @@ async def wait_for_port(port: int, child: Child, timeout_s: float) -> None:
             await asyncio.sleep(0.1)
 
 
-async def supervise(children: list[Child], stop: asyncio.Event) -> None:
+async def supervise(
+    children: list[Child], stop: asyncio.Event, changed: Callable[[], None] = lambda: None
+) -> None:
     """Restart a child that exits, with back-off (1 s doubling to 60 s)."""
     while not stop.is_set():
         for c in children:
@@ -133,11 +228,12 @@ async def supervise(children: list[Child], stop: asyncio.Event) -> None:
             await asyncio.sleep(delay)
             if not stop.is_set():
                 await c.start()
+                changed()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.5)
 
 
-def _print_guide(base: str, port: int, sim: dict[str, object], run_dir: Path) -> None:
+def _print_guide(base: str, port: int, sim: dict[str, Any], run_dir: Path) -> None:
     devices = sim.get("devices")
     sockets = [
         slug
@@ -149,6 +245,7 @@ def _print_guide(base: str, port: int, sim: dict[str, object], run_dir: Path) ->
     print(
         f"""
 hwsched is running on the simulated house.  Logs: {run_dir}/*.log   Stop: Ctrl-C
+Where everything is (JSON): {run_dir / STACK_FILE}
 
 Watch everything:      {sub} -t '{base}/#'
 The plan:              {sub} -t '{base}/plan'
@@ -162,29 +259,61 @@ The simulated house:   curl -s {sim.get("control_url", "")}/state
 """,
         flush=True,
     )
+    if shutil.which("mosquitto_sub") is None:
+        amqtt = Path(sys.executable).parent / "amqtt_sub"
+        print(
+            "(no mosquitto_sub here: apt-get install mosquitto-clients"
+            + (f", or: {amqtt} --url mqtt://127.0.0.1:{port} -t TOPIC" if amqtt.exists() else "")
+            + ")\n",
+            flush=True,
+        )
 
 
-def prepare(devices_file: Path, run_dir: Path) -> tuple[int, Path]:
-    """Check what the stack needs, clear old logs, write the broker's config: (port, conf)."""
+def prepare(devices_file: Path, run_dir: Path) -> int:
+    """Check what the stack needs, clear old logs and state: the broker's port."""
     if not devices_file.exists():
         raise StackError(f"{devices_file}: no such file")
     run_dir.mkdir(parents=True, exist_ok=True)
-    for old in [*run_dir.glob("*.log"), run_dir / "sim" / "simulator.json"]:
+    stale = [*run_dir.glob("*.log"), run_dir / "sim" / "simulator.json", run_dir / STACK_FILE]
+    for old in stale:
         old.unlink(missing_ok=True)
-    port = free_port()
-    conf = run_dir / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "log_dest stdout\nlog_type error\nlog_type warning\n"
-    )
-    return port, conf
+    return free_port()
 
 
-async def run_stack(devices_file: Path, run_dir: Path) -> int:
-    mosquitto = find_mosquitto()
-    port, conf = prepare(devices_file, run_dir)
+@dataclass
+class StackState:
+    """`<run-dir>/stack.json`: rewritten (atomically) whenever something changes."""
+
+    path: Path
+    broker: BrokerPlan
+    port: int
+    base: str
+    children: list[Child] = field(default_factory=list)
+    sim: dict[str, Any] = field(default_factory=dict)
+    state: str = "starting"
+
+    def save(self) -> None:
+        data = {
+            "pid": os.getpid(),
+            "state": self.state,
+            "broker": {"kind": self.broker.kind, "host": BROKER_HOST, "port": self.port},
+            "base_topic": self.base,
+            "simulator": {
+                key: self.sim.get(key) for key in ("control_url", "weather_url", "devices_file")
+            },
+            "children": {c.name: c.pid for c in self.children if c.pid is not None},
+            "logs": str(self.path.parent),
+        }
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.replace(self.path)
+
+
+async def run_stack(devices_file: Path, run_dir: Path, broker_choice: str = "auto") -> int:
+    port = prepare(devices_file, run_dir)
+    plan = choose_broker(broker_choice, port, run_dir)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("HWSCHED_")}
-    broker = Child("broker", [mosquitto, "-c", str(conf)], base_env, run_dir / "broker.log")
+    broker = Child("broker", plan.argv, base_env, run_dir / "broker.log")
     sim_dir = run_dir / "sim"
     info_file = sim_dir / "simulator.json"
     sim_argv = [
@@ -198,19 +327,23 @@ async def run_stack(devices_file: Path, run_dir: Path) -> int:
     ]
     simulator = Child("simulator", sim_argv, base_env, run_dir / "simulator.log", restart=False)
     children = [broker, simulator]
+    state = StackState(run_dir / STACK_FILE, plan, port, base_topic(), children)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
+        print(f"[stack] broker: {plan.description} on {BROKER_HOST}:{port}", flush=True)
         await broker.start()
-        await wait_for_port(port, broker, 10)
+        await wait_for_port(port, broker, 20)
         await simulator.start()
+        state.save()
         await wait_for_file(info_file, simulator, 30)
         sim = json.loads(info_file.read_text())
+        state.sim = sim
         env = dict(
             base_env,
-            HWSCHED_BROKER__HOST="127.0.0.1",
+            HWSCHED_BROKER__HOST=BROKER_HOST,
             HWSCHED_BROKER__PORT=str(port),
             HWSCHED_DEVICES_FILE=str(sim_dir / "devices.sim.json"),
             HWSCHED_DEVICE_CA_FILE=str(sim_dir / "ca.pem"),
@@ -239,15 +372,18 @@ async def run_stack(devices_file: Path, run_dir: Path) -> int:
             child = Child(name, argv, env, run_dir / f"{name}.log")
             await child.start()
             children.append(child)
-            print(f"[stack] started {name} (pid {child.proc.pid if child.proc else '?'})")
-        _print_guide("hwsched", port, sim, run_dir)
-        supervisor = asyncio.create_task(supervise(children[2:], stop))
+            print(f"[stack] started {name} (pid {child.pid or '?'})", flush=True)
+        state.state = "running"
+        state.save()
+        _print_guide(state.base, port, sim, run_dir)
+        supervisor = asyncio.create_task(supervise(children[2:], stop, state.save))
         while not stop.is_set():
             if simulator.proc is not None and simulator.proc.returncode is not None:
                 raise StackError(f"the simulated house stopped (see {simulator.log})")
             if broker.proc is not None and broker.proc.returncode is not None:
                 print("[stack] the broker stopped; restarting it", flush=True)
                 await broker.start()
+                state.save()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
         supervisor.cancel()
@@ -256,14 +392,97 @@ async def run_stack(devices_file: Path, run_dir: Path) -> int:
         return 0
     finally:
         print("\n[stack] stopping…", flush=True)
+        # the services first (their wills and last states reach the broker), the broker last
         for child in reversed(children):
             await child.stop()
+        state.state = "stopped"
+        with contextlib.suppress(OSError):
+            state.save()
         print("[stack] stopped", flush=True)
 
 
-def main(devices_file: Path, run_dir: Path) -> int:
+def main(devices_file: Path, run_dir: Path, broker: str | None = None) -> int:
+    """Run the stack; `broker` (else $HWSCHED_RUN_BROKER, else auto): which broker."""
+    choice = broker or os.environ.get(BROKER_ENV) or "auto"
     try:
-        return asyncio.run(run_stack(devices_file, run_dir))
+        return asyncio.run(run_stack(devices_file, run_dir, choice))
     except StackError as err:
         print(f"hwsched run: {err}", file=sys.stderr)
         return 2
+
+
+# --- the embedded broker: `python -m services.stack --port N` ---------------------------------
+
+
+def embedded_broker_config(host: str, port: int) -> dict[str, Any]:
+    """amqtt's configuration: one TCP listener, anonymous clients, no $SYS, no persistence."""
+    return {
+        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
+        "plugins": {
+            "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+        },
+    }
+
+
+def _embedded_broker_class() -> Any:
+    """amqtt's Broker, corrected: retained messages go only to a session's own filters.
+
+    amqtt 0.11-0.12 replays, on every CONNECT, the retained messages matching *any* filter
+    any client has subscribed (it iterates the broker's whole subscription table), so a new
+    client gets retained messages on topics it never subscribed to (MQTT-3.3.1-6 says: to
+    new subscriptions that match). The services ignore such messages, but a test or a
+    `mosquitto_sub` would see them. Checked by tests/test_stack.py.
+    """
+    from amqtt.broker import Broker  # type: ignore[import-untyped]
+
+    class CorrectedBroker(Broker):  # type: ignore[misc]
+        async def _publish_retained_messages_for_subscription(
+            self, subscription: tuple[str, int], session: Any
+        ) -> None:
+            subscribers = self._subscriptions.get(subscription[0], ())
+            if any(s is session for s, _ in subscribers):
+                await super()._publish_retained_messages_for_subscription(subscription, session)
+
+    return CorrectedBroker
+
+
+async def serve_embedded_broker(host: str, port: int, stop: asyncio.Event) -> None:
+    """Run the embedded broker on host:port until `stop` is set."""
+    broker = _embedded_broker_class()(embedded_broker_config(host, port))
+    await broker.start()
+    print(f"embedded MQTT broker listening on {host}:{port}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(broker.shutdown(), 5)
+        print("embedded MQTT broker stopped", flush=True)
+
+
+def embedded_broker_main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.stack",
+        description="The embedded MQTT broker of `hwsched run` (amqtt): until SIGINT/SIGTERM.",
+    )
+    parser.add_argument("--host", default=BROKER_HOST, help="listen address (127.0.0.1)")
+    parser.add_argument("--port", type=int, required=True, help="listen port")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve_embedded_broker(args.host, args.port, stop)
+
+    try:
+        asyncio.run(run())
+    except Exception as err:  # amqtt's BrokerError (port taken...) or an OSError: one line
+        print(f"embedded MQTT broker on {args.host}:{args.port}: {err}", flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(embedded_broker_main())

@@ -34,6 +34,7 @@ import importlib.metadata
 import logging
 import re
 import signal
+import socket
 import sys
 import traceback
 from collections import deque
@@ -464,6 +465,9 @@ class Service:
             keepalive=self.options.keepalive_s,
             timeout=self.options.publish_timeout_s,
             tls_params=aiomqtt.TLSParameters() if broker.tls else None,
+            # without Nagle's algorithm: a command sent right after the PUBACK for the surplus
+            # that caused it was held back until the broker's delayed ACK (~40 ms)
+            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
             logger=logging.getLogger("mqtt"),
         )
 

@@ -1,8 +1,12 @@
 """The Docker deployment, checked without a Docker engine.
 
-* compose.yaml against the Compose specification (check-jsonschema's vendored schema);
-  every `HWSCHED_*` variable it, .env.example or a Dockerfile sets is a settings field, and
-  each service's environment loads as settings;
+* compose.yaml and compose.sim.yaml against the Compose specification (check-jsonschema's
+  vendored schema); every `HWSCHED_*` variable they, .env.example or a Dockerfile set is a
+  settings field, and each service's environment loads as settings;
+* compose.sim.yaml (the services on the simulated house) against the simulator's command in
+  compose.yaml: the same host name, ports and state directory, the `sim` volume read-only in
+  every service, and the files a simulator started with that command writes load as the
+  services' devices file and CA;
 * every Dockerfile passes hadolint; multi-stage, pinned base, non-root, a HEALTHCHECK; its
   entry point is a real module; the lock it installs covers every import of its service;
 * the broker: the shipped mosquitto.conf started with the real `mosquitto` binary (only the
@@ -56,6 +60,8 @@ from shared.topics import TOPICS, TopicSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "compose.yaml"
+COMPOSE_SIM = ROOT / "compose.sim.yaml"
+COMPOSE_FILES = (COMPOSE, COMPOSE_SIM)
 ENV_EXAMPLE = ROOT / ".env.example"
 MOSQUITTO_CONF = ROOT / "mosquitto" / "mosquitto.conf"
 EXAMPLE_DEVICES = ROOT / "config" / "config_devices.example.json"
@@ -87,11 +93,20 @@ def _tool(name: str) -> str:
     return found
 
 
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    data = YAML(typ="safe").load(COMPOSE.read_text())
+def _yaml(path: Path) -> dict[str, Any]:
+    data = YAML(typ="safe").load(path.read_text())
     assert isinstance(data, dict)
     return data
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return _yaml(COMPOSE)
+
+
+@pytest.fixture(scope="module")
+def compose_sim() -> dict[str, Any]:
+    return _yaml(COMPOSE_SIM)
 
 
 def env_example() -> dict[str, str]:
@@ -111,9 +126,10 @@ def hwsched_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 # --- compose.yaml ---------------------------------------------------------------------------
 
 
-def test_compose_matches_the_compose_specification() -> None:
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_compose_matches_the_compose_specification(path: Path) -> None:
     done = subprocess.run(
-        [_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
+        [_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(path)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -161,8 +177,10 @@ def test_compose_has_every_service_with_restart_healthcheck_and_bounded_logs(
     assert broker["depends_on"]["broker-setup"]["condition"] == "service_completed_successfully"
 
 
-def test_no_secret_is_written_into_compose(compose: dict[str, Any]) -> None:
-    for name, svc in compose["services"].items():
+def test_no_secret_is_written_into_compose(
+    compose: dict[str, Any], compose_sim: dict[str, Any]
+) -> None:
+    for name, svc in [*compose["services"].items(), *compose_sim["services"].items()]:
         for key, value in (svc.get("environment") or {}).items():
             if "PASSWORD" in key and value:
                 assert re.fullmatch(r"\$\{MQTT_[A-Z]+_PASSWORD(:\?[^}]*|:-)?\}", value), (
@@ -235,7 +253,9 @@ def dockerfile_env(path: Path) -> dict[str, str]:
 
 
 def test_every_hwsched_variable_is_a_setting(compose: dict[str, Any]) -> None:
-    names: set[str] = set(re.findall(r"\b(HWSCHED_[A-Z0-9_]+)", COMPOSE.read_text()))
+    names: set[str] = set()
+    for path in COMPOSE_FILES:
+        names |= set(re.findall(r"\b(HWSCHED_[A-Z0-9_]+)", path.read_text()))
     names |= {k for k in env_example() if k.startswith(ENV_PREFIX)}
     for dockerfile in (ROOT / "services").glob("*/Dockerfile"):
         names |= {k for k in dockerfile_env(dockerfile) if k.startswith(ENV_PREFIX)}
@@ -279,8 +299,127 @@ def test_every_service_environment_loads_as_settings(
 
 
 def test_every_compose_variable_is_in_the_env_example() -> None:
-    used = {m.group(1) for m in _REF.finditer(COMPOSE.read_text())}
+    used = {m.group(1) for path in COMPOSE_FILES for m in _REF.finditer(path.read_text())}
     assert used - set(env_example()) == set()
+
+
+# --- compose.sim.yaml: the services on the simulated house ----------------------------------
+
+
+def simulator_command(compose: dict[str, Any]) -> Any:
+    """The simulator's command in compose.yaml, parsed by the simulator's own parser."""
+    import argparse
+
+    from services.simulator.main import add_arguments
+
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_arguments(parser)
+    command = compose["services"]["simulator"]["command"]
+    assert all(isinstance(a, str) for a in command), "quote the numbers: argv is strings"
+    return parser.parse_args(command)
+
+
+def overlay_env(compose: dict[str, Any], compose_sim: dict[str, Any], name: str) -> dict[str, str]:
+    """A service's environment as `docker compose -f compose.yaml -f compose.sim.yaml` gives
+    it: the image's HWSCHED_* variables, then compose.yaml's, then the overlay's."""
+    example = env_example()
+    image = dockerfile_env(ROOT / "services" / name / "Dockerfile")
+    env = {k: v for k, v in image.items() if k.startswith(ENV_PREFIX)}
+    for data in (compose, compose_sim):
+        svc_env = data["services"].get(name, {}).get("environment") or {}
+        env |= {k: interpolate(str(v), example) for k, v in svc_env.items()}
+    return env
+
+
+def test_the_simulated_house_overlay_matches_the_simulators_command(
+    compose: dict[str, Any], compose_sim: dict[str, Any]
+) -> None:
+    from services.simulator.server import DEVICES_FILE
+    from services.simulator.tls import CA_CERT_FILE
+
+    simulator = compose["services"]["simulator"]
+    assert simulator["profiles"] == ["sim"]
+    args = simulator_command(compose)
+    assert args.bind == "0.0.0.0"  # reachable from the other containers
+    assert args.advertise_host == "simulator"  # the service name: what the others resolve
+    assert args.config == "config/config_devices.json"  # the devices broker-setup reads
+    assert args.weather_port is not None
+    assert args.control_port is not None
+    assert args.base_port is not None  # device ports stay the same across restarts
+    state = args.state_dir
+    assert f"sim:{state}" in simulator["volumes"]  # read-write for the simulator
+    assert "sim" in compose["volumes"]
+    overlay = compose_sim["services"]
+    assert set(overlay) == set(hwsched_services(compose)) - {"simulator"}
+    for name, svc in overlay.items():
+        assert svc["depends_on"] == {"simulator": {"condition": "service_healthy"}}, name
+        assert svc["volumes"] == [f"sim:{state}:ro"], name
+        assert "profiles" not in svc, name
+        env = overlay_env(compose, compose_sim, name)
+        assert env["HWSCHED_DEVICES_FILE"] == f"{state}/{DEVICES_FILE}", name
+        assert env["HWSCHED_DEVICE_CA_FILE"] == f"{state}/{CA_CERT_FILE}", name
+        # compose.yaml's own environment is kept (the overlay adds, it does not replace)
+        assert env["HWSCHED_BROKER__USERNAME"] == name
+    weather = overlay_env(compose, compose_sim, "forecaster")["HWSCHED_FORECAST__WEATHER_URL"]
+    assert weather == f"http://{args.advertise_host}:{args.weather_port}"
+    # the simulator's fixed ports are clear of the devices' (from --base-port, one or two
+    # each) for a house of up to 40 devices
+    fixed = {args.weather_port, args.control_port}
+    assert not fixed & set(range(args.base_port, args.base_port + 80))
+
+
+def test_the_services_load_what_the_simulator_writes(
+    compose: dict[str, Any],
+    compose_sim: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A simulator started with compose's options (ports and listen address aside: this
+    machine's loopback and free ports) writes files that load as every service's settings,
+    devices file and CA, with every device at the simulator's service name."""
+    import asyncio
+
+    from services.simulator.server import Simulator
+    from services.simulator.settings import SimulatorSettings
+    from shared.clock import ManualClock
+    from shared.config import load_devices
+
+    args = simulator_command(compose)
+    state = tmp_path / "sim"
+
+    async def write_files() -> None:
+        sim = Simulator(
+            load_devices(EXAMPLE_DEVICES),  # config_devices.json is the user's: its example
+            clock=ManualClock(datetime(2024, 6, 21, 10, tzinfo=UTC)),
+            settings=SimulatorSettings(),
+            state_dir=state,
+            bind="127.0.0.1",
+            advertise_host=args.advertise_host,
+        )
+        async with sim:
+            pass
+
+    asyncio.run(write_files())
+    monkeypatch.chdir(tmp_path)  # no config/settings.toml: defaults + environment only
+    for var in list(os.environ):
+        if var.startswith(ENV_PREFIX):
+            monkeypatch.delenv(var)
+    for name in compose_sim["services"]:
+        env = overlay_env(compose, compose_sim, name)
+        with monkeypatch.context() as mp:
+            for key, value in env.items():
+                # the volume's mount point, here: the temporary state directory
+                local = value
+                if value.startswith(args.state_dir + "/"):
+                    local = str(state) + value[len(args.state_dir) :]
+                mp.setenv(key, local)
+            settings = Settings()
+            assert settings.device_ca_file == state / "ca.pem", name
+            devices = load_devices(settings.devices_file)
+            assert {d.ip_address for d in devices.devices} == {"simulator"}, name
+            assert len(devices.devices) == len(load_devices(EXAMPLE_DEVICES).devices)
+            if name == "forecaster":
+                assert ForecastSettings().weather_url == f"http://simulator:{args.weather_port}"
 
 
 def test_dockerignore_keeps_secrets_and_config_out_of_images() -> None:

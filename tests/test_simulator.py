@@ -912,3 +912,181 @@ def test_certificate_names_the_device(tmp_path: Path) -> None:
     assert same.cert == again.cert
     assert path.read_bytes() == again.cert_pem()
     assert isinstance(client_context(path), ssl.SSLContext)
+
+
+# --- where it listens and what it advertises (compose: --bind 0.0.0.0 --advertise-host) -------
+
+
+def _port(url: str) -> int:
+    port = httpx.URL(url).port
+    assert port is not None, url
+    return port
+
+
+async def test_advertised_host_is_in_the_files_while_it_listens_on_the_bind_address(
+    tmp_path: Path,
+) -> None:
+    from shared.config import load_devices
+
+    clock = ManualClock(NOON)
+    async with Simulator(
+        devices(batteries=1, sockets=1),
+        clock=clock,
+        settings=SimulatorSettings(seed=1),
+        state_dir=tmp_path,
+        bind="127.0.0.1",
+        advertise_host="house.sim.test",
+    ) as sim:
+        info = json.loads((tmp_path / "simulator.json").read_text())
+        assert info["weather_url"] == f"http://house.sim.test:{sim.weather_port}/v1/forecast"
+        assert info["control_url"] == f"http://house.sim.test:{sim.control_port}/control"
+        urls = [u for d in info["devices"].values() for u in (d["v1_url"], d["v2_url"]) if u]
+        assert len(urls) == 4  # P1 v1 + v2, socket v1, battery v2
+        assert all(httpx.URL(u).host == "house.sim.test" for u in urls)
+        # the devices file the services read names the advertised host, and loads
+        written = json.loads((tmp_path / "devices.sim.json").read_text())
+        assert {d["ip_address"] for d in written["devices"]} == {"house.sim.test"}
+        loaded = load_devices(tmp_path / "devices.sim.json")
+        assert {d.ip_address for d in loaded.devices} == {"house.sim.test"}
+        p1 = next(d for d in loaded.devices if d.device_type == "HWE-P1")
+        assert p1.port == _port(sim.device("P1 meter").v1_url or "")
+        # ...while the servers listen on 127.0.0.1 at the advertised ports
+        async with httpx.AsyncClient(timeout=5) as client:
+            state = await client.get(f"http://127.0.0.1:{_port(info['control_url'])}/control/state")
+            assert state.status_code == 200
+            assert state.json()["weather_url"] == info["weather_url"]
+            socket_url = info["devices"]["boiler_1"]["v1_url"]
+            api = await client.get(f"http://127.0.0.1:{_port(socket_url)}/api")
+            assert api.json()["product_type"] == "HWE-SKT"
+        # the certificate names the device, not the host: TLS checks out whatever it is called
+        dev = sim.device("Battery 1")
+        assert sim.ca_path is not None
+        async with httpx.AsyncClient(verify=client_context(sim.ca_path), timeout=5) as client:
+            measured = await client.get(
+                f"https://127.0.0.1:{_port(dev.v2_url or '')}/api",
+                headers={"Authorization": f"Bearer {BAT1_TOKEN}"},
+                extensions={"sni_hostname": dev.server_name},
+            )
+        assert measured.json()["serial"] == serial_for("Battery 1")
+        assert dev.server_name == f"appliance/battery/{serial_for('Battery 1')}"
+
+
+async def test_bound_to_every_interface_it_is_reachable_on_loopback(tmp_path: Path) -> None:
+    import socket
+
+    async with Simulator(
+        devices(batteries=0, sockets=1),
+        clock=ManualClock(NOON),
+        settings=SimulatorSettings(seed=1),
+        state_dir=tmp_path,
+        bind="0.0.0.0",
+    ) as sim:
+        # 0.0.0.0 is no address to give a client: the machine's name is advertised instead
+        assert sim.host == socket.gethostname()
+        assert sim.control_url == f"http://{socket.gethostname()}:{sim.control_port}/control"
+        async with httpx.AsyncClient(timeout=5) as client:
+            state = await client.get(f"http://127.0.0.1:{sim.control_port}/control/state")
+            assert state.status_code == 200
+            data = await client.get(f"http://127.0.0.1:{sim.device('Boiler 1').v1_port}/api")
+            assert data.json()["product_type"] == "HWE-SKT"
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+async def test_weather_and_control_ports_are_kept_with_or_without_a_base_port(
+    tmp_path: Path,
+) -> None:
+    weather_port, control_port = _free_ports(2)
+    settings = SimulatorSettings(seed=1, weather_port=weather_port, control_port=control_port)
+    async with Simulator(
+        devices(batteries=0, sockets=1), clock=ManualClock(NOON), settings=settings
+    ) as sim:
+        assert (sim.weather_port, sim.control_port) == (weather_port, control_port)
+        assert sim.device("Boiler 1").v1_port not in (weather_port, control_port)
+    # with a base port the devices take consecutive ports, stepping over the kept ones
+    plan = Simulator(
+        devices(batteries=0, sockets=2),
+        clock=ManualClock(NOON),
+        settings=SimulatorSettings(weather_port=18001, control_port=18090),
+        base_port=18000,
+    )
+    plan._plan_ports()
+    ports = [
+        plan.device("P1 meter").v1_port,
+        plan.device("P1 meter").v2_port,
+        plan.device("Boiler 1").v1_port,
+        plan.device("Boiler 2").v1_port,
+    ]
+    assert ports == [18000, 18002, 18003, 18004]
+    assert (plan.weather_port, plan.control_port) == (18001, 18090)
+
+
+async def test_simulate_command_as_compose_runs_it(tmp_path: Path) -> None:
+    """The compose command line: every interface, a service name, fixed weather/control."""
+    weather_port, control_port = _free_ports(2)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.simulator",
+        "--config",
+        "config/config_devices.example.json",
+        "--bind",
+        "0.0.0.0",
+        "--advertise-host",
+        "simulator",
+        "--weather-port",
+        str(weather_port),
+        "--control-port",
+        str(control_port),
+        "--state-dir",
+        str(tmp_path),
+        cwd=ROOT,
+        stderr=asyncio.subprocess.PIPE,
+        env=os.environ | {"PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stderr is not None
+    try:
+        while True:
+            line = (await asyncio.wait_for(proc.stderr.readline(), 20)).decode()
+            if "devices file for the services" in line or not line:
+                break
+        info = json.loads((tmp_path / "simulator.json").read_text())
+        assert info["control_url"] == f"http://simulator:{control_port}/control"
+        assert info["weather_url"] == f"http://simulator:{weather_port}/v1/forecast"
+        written = json.loads((tmp_path / "devices.sim.json").read_text())
+        assert {d["ip_address"] for d in written["devices"]} == {"simulator"}
+        async with httpx.AsyncClient(timeout=5) as client:
+            state = await client.get(f"http://127.0.0.1:{control_port}/control/state")
+        assert state.status_code == 200
+        assert state.json()["weather_url"] == info["weather_url"]
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.stderr.read(), 10)
+        code = await asyncio.wait_for(proc.wait(), 10)
+    assert code == 0
+
+
+def test_simulate_command_refuses_a_bad_bind_or_advertised_host(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from services.cli import main
+
+    base = ["simulate", "--config", "config/config_devices.example.json"]
+    assert main([*base, "--bind", "localhost"]) == 2
+    assert "--bind: not an IP address" in capsys.readouterr().err
+    assert main([*base, "--advertise-host", "http://simulator"]) == 2
+    err = capsys.readouterr().err
+    assert "--advertise-host" in err
+    assert err.strip().count("\n") == 0

@@ -5,17 +5,20 @@ failing device never delays the others. A device's polls run one after the other
 overlapping); each HTTP attempt within a poll gets half the poll timeout (0.5..5 s). The API
 v2 devices' certificates are checked against `device_ca_file` (default: the HomeWizard CA).
 
-Every `poll_interval_s` (fixed rate) a device is read (an Energy Socket: measurement, then
-relay state) and its `DeviceMeasurement` published, retained, on `<base>/<device>/measurement`.
+Every `poll_interval_s` (fixed rate, on one schedule shared by all devices, so the devices of
+a round are read together) a device is read (an Energy Socket: measurement, then relay
+state) and its `DeviceMeasurement` published, retained, on `<base>/<device>/measurement`.
 A failed poll is counted (`polls_failed`, `polls_failed_<kind>`, `device_failures_<device>`),
 logged with the device's name (repeats rate-limited), and the next try comes
 interval × 2^(failures−1) after the failure, at most `max_backoff_s` (a timed-out poll counts
-from its timeout).
+from its timeout), rounded up to the shared schedule.
 
 Each device's availability (`<base>/<device>/availability`, retained) is `online` after a good
 poll and `offline` after a failed one; it is published when it changes.
 
-After every good P1 reading the house surplus is published (retained, `<base>/surplus`):
+After every good P1 reading, once the polls of the other devices under way at it have ended
+(so that a socket switched since the last round counts with its new power), the house
+surplus is published (retained, `<base>/surplus`):
 
     surplus_w = −p1_power_w + Σ socket power + Σ battery power (charging +)
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -221,6 +225,12 @@ class Poller:
         self._factory = client_factory
         self._log = log if log is not None else logging.getLogger(f"hwsched.{SERVICE_NAME}")
         self._rate_limited = RateLimitedLog(self._log, clock, self.options.log_every_s)
+        #: Polls follow one shared schedule from here (all devices of a round together).
+        self._epoch = clock.monotonic()
+        #: Devices whose poll is under way, and when it began (clock monotonic).
+        self._polling: dict[str, float] = {}
+        #: The latest P1 reading's surplus, waiting for these polls of its round to end.
+        self._surplus_waits: set[str] | None = None
 
     async def run(self) -> None:
         """Poll until cancelled (one task per device)."""
@@ -238,6 +248,7 @@ class Poller:
             self.options.poll_timeout_s,
             self.options.request_timeout_s,
         )
+        self._epoch = self._clock.monotonic()
         async with asyncio.TaskGroup() as group:
             for state in self.states.values():
                 group.create_task(self._device_task(state), name=f"poll-{state.device.slug}")
@@ -261,16 +272,25 @@ class Poller:
             wait = next_due - self._clock.monotonic()
             if wait > 0:
                 await self._clock.sleep(wait)
+            self._polling[state.device.device_name] = self._clock.monotonic()
             try:
                 reading = await with_timeout(
                     self._clock, opts.poll_timeout_s, self._read(state.device, client)
                 )
             except Exception as err:  # every failure is counted and logged, never fatal
                 self._failed(state, err)
-                next_due = self._clock.monotonic() + opts.backoff_s(state.failures)
+                next_due = self._slot(self._clock.monotonic() + opts.backoff_s(state.failures))
             else:
                 self._succeeded(state, reading)
-                next_due = max(next_due + opts.interval_s, self._clock.monotonic())
+                now = self._clock.monotonic()
+                next_due = max(self._slot(next_due, later=True), self._slot(now))
+
+    def _slot(self, when: float, *, later: bool = False) -> float:
+        """The first time of the shared schedule (epoch + k intervals) at or (`later`: only)
+        after `when`."""
+        steps = (when - self._epoch) / self.options.interval_s
+        k = math.floor(steps + 1e-9) + 1 if later else math.ceil(steps - 1e-9)
+        return self._epoch + max(0, k) * self.options.interval_s
 
     async def _read(self, device: AnyDevice, client: MeasurementReader) -> DeviceMeasurement:
         measured = await client.measurement()
@@ -303,6 +323,7 @@ class Poller:
 
     def _succeeded(self, state: DeviceState, reading: DeviceMeasurement) -> None:
         device = state.device
+        started = self._polling.pop(device.device_name, None)
         if state.failures:
             self._log.info(
                 "%s: read again after %d failed polls", device.device_name, state.failures
@@ -315,11 +336,14 @@ class Poller:
         self._counters.inc("polls_ok")
         self._publisher.publish(self._topics.measurement(device.slug), reading)
         self._set_availability(state, AVAILABILITY_ONLINE)
-        if isinstance(device, P1Config):
-            self._publish_surplus()
+        if isinstance(device, P1Config):  # its surplus waits for the round's other polls
+            since = (started if started is not None else 0.0) - self.options.interval_s / 2
+            self._surplus_waits = {n for n, t in self._polling.items() if t >= since}
+        self._surplus_round()
 
     def _failed(self, state: DeviceState, err: Exception) -> None:
         device = state.device
+        self._polling.pop(device.device_name, None)
         kind = error_kind(err)
         state.failed = True
         state.failures += 1
@@ -342,6 +366,7 @@ class Poller:
         if kind == "unexpected":
             self._log.debug("%s: unexpected failure", device.device_name, exc_info=err)
         self._set_availability(state, AVAILABILITY_OFFLINE)
+        self._surplus_round()
 
     def _set_availability(self, state: DeviceState, availability: Availability) -> None:
         if state.availability == availability:
@@ -393,6 +418,24 @@ class Poller:
             based_on=based_on,
             missing=missing,
         )
+
+    def _surplus_round(self) -> None:
+        """Publish the latest P1 reading's surplus once the polls of its round have ended.
+
+        The round: polls that began at most half an interval before the P1's (all devices
+        share one schedule); a poll hanging from an earlier round is not waited for, and a
+        hanging poll of this round at most for the poll timeout. Without this wait the P1
+        is read first and every socket switched since the last round counted with its old
+        power against the P1's new one: one surplus off by the socket's power per switch
+        (a boiler switched off: 2 kW of surplus that is not there).
+        """
+        waits = self._surplus_waits
+        if waits is None:
+            return
+        waits &= self._polling.keys()
+        if not waits:
+            self._surplus_waits = None
+            self._publish_surplus()
 
     def _publish_surplus(self) -> None:
         try:

@@ -2,12 +2,19 @@
 
     python -m services.simulator --config config/config_devices.example.json \\
         [--speed 60] [--start 2024-06-21T06:00] [--seed N] [--cloudiness 0.4] \\
-        [--state-dir DIR] [--base-port 18000] [--sim-config FILE] [--timezone TZ]
+        [--state-dir DIR] [--base-port 18000] [--sim-config FILE] [--timezone TZ] \\
+        [--bind 0.0.0.0] [--advertise-host NAME] [--weather-port N] [--control-port N]
 
 It logs one line per device with its URL(s), then the CA certificate, the weather and
 control URLs and a devices file pointing at the simulated devices; runs the physics on the
 clock (real time, or a `ScaledClock` from `--start` at `--speed`); stops cleanly on SIGINT
 or SIGTERM. Mistakes are one line on stderr and exit status 2.
+
+Every server listens on `--bind` (127.0.0.1); the URLs it logs and writes (`simulator.json`,
+`devices.sim.json`) name `--advertise-host` (default: the bind address, or this machine's
+host name when bound to 0.0.0.0 or ::). The certificates name `appliance/<type>/<serial>`,
+never the host, so they hold whatever the host is called. In Compose:
+`--bind 0.0.0.0 --advertise-host simulator --weather-port 8090 --control-port 8091`.
 
 This module imports aiohttp and cryptography only when the simulator runs, so the
 `hwsched` command works without them.
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import sys
@@ -27,8 +35,17 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from pydantic import ValidationError
+
 from shared.clock import Clock, ScaledClock, SystemClock, as_utc
-from shared.config import DEFAULT_DEVICES_FILE, ConfigError, DevicesConfig, load_devices
+from shared.config import (
+    DEFAULT_DEVICES_FILE,
+    ConfigError,
+    DevicesConfig,
+    P1Config,
+    describe_error,
+    load_devices,
+)
 from shared.naming import slugify
 
 from .settings import SimulatorSettings, load_settings, parse_settings
@@ -75,6 +92,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--base-port", type=int, metavar="N", help="consecutive ports from N (default: config/free)"
     )
     parser.add_argument(
+        "--weather-port", type=int, metavar="N", help="the weather service's port (default: free)"
+    )
+    parser.add_argument(
+        "--control-port", type=int, metavar="N", help="the control endpoint's port (default: free)"
+    )
+    parser.add_argument(
+        "--bind",
+        metavar="ADDRESS",
+        default="127.0.0.1",
+        help="address every server listens on (127.0.0.1; 0.0.0.0 = every interface)",
+    )
+    parser.add_argument(
+        "--advertise-host",
+        metavar="NAME",
+        help="host written into the URLs and the devices file (default: the bind address, "
+        "or this machine's host name when bound to 0.0.0.0 or ::)",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
@@ -95,6 +130,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[DevicesConfig, Simulat
         ("cloudiness", "cloudiness"),
         ("timezone", "timezone"),
         ("base_port", "base_port"),
+        ("weather_port", "weather_port"),
+        ("control_port", "control_port"),
     ):
         value = getattr(args, flag, None)
         if value is not None:
@@ -123,6 +160,27 @@ def settings_from_args(args: argparse.Namespace) -> tuple[DevicesConfig, Simulat
     return devices, settings
 
 
+def check_network(args: argparse.Namespace) -> tuple[str, str | None]:
+    """(bind address, advertised host or None) from the flags; SimulatorUsageError if bad."""
+    bind = getattr(args, "bind", None) or "127.0.0.1"
+    try:
+        ipaddress.ip_address(bind)
+    except ValueError:
+        raise SimulatorUsageError(
+            f"--bind: not an IP address like 127.0.0.1 or 0.0.0.0 (got {bind!r})"
+        ) from None
+    host = getattr(args, "advertise_host", None)
+    if host is not None:
+        # the services read it from devices.sim.json: the devices file's own rule applies
+        try:
+            P1Config.model_validate(
+                {"device_name": "check", "device_type": "HWE-P1", "ip_address": host}
+            )
+        except ValidationError as err:
+            raise SimulatorUsageError(f"--advertise-host: {describe_error(err)}") from None
+    return bind, host
+
+
 def make_clock(settings: SimulatorSettings) -> Clock:
     """Real time, or simulated time from `start` at `speed`."""
     if settings.speed == 1 and settings.start is None:
@@ -137,6 +195,8 @@ async def serve(
     *,
     state_dir: Path | None = None,
     stop: asyncio.Event | None = None,
+    bind: str = "127.0.0.1",
+    advertise_host: str | None = None,
 ) -> None:
     """Run the simulator until `stop` is set (or SIGINT/SIGTERM)."""
     from services.simulator.server import Simulator
@@ -147,7 +207,14 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
             loop.add_signal_handler(sig, stop.set)
     clock = make_clock(settings)
-    sim = Simulator(devices, clock=clock, settings=settings, state_dir=state_dir)
+    sim = Simulator(
+        devices,
+        clock=clock,
+        settings=settings,
+        state_dir=state_dir,
+        bind=bind,
+        advertise_host=advertise_host,
+    )
     await sim.start()
     try:
         clouds = "by season" if settings.cloudiness is None else f"{settings.cloudiness:g}"
@@ -172,6 +239,7 @@ async def serve(
 def run(args: argparse.Namespace) -> int:
     """Load, start, serve until a signal; exceptions for bad input (see `main`)."""
     devices, settings = settings_from_args(args)
+    bind, advertise_host = check_network(args)
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=getattr(args, "log_level", "INFO"),
@@ -179,7 +247,9 @@ def run(args: argparse.Namespace) -> int:
             stream=sys.stderr,
         )
     state_dir = Path(args.state_dir) if args.state_dir else None
-    asyncio.run(serve(devices, settings, state_dir=state_dir))
+    asyncio.run(
+        serve(devices, settings, state_dir=state_dir, bind=bind, advertise_host=advertise_host)
+    )
     return 0
 
 

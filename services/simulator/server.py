@@ -1,7 +1,9 @@
 """The simulated house's device APIs, weather service and control endpoint (aiohttp).
 
-Every device listens on its own port on 127.0.0.1, as the real ones each have their own
-address:
+Every device listens on its own port, on 127.0.0.1 by default (`bind`: 0.0.0.0 in a
+container), as the real ones each have their own address; the URLs and the devices file
+name the `advertise_host` (default: the bind address, or this machine's name when bound to
+every interface), e.g. `simulator` on a Compose network:
 
 * P1 meter (HWE-P1): API v1 over HTTP (`GET /api`, `GET /api/v1/data`) and API v2 over
   HTTPS (`GET /api`, `GET /api/measurement`, `GET/PUT /api/batteries`, `POST /api/user`);
@@ -37,6 +39,7 @@ import random
 import re
 import secrets
 import shutil
+import socket
 import ssl
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
@@ -66,7 +69,10 @@ from shared.naming import slugify
 
 log = logging.getLogger("hwsched.simulator")
 
+#: The default listen address (and advertised host).
 HOST = "127.0.0.1"
+#: Addresses that mean "every interface": not a host a client can be given.
+ANY_ADDRESS = frozenset({"0.0.0.0", "::", ""})
 WIFI_SSID = "hwsched-sim"
 METER_MODEL = "ISKRA  2M550T-101"
 VOLTAGE_V = 230.0
@@ -140,6 +146,19 @@ def _kwh(wh: float) -> float:
     return round(wh / 1000, 3)
 
 
+def advertised_host(bind: str, advertise_host: str | None = None) -> str:
+    """The host clients are told: `advertise_host`, else `bind` unless it means every
+    interface, else this machine's host name."""
+    if advertise_host:
+        return advertise_host
+    return socket.gethostname() if bind in ANY_ADDRESS else bind
+
+
+def url_host(host: str) -> str:
+    """A host as it stands in a URL (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
 @dataclass
 class SimDevice:
     """A simulated device: identity, ports, faults, accepted tokens, listeners."""
@@ -157,6 +176,8 @@ class SimDevice:
     #: `net_clock.monotonic()` until which `POST /api/user` creates users.
     button_until: float | None = None
     runners: list[web.AppRunner] = field(default_factory=list)
+    #: The host its URLs name (the simulator's advertised host).
+    host: str = HOST
 
     @property
     def name(self) -> str:
@@ -177,11 +198,11 @@ class SimDevice:
 
     @property
     def v1_url(self) -> str | None:
-        return f"http://{HOST}:{self.v1_port}" if self.product.v1 else None
+        return f"http://{url_host(self.host)}:{self.v1_port}" if self.product.v1 else None
 
     @property
     def v2_url(self) -> str | None:
-        return f"https://{HOST}:{self.v2_port}" if self.product.v2 else None
+        return f"https://{url_host(self.host)}:{self.v2_port}" if self.product.v2 else None
 
     @property
     def primary_port(self) -> int | None:
@@ -258,8 +279,13 @@ class Simulator:
         base_port: int | None = None,
         net_clock: Clock | None = None,
         tick_s: float = 5.0,
+        bind: str = HOST,
+        advertise_host: str | None = None,
     ) -> None:
         self.devices_config = devices
+        #: The address every server listens on, and the host the URLs and files name.
+        self.bind = bind
+        self.host = advertised_host(bind, advertise_host)
         self.clock = clock
         self.net_clock = net_clock or SystemClock()
         self.settings = settings or SimulatorSettings()
@@ -286,6 +312,7 @@ class Simulator:
                 serial=serial_for(dev.device_name),
                 settings=s,
                 faults=s.faults or FaultSettings(),
+                host=self.host,
             )
             if isinstance(dev, BatteryConfig):
                 token = dev.user_info.token.get_secret_value().upper()
@@ -373,11 +400,16 @@ class Simulator:
         self.house.advance_to(self.clock.now())
 
     def _plan_ports(self) -> None:
+        """Consecutive ports from `base_port` (else each device's own or a free one); the
+        weather and control ports given in the settings are kept either way."""
         next_port = self.base_port
+        fixed = {p for p in (self.settings.weather_port, self.settings.control_port) if p}
 
         def take(explicit: int | None) -> int:
             nonlocal next_port
             if next_port is not None:
+                while next_port in fixed:
+                    next_port += 1
                 port, next_port = next_port, next_port + 1
                 if port > 65535:
                     raise SimulatorError(f"--base-port {self.base_port}: ports run past 65535")
@@ -391,8 +423,8 @@ class Simulator:
             if dev.product.v2:
                 primary = None if dev.product.v1 else dev.config.port
                 dev.v2_port = take(s.v2_port or primary)
-        self.weather_port = take(self.settings.weather_port)
-        self.control_port = take(self.settings.control_port)
+        self.weather_port = self.settings.weather_port or take(None)
+        self.control_port = self.settings.control_port or take(None)
 
     async def _serve(
         self, app: web.Application, port: int | None, tls: ssl.SSLContext | None = None
@@ -401,12 +433,13 @@ class Simulator:
             app, handler_cancellation=True, access_log=None, shutdown_timeout=_SHUTDOWN_S
         )
         await runner.setup()
-        site = web.TCPSite(runner, HOST, port or 0, ssl_context=tls)
+        site = web.TCPSite(runner, self.bind, port or 0, ssl_context=tls)
         try:
             await site.start()
         except OSError as err:
             await runner.cleanup()
-            raise SimulatorError(f"cannot listen on {HOST}:{port or 0}: {err.strerror}") from None
+            where = f"{url_host(self.bind)}:{port or 0}"
+            raise SimulatorError(f"cannot listen on {where}: {err.strerror}") from None
         return runner, int(runner.addresses[0][1])
 
     async def _listen(self, dev: SimDevice) -> None:
@@ -455,11 +488,11 @@ class Simulator:
 
     @property
     def weather_url(self) -> str:
-        return f"http://{HOST}:{self.weather_port}/v1/forecast"
+        return f"http://{url_host(self.host)}:{self.weather_port}/v1/forecast"
 
     @property
     def control_url(self) -> str:
-        return f"http://{HOST}:{self.control_port}/control"
+        return f"http://{url_host(self.host)}:{self.control_port}/control"
 
     def info(self) -> dict[str, Any]:
         """Machine-readable: where everything is (also written to `simulator.json`)."""
@@ -507,7 +540,7 @@ class Simulator:
         devices: list[dict[str, Any]] = []
         for dev in self.devices.values():
             item = dev.config.model_dump(mode="json", exclude_none=True)
-            item["ip_address"] = HOST
+            item["ip_address"] = self.host
             item["port"] = dev.primary_port
             user_info = getattr(dev.config, "user_info", None)
             if user_info is not None:  # the dump masks secrets: write the real token

@@ -284,10 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=cmd_simulate)
     run = sub.add_parser(
         "run",
-        help="the whole product on this machine: broker, simulated house, all four services",
-        description="Start a local mosquitto on a free port, the simulated house for the "
-        "devices file, and the poller, forecaster, scheduler and actuator as processes; print "
-        "what to watch; stop everything on Ctrl-C.",
+        help="the whole product on this machine: broker, simulated house, all the services",
+        description="Start a broker on a free port of 127.0.0.1 (the local mosquitto, else an "
+        "embedded Python broker), the simulated house for the devices file, and the poller, "
+        "forecaster, scheduler, actuator and bridge as processes; print what to watch; stop "
+        "everything on Ctrl-C.",
     )
     run.add_argument(
         "--devices",
@@ -296,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="devices file of the house to simulate (default: the example house)",
     )
     run.add_argument("--run-dir", metavar="DIR", default="run", help="logs and state (run/)")
+    run.add_argument(
+        "--broker",
+        choices=("auto", "mosquitto", "embedded"),
+        help="which broker (default: $HWSCHED_RUN_BROKER, else auto: mosquitto when installed)",
+    )
     run.set_defaults(func=cmd_run)
     return parser
 
@@ -303,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace) -> int:
     from services.stack import main as run_stack
 
-    return run_stack(Path(args.devices), Path(args.run_dir))
+    return run_stack(Path(args.devices), Path(args.run_dir), args.broker)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

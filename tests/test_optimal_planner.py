@@ -10,59 +10,24 @@ from __future__ import annotations
 import random
 import sys
 import time
-from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.planning.optimal import Options, plan_optimal
-from shared.planning.problem import BatterySpec, Plan, PlanningProblem, SocketSpec
+from shared.planning.problem import Plan, PlanningProblem, SocketSpec
 from shared.planning.reference import plan_reference
 from shared.planning.simulate import DayOutcome, simulate
+from tests.planning_builders import START, batt, problem, sock
 
-START = datetime(2025, 6, 1, 9, 0, tzinfo=UTC)
 TOL_W = 1e-6
 TOL_WH = 1e-6
 #: Tolerance (Wh) when comparing the day's figures with the reference's.
 KEY_TOL_WH = 0.1
 #: Enough for every hand-solved day to be solved to the end (they take a few ms).
 HAND = Options(time_limit_s=1.0)
-
-
-def sock(name: str, power: float = 1000, capacity: float = 500, **kw: Any) -> SocketSpec:
-    """A needed socket unless `daily_need=False` is given."""
-    kw.setdefault("daily_need", True)
-    return SocketSpec(name=name, max_power_usage=power, energy_capacity=capacity, **kw)
-
-
-def batt(power: float = 1000, capacity: float = 1000, stored: float = 0.0) -> BatterySpec:
-    return BatterySpec(
-        name=f"b{power}-{capacity}-{stored}",
-        max_power_usage=power,
-        energy_capacity=capacity,
-        energy_stored=stored,
-    )
-
-
-def problem(
-    surplus: list[float],
-    sockets: list[SocketSpec] | None = None,
-    batteries: list[BatterySpec] | None = None,
-    *,
-    step_s: int = 900,
-    start: datetime = START,
-    overcharge: bool = False,
-) -> PlanningProblem:
-    return PlanningProblem(
-        start=start,
-        step_s=step_s,
-        available_power_w=surplus,
-        sockets=sockets or [],
-        batteries=batteries or [],
-        overcharge=overcharge,
-    )
 
 
 def solve(p: PlanningProblem, options: Options = HAND) -> tuple[Plan, DayOutcome]:

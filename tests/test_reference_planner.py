@@ -9,54 +9,19 @@ from __future__ import annotations
 import copy
 import math
 import random
-from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.planning import reference
-from shared.planning.problem import BatterySpec, Plan, PlanningProblem, SocketSpec
+from shared.planning.problem import Plan, PlanningProblem, SocketSpec
 from shared.planning.reference import fallback_states, plan_reference, planning_order
 from shared.planning.simulate import simulate
+from tests.planning_builders import batt, problem, sock
 
-START = datetime(2025, 6, 1, 9, 0, tzinfo=UTC)
 TOL_W = 1e-6
 TOL_WH = 1e-4
-
-
-def sock(name: str, power: float = 1000, capacity: float = 500, **kw: Any) -> SocketSpec:
-    """A needed socket unless `daily_need=False` is given."""
-    kw.setdefault("daily_need", True)
-    return SocketSpec(name=name, max_power_usage=power, energy_capacity=capacity, **kw)
-
-
-def batt(power: float = 1000, capacity: float = 1000, stored: float = 0.0) -> BatterySpec:
-    return BatterySpec(
-        name=f"b{power}-{capacity}-{stored}",
-        max_power_usage=power,
-        energy_capacity=capacity,
-        energy_stored=stored,
-    )
-
-
-def problem(
-    surplus: list[float],
-    sockets: list[SocketSpec] | None = None,
-    batteries: list[BatterySpec] | None = None,
-    *,
-    step_s: int = 900,
-    overcharge: bool = False,
-) -> PlanningProblem:
-    return PlanningProblem(
-        start=START,
-        step_s=step_s,
-        available_power_w=surplus,
-        sockets=sockets or [],
-        batteries=batteries or [],
-        overcharge=overcharge,
-    )
 
 
 def fractions(p: PlanningProblem, plan: Plan) -> list[float]:

@@ -102,6 +102,7 @@ def choose_broker(want: str, port: int, run_dir: Path) -> BrokerPlan:
         conf = run_dir / "mosquitto.conf"
         conf.write_text(
             f"listener {port} {BROKER_HOST}\nallow_anonymous true\npersistence false\n"
+            "set_tcp_nodelay true\n"
             "log_dest stdout\nlog_type error\nlog_type warning\n"
         )
         return BrokerPlan("mosquitto", [mosquitto, "-c", str(conf)], f"mosquitto ({mosquitto})")

@@ -426,9 +426,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the services' logs")
     parser.add_argument(
         "--tcp-nodelay",
-        action="store_true",
-        help="the broker with `set_tcp_nodelay true` (mosquitto's default, and the shipped "
-        "mosquitto.conf, leave Nagle's algorithm on)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the broker with `set_tcp_nodelay true`, as the shipped mosquitto.conf and "
+        "`hwsched run` (default); --no-tcp-nodelay for mosquitto's own default (Nagle on)",
     )
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is not met")
     args = parser.parse_args(argv)

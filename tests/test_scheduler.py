@@ -757,3 +757,35 @@ async def test_garbage_on_every_topic_is_counted_and_changes_nothing(settings: S
     assert plan.excluded == ["E-bike"]
     assert list(plan.sockets) == ["Boiler"]
     assert json.loads(dump_message(plan))["planner"] == "reference"
+
+
+async def test_quick_re_plans_continue_from_the_previous_plan_until_a_full_one_is_due(
+    settings: Settings,
+) -> None:
+    """First plan: full (MILP + search). Next surpluses on the same forecast: quick re-plans
+    from the previous plan. A new forecast, or `full_plan_every_s` later: full again."""
+    clock = ManualClock(T0)
+    s, rec, counters = make_scheduler(settings, clock)
+    s._finish_restore(None)
+    await s.on_forecast("t/forecast", dump_message(make_forecast(T0 - timedelta(minutes=1))))
+
+    async def plan_at(offset_s: float, watts: float) -> None:
+        at = T0 + timedelta(seconds=offset_s)
+        clock.set(at)
+        await s.on_surplus("t/surplus", dump_message(make_surplus(at, watts)))
+        assert await s.plan_once() is not None
+
+    await plan_at(0, 1000.0)
+    assert (counters["plans_full"], counters["plans_quick"]) == (1, 0)
+    await plan_at(30, 1100.0)
+    await plan_at(60, 900.0)
+    assert (counters["plans_full"], counters["plans_quick"]) == (1, 2)
+    # a quick re-plan is still the optimal planner's, from the previous plan's rows
+    assert rec.on("t/plan")[-1].planner == "optimal"
+    # a new forecast: full again
+    await s.on_forecast("t/forecast", dump_message(make_forecast(T0 + timedelta(seconds=61))))
+    await plan_at(90, 1000.0)
+    assert (counters["plans_full"], counters["plans_quick"]) == (2, 2)
+    # long after the last full plan: full again
+    await plan_at(90 + s.options.full_plan_every_s, 1000.0)
+    assert counters["plans_full"] == 3

@@ -118,6 +118,13 @@ class SchedulerOptions:
     planner_timeout_margin_s: float = 2.0
     #: Socket samples held back while the books are restored.
     max_held_samples: int = 1000
+    #: Between full plans (MILP + search from scratch: the first of the day, a new forecast,
+    #: a changed set of controlled sockets, or this long since the last full plan, s), a new
+    #: surplus re-plans quickly: the local search only, continuing from the previous plan,
+    #: with this many evaluations (~20 ms). The search thus goes on across re-plans, and a
+    #: measurement reaches a command fast.
+    full_plan_every_s: float = 3 * 3600.0
+    warm_evals: int = 250
     log_every_s: float = 60.0
 
 
@@ -174,6 +181,14 @@ class Scheduler:
         self.surplus: HouseSurplus | None = None
         self.baseline: Baseline | None = None
         self.last_plan: Prepared | None = None
+        #: The last plan's rows and what they were planned on (for quick re-plans):
+        #: (start, step_s, rows, forecast made_at, controlled sockets, last full plan at).
+        self._last_rows: (
+            tuple[datetime, int, dict[str, list[int]], datetime | None, tuple[str, ...], datetime]
+            | None
+        ) = None
+        #: The start of the plan being solved, when it is a quick re-plan.
+        self._warm_rows: dict[str, list[int]] | None = None
         self.restored = asyncio.Event()
         self._held: list[DeviceMeasurement] = []
         self._wake = asyncio.Event()
@@ -199,7 +214,55 @@ class Scheduler:
         # The planner's own budget for the problem's size (0.15 s for 96 steps x 5 sockets),
         # never more than the configured limit.
         budget = min(default_time_limit(problem), self.time_limit_s)
+        warm = self._warm_rows
+        if warm is not None:
+            return plan_optimal(
+                problem,
+                Options(
+                    time_limit_s=budget,
+                    milp_share=0.0,
+                    max_evals=self.options.warm_evals,
+                    warm_start=warm,
+                ),
+            )
         return plan_optimal(problem, Options(time_limit_s=budget))
+
+    def _warm_start(self, prepared: Prepared, now: datetime) -> dict[str, list[int]] | None:
+        """The previous plan moved on to this problem's first step, when a quick re-plan will
+        do: same forecast, same sockets, same step, and a full plan not too long ago."""
+        last = self._last_rows
+        if last is None or prepared.fallback_reason is not None:
+            return None
+        start, step_s, rows, forecast_at, controlled, full_at = last
+        problem = prepared.problem
+        made_at = prepared.forecast.made_at if prepared.forecast is not None else None
+        if (
+            step_s != problem.step_s
+            or forecast_at != made_at
+            or controlled != tuple(prepared.controlled)
+            or (now - full_at).total_seconds() >= self.options.full_plan_every_s
+        ):
+            return None
+        shift = round((problem.start - start).total_seconds() / step_s)
+        if shift < 0:
+            return None
+        n = problem.n_steps
+        return {name: (row[shift:] + [0] * n)[:n] for name, row in rows.items()}
+
+    def _remember(self, prepared: Prepared, plan: Plan, now: datetime, full: bool) -> None:
+        if prepared.fallback_reason is not None:
+            self._last_rows = None
+            return
+        full_at = now if full or self._last_rows is None else self._last_rows[5]
+        made_at = prepared.forecast.made_at if prepared.forecast is not None else None
+        self._last_rows = (
+            prepared.problem.start,
+            prepared.problem.step_s,
+            {k: list(v) for k, v in plan.sockets.items()},
+            made_at,
+            tuple(prepared.controlled),
+            full_at,
+        )
 
     # --- subscriptions ------------------------------------------------------------------
 
@@ -485,7 +548,13 @@ class Scheduler:
             plan = fallback_plan(prepared.problem)
             self._counters.inc("plans_fallback_rule")
         else:
+            self._warm_rows = self._warm_start(prepared, now)
+            full = self._warm_rows is None
             plan, note = await self._solve(prepared.problem)
+            self._warm_rows = None
+            if note is None:
+                self._counters.inc("plans_full" if full else "plans_quick")
+                self._remember(prepared, plan, now, full)
         self._report_mode(prepared, plan, note)
         message = plan_message(prepared, plan, now, note)
         self._publisher.publish(self._topics.plan(), message)

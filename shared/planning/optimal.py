@@ -33,6 +33,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -67,6 +68,9 @@ class Options:
     #: Moves the local search may evaluate (all starts together): a count, not a time, so
     #: the same input always gives the same plan. The time budget stays a safety net.
     max_evals: int = 1500
+    #: A plan to start from as well (e.g. the previous plan, moved on to this problem's
+    #: first step). With `milp_share=0` and a small `max_evals` this is a quick re-plan.
+    warm_start: Mapping[str, Sequence[int]] | None = None
     mip_rel_gap: float = 1e-4
     weights: Weights = Weights()
 
@@ -417,7 +421,10 @@ def plan_optimal(problem: PlanningProblem, options: Options | None = None) -> Pl
     ref = plan_reference(problem)
     # Starts: the reference plan and a window plan; then the MILP (without the switch term,
     # which makes it slow) warm-started from the better of them, on part of the budget.
-    states = [DayState(problem, start) for start in (ref.sockets, _window_plan(problem))]
+    starts: list[Mapping[str, Sequence[int]]] = [ref.sockets, _window_plan(problem)]
+    if opts.warm_start is not None:
+        starts.append(opts.warm_start)
+    states = [DayState(problem, start) for start in starts]
     for state in states:
         state.repair()
     states = [s for s in states if s.score[0] != float("inf")]

@@ -495,3 +495,28 @@ def test_a_full_day_with_the_default_budget_returns_within_a_second() -> None:
     assert elapsed < 1.0  # the default budget is ~0.15 s here; generous, not a benchmark
     assert plan.solve_s <= elapsed
     check_plan(p, plan)
+
+
+def test_the_milp_worker_process_gives_the_same_plan_as_in_process() -> None:
+    """The scheduler runs the MILP in a child process (HiGHS and numpy never stay in its
+    memory): same problem, same plan, and the MILP's proof comes back with it."""
+    p = problem(
+        [-300, 200, 1800, 2500, 2600, 1900, 400, -500],
+        [sock("boiler", 2000, 1000), sock("bike", 300, 150, daily_need=False)],
+        [batt(800, 1000, stored=200)],
+    )
+    here = plan_optimal(p, Options(time_limit_s=5.0))
+    there = plan_optimal(p, Options(time_limit_s=5.0, milp_worker=True))
+    assert there.info["milp_status"] == here.info["milp_status"] == "optimal"
+    assert there.sockets == here.sockets
+    assert there.status == here.status
+
+
+def test_a_failing_milp_worker_is_no_milp_plan_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.planning import optimal
+
+    monkeypatch.setattr(optimal.sys, "executable", "/nonexistent/python")
+    p = problem([1000, 1000, -200, -200], [sock("boiler", 1000, 500)])
+    plan = plan_optimal(p, Options(time_limit_s=1.0, milp_worker=True))
+    assert "worker failed" in str(plan.info.get("milp_solver_status", ""))
+    check_plan(p, plan)

@@ -225,7 +225,8 @@ class Scheduler:
                     warm_start=warm,
                 ),
             )
-        return plan_optimal(problem, Options(time_limit_s=budget))
+        # The MILP runs in a short-lived worker: HiGHS and numpy never stay in memory here.
+        return plan_optimal(problem, Options(time_limit_s=budget, milp_worker=True))
 
     def _warm_start(self, prepared: Prepared, now: datetime) -> dict[str, list[int]] | None:
         """The previous plan moved on to this problem's first step, when a quick re-plan will

@@ -28,16 +28,16 @@ time ran out), `fallback` (the reference plan, e.g. no solver or the solver foun
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
-
-import numpy as np
 
 from shared.planning.problem import Plan, PlanningProblem, PlanStatus, SocketSpec
 from shared.planning.reference import plan_reference
@@ -71,6 +71,9 @@ class Options:
     #: A plan to start from as well (e.g. the previous plan, moved on to this problem's
     #: first step). With `milp_share=0` and a small `max_evals` this is a quick re-plan.
     warm_start: Mapping[str, Sequence[int]] | None = None
+    #: Run the MILP in a short-lived worker process (`python -m shared.planning.milp_worker`),
+    #: so the solver and numpy never stay in a long-running service's memory.
+    milp_worker: bool = False
     mip_rel_gap: float = 1e-4
     weights: Weights = Weights()
 
@@ -225,8 +228,10 @@ class _Model:
                     if len(window) > 1:
                         self.rows.add(window, [1.0] * len(window), -inf, 1.0)
 
-    def solution_from_states(self, states: dict[str, list[int]]) -> np.ndarray[Any, Any]:
+    def solution_from_states(self, states: dict[str, list[int]]) -> Any:
         """A (partial) starting point: socket columns from a plan, the rest left to HiGHS."""
+        import numpy as np
+
         values = np.zeros(len(self.cost))
         for name, cols in self.x.items():
             row = states.get(name, [])
@@ -278,6 +283,7 @@ def _solve(
 ) -> tuple[dict[str, list[int]] | None, str, dict[str, float | int | str]]:
     """Solve the MILP; (states or None, status, info)."""
     import highspy
+    import numpy as np
 
     model = _Model(problem, options.weights)
     h = _new_highs()
@@ -329,6 +335,39 @@ def _solve(
     if int(info_obj.primal_solution_status) != 2:  # 2 = feasible
         return None, "fallback", info | {"solver_status": "no solution"}
     return model.states(list(h.getSolution().col_value)), label, info
+
+
+def _solve_in_worker(
+    problem: PlanningProblem, options: Options, start: dict[str, list[int]], budget_s: float
+) -> tuple[dict[str, list[int]] | None, str, dict[str, float | int | str]]:
+    """`_solve` in a child process (JSON in, JSON out); a failed worker is no MILP plan."""
+    request = json.dumps(
+        {
+            "problem": problem.model_dump(mode="json"),
+            "weights": asdict(options.weights),
+            "mip_rel_gap": options.mip_rel_gap,
+            "start": start,
+            "budget_s": budget_s,
+        }
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "shared.planning.milp_worker"],
+            input=request,
+            capture_output=True,
+            text=True,
+            timeout=budget_s + 10.0,
+            check=True,
+        )
+        answer = json.loads(done.stdout)
+        states = answer["states"]
+        return (
+            {str(k): [int(v) for v in row] for k, row in states.items()} if states else None,
+            str(answer["label"]),
+            dict(answer["info"]),
+        )
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError) as err:
+        return None, "fallback", {"solver_status": f"worker failed: {type(err).__name__}"}
 
 
 def _repair(
@@ -438,7 +477,8 @@ def plan_optimal(problem: PlanningProblem, options: Options | None = None) -> Pl
             milp_opts = Options(
                 mip_rel_gap=opts.mip_rel_gap, weights=replace(opts.weights, switch=0.0)
             )
-            solved, label, info = _solve(problem, milp_opts, warm, milp_budget)
+            solve = _solve_in_worker if opts.milp_worker else _solve
+            solved, label, info = solve(problem, milp_opts, warm, milp_budget)
             info = {f"milp_{k}": v for k, v in info.items()}
             info["milp_status"] = label
             if solved is not None and label == "optimal":

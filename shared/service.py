@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiomqtt
 
@@ -168,6 +168,12 @@ class RateLimitedLog:
     def reset(self, key: str) -> None:
         """Forget `key`, so its next event is logged at once (e.g. after a recovery)."""
         self._seen.pop(key, None)
+
+
+class Publisher(Protocol):
+    """Where a service's messages go: the `Service` below, or a test's recorder."""
+
+    def publish(self, topic: str, payload: Message | Availability) -> None: ...
 
 
 # --- counters -------------------------------------------------------------------------------

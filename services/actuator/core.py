@@ -40,7 +40,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
-from typing import Literal, Protocol
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
@@ -57,11 +57,9 @@ from shared.bookkeeping import (
 from shared.config import Settings, SocketConfig
 from shared.daytime import day_start, next_boundary
 from shared.messages import (
-    Availability,
     DeviceMeasurement,
     EnergyBooks,
     HouseSurplus,
-    Message,
     MessageError,
     OverrideRequest,
     OverrideState,
@@ -72,7 +70,7 @@ from shared.messages import (
 )
 from shared.naming import slugify
 from shared.planning.reference import POWER_EPS_W, planning_order
-from shared.service import Counters
+from shared.service import Counters, Publisher
 from shared.topics import Topics
 
 __all__ = [
@@ -101,12 +99,6 @@ Blocked = Literal["unknown", "locked", "interval", "retry"]
 #: The override source of a hand switch (and the `last_switch_reason` prefix).
 MANUAL_SOURCE: HoldSource = "manual-switch"
 _MAX_TEXT = 500
-
-
-class Publisher(Protocol):
-    """Where messages go (`shared.service.Service`, or a test recorder)."""
-
-    def publish(self, topic: str, payload: Message | Availability) -> None: ...
 
 
 @dataclass(frozen=True)

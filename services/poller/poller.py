@@ -60,10 +60,16 @@ from shared.messages import (
     Availability,
     DeviceMeasurement,
     HouseSurplus,
-    Message,
 )
 from shared.planning.problem import describe_validation_error
-from shared.service import Counters, RateLimitedLog, Service, run_service, with_timeout
+from shared.service import (
+    Counters,
+    Publisher,
+    RateLimitedLog,
+    Service,
+    run_service,
+    with_timeout,
+)
 from shared.topics import Topics
 
 __all__ = [
@@ -101,12 +107,6 @@ class SocketReader(MeasurementReader, Protocol):
 
 #: Makes the client of one device; used as `async with factory(device) as client`.
 ClientFactory = Callable[[AnyDevice], AbstractAsyncContextManager[MeasurementReader]]
-
-
-class Publisher(Protocol):
-    """Where the poller's messages go (`shared.service.Service`, or a test recorder)."""
-
-    def publish(self, topic: str, payload: Message | Availability) -> None: ...
 
 
 class ReadingError(Exception):

@@ -37,7 +37,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from pydantic import ValidationError
 
@@ -52,7 +52,6 @@ from shared.clock import Clock
 from shared.config import BatteryConfig, DevicesConfig, Settings, SocketConfig
 from shared.daytime import day_start, next_boundary
 from shared.messages import (
-    Availability,
     DeviceMeasurement,
     EnergyBooks,
     Forecast,
@@ -65,7 +64,14 @@ from shared.messages import (
 from shared.planning.optimal import Options, default_time_limit, plan_optimal
 from shared.planning.problem import Plan, PlanningProblem
 from shared.planning.reference import plan_reference
-from shared.service import Counters, RateLimitedLog, Service, run_service, with_timeout
+from shared.service import (
+    Counters,
+    Publisher,
+    RateLimitedLog,
+    Service,
+    run_service,
+    with_timeout,
+)
 from shared.topics import Topics
 
 from .logic import (
@@ -93,12 +99,6 @@ SERVICE_NAME = "scheduler"
 
 Planner = Callable[[PlanningProblem], Plan]
 M = TypeVar("M", bound=Message)
-
-
-class Publisher(Protocol):
-    """Where the scheduler's messages go (`shared.service.Service`, or a test recorder)."""
-
-    def publish(self, topic: str, payload: Message | Availability) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ from shared.messages import (
 from shared.service import Service, ServiceOptions
 from shared.topics import Topics
 from tests.conftest import MqttBroker
+from tests.mqtt_helpers import retained_once
 
 T0 = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
 P1 = {"device_name": "P1 meter", "device_type": "HWE-P1", "ip_address": "192.0.2.10"}
@@ -587,23 +588,7 @@ async def running_bridge(settings: Settings, devices: DevicesConfig) -> AsyncIte
         assert await asyncio.wait_for(task, 10) == 0
 
 
-async def retained(
-    broker: MqttBroker, topic_filter: str, settle_s: float = 0.5
-) -> dict[str, bytes]:
-    """What a new subscriber gets as retained on `topic_filter` (topic → payload)."""
-    got: dict[str, bytes] = {}
-    async with aiomqtt.Client(
-        broker.host, broker.port, identifier=f"r-{uuid.uuid4().hex[:8]}"
-    ) as c:
-        await c.subscribe(topic_filter, qos=1)
-        try:
-            async with asyncio.timeout(settle_s):
-                async for m in c.messages:
-                    if m.retain and isinstance(m.payload, bytes):
-                        got[m.topic.value] = m.payload
-        except TimeoutError:
-            pass
-    return got
+retained = retained_once
 
 
 async def wait_for(check: Any, timeout_s: float = 10.0) -> Any:

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
@@ -65,6 +64,7 @@ from shared.service import (
 )
 from shared.topics import Topics
 from tests.conftest import MqttBroker
+from tests.mqtt_helpers import retained_until
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 TOKEN = "0123456789abcdef" * 2
@@ -524,32 +524,7 @@ FAST = ServiceOptions(
 )
 
 
-async def retained(
-    broker: MqttBroker,
-    base: str,
-    until: Callable[[dict[str, bytes]], bool],
-    within_s: float = 20.0,
-) -> dict[str, bytes]:
-    """Retained messages under `base`, as a fresh subscriber sees them, once `until` holds.
-
-    Subscribes again until `until(messages)` holds (the latest retained payload per topic).
-    """
-    deadline = time.monotonic() + within_s
-    got: dict[str, bytes] = {}
-    while time.monotonic() < deadline:
-        got = {}
-        async with aiomqtt.Client(broker.host, broker.port, identifier=f"sub-{uuid.uuid4()}") as c:
-            await c.subscribe(f"{base}/#", qos=1)
-            try:
-                async with asyncio.timeout(0.3):
-                    async for message in c.messages:
-                        if message.retain and isinstance(message.payload, bytes):
-                            got[message.topic.value] = message.payload
-            except TimeoutError:
-                pass
-        if until(got):
-            return got
-    raise AssertionError(f"not seen in {within_s} s; retained: {sorted(got)}")
+retained = retained_until
 
 
 def fake_factory(clock: Clock) -> Callable[[AnyDevice], AbstractAsyncContextManager[Any]]:

@@ -6,8 +6,8 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from zoneinfo import ZoneInfo
 
 import aiomqtt
@@ -32,6 +32,7 @@ from shared.messages import (
 from shared.service import Service, ServiceOptions
 from shared.topics import Topics
 from tests.conftest import MqttBroker
+from tests.mqtt_helpers import retained_until
 from tests.test_scheduler import DEVICES
 
 AMS = ZoneInfo("Europe/Amsterdam")
@@ -95,26 +96,7 @@ async def publish(broker: MqttBroker, *messages: tuple[str, Message | bytes, boo
             await c.publish(topic, data, qos=1, retain=retain)
 
 
-async def retained(
-    broker: MqttBroker, base: str, until: Callable[[dict[str, bytes]], bool], within_s: float = 10
-) -> dict[str, bytes]:
-    """The retained messages under `base` once `until` holds for them."""
-    deadline = time.monotonic() + within_s
-    got: dict[str, bytes] = {}
-    while time.monotonic() < deadline:
-        got = {}
-        async with aiomqtt.Client(broker.host, broker.port, identifier=f"sub-{uuid.uuid4()}") as c:
-            await c.subscribe(f"{base}/#", qos=1)
-            try:
-                async with asyncio.timeout(0.2):
-                    async for message in c.messages:
-                        if message.retain and isinstance(message.payload, bytes):
-                            got[message.topic.value] = message.payload
-            except TimeoutError:
-                pass
-        if until(got):
-            return got
-    raise AssertionError(f"not seen in {within_s} s; retained: {sorted(got)}")
+retained = partial(retained_until, within_s=10, settle_s=0.2)
 
 
 async def until_counter(

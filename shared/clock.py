@@ -190,6 +190,12 @@ class ScaledClock:
     `sleep(s)` sleeps `s / speed` real seconds; `monotonic()` counts simulated seconds.
     `real_monotonic` is where real time is read for `now()` / `monotonic()` (tests may
     inject one); the sleeps themselves use the event loop's clock.
+
+    `real_start` is the reading of `real_monotonic` at which the clock shows `start`
+    (default: the reading when it is made). Processes that share one simulated time (the
+    stack on an accelerated clock, a service restarted mid-run) read the wall clock
+    (`real_monotonic=time.time`) from one agreed `real_start`, so they all, restarted or
+    not, show the same simulated time: see `shared_scaled_clock`.
     """
 
     def __init__(
@@ -198,13 +204,16 @@ class ScaledClock:
         start: datetime,
         *,
         real_monotonic: Callable[[], float] = time.monotonic,
+        real_start: float | None = None,
     ) -> None:
         if not (math.isfinite(speed) and speed > 0):
             raise ValueError(f"speed must be a finite number > 0, got {speed}")
+        if real_start is not None and not math.isfinite(real_start):
+            raise ValueError(f"real_start must be a finite number, got {real_start}")
         self._speed = speed
         self._start = as_utc(start)
         self._real_monotonic = real_monotonic
-        self._real_start = real_monotonic()
+        self._real_start = real_monotonic() if real_start is None else real_start
 
     @property
     def speed(self) -> float:
@@ -227,3 +236,11 @@ class ScaledClock:
             if left <= 0:
                 return
             await asyncio.sleep(left / self._speed)
+
+
+def shared_scaled_clock(speed: float, start: datetime, origin: float) -> ScaledClock:
+    """A simulated clock every process agrees on: it shows `start` at Unix time `origin`
+    (seconds) and runs `speed` times faster than the wall clock from there (before
+    `origin` it shows times before `start`). A process restarted mid-run picks up where
+    the others are."""
+    return ScaledClock(speed, start, real_monotonic=time.time, real_start=origin)

@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -532,6 +533,22 @@ class BrokerSettings(BaseModel):
     client_id_prefix: NonBlank = "hwsched"
 
 
+class SimClockSettings(BaseModel):
+    """Simulated time for the stack on a simulated house (demos, fault tests, soak runs).
+
+    Every process given the same three values shows the same simulated time: `start` at
+    the Unix time `origin`, running `speed` times faster than the wall clock. Absent (the
+    default), the services run on real time.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    speed: Annotated[float, Field(gt=0, le=100_000, allow_inf_nan=False)]
+    start: AwareDatetime
+    #: Unix time (s) at which the simulated clock shows `start`.
+    origin: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
@@ -583,6 +600,8 @@ class Settings(BaseSettings):
     #: Time constant of the mean offset (measured − forecast) the fading shift tends to, s.
     forecast_shift_baseline_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 43_200.0
     log_level: Annotated[LogLevel, BeforeValidator(_upper)] = "INFO"
+    #: Simulated time (`HWSCHED_SIM_CLOCK__SPEED`, `__START`, `__ORIGIN`); None = real time.
+    sim_clock: SimClockSettings | None = None
 
     @property
     def tz(self) -> ZoneInfo:

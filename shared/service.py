@@ -45,7 +45,7 @@ from typing import Any, Protocol, TypeVar
 
 import aiomqtt
 
-from shared.clock import Clock, SystemClock
+from shared.clock import Clock, SystemClock, shared_scaled_clock
 from shared.config import ConfigError, DevicesConfig, Settings, load_config, load_settings
 from shared.messages import (
     AVAILABILITY_OFFLINE,
@@ -68,6 +68,7 @@ __all__ = [
     "RateLimitedLog",
     "Service",
     "ServiceOptions",
+    "clock_for",
     "load_configuration",
     "package_version",
     "run_service",
@@ -266,6 +267,14 @@ def package_version() -> str:
 # --- the service ----------------------------------------------------------------------------
 
 
+def clock_for(settings: Settings) -> Clock:
+    """The clock the settings ask for: real time, or the stack's shared simulated time."""
+    sim = settings.sim_clock
+    if sim is None:
+        return SystemClock()
+    return shared_scaled_clock(sim.speed, sim.start, sim.origin)
+
+
 @dataclass(frozen=True)
 class ServiceOptions:
     """Timings of the runtime (defaults for production; tests shorten them)."""
@@ -304,7 +313,7 @@ class Service:
     ) -> None:
         self.name = name
         self.settings = settings
-        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.clock: Clock = clock if clock is not None else clock_for(settings)
         self.options = options if options is not None else ServiceOptions()
         self.version = version if version is not None else package_version()
         self.topics = Topics(settings.base_topic)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from shared.clock import Clock, ManualClock, ScaledClock, SystemClock
+from shared.clock import Clock, ManualClock, ScaledClock, SystemClock, shared_scaled_clock
 
 START = datetime(2026, 6, 1, 6, 0, tzinfo=UTC)
 
@@ -253,3 +254,41 @@ async def test_scaled_clock_sleep_until_reaches_the_deadline() -> None:
     await asyncio.wait_for(clock.sleep_until(target), timeout=2)
     assert clock.now() >= target
     await asyncio.wait_for(clock.sleep_until(START), timeout=1)  # passed: at once
+
+
+def test_shared_scaled_clocks_agree_whenever_they_are_made() -> None:
+    """Two processes (or a restarted one) given one speed, start and origin show one time."""
+    start = datetime(2026, 6, 21, 4, 0, tzinfo=UTC)
+    origin = time.time() - 10.0  # the run began 10 real s ago: 6000 simulated s at 600x
+    first = shared_scaled_clock(600.0, start, origin)
+    time.sleep(0.02)
+    second = shared_scaled_clock(600.0, start, origin)  # "restarted" later
+    a, b = first.now(), second.now()
+    assert abs((a - b).total_seconds()) < 600.0 * 0.01  # read within 10 ms of each other
+    assert timedelta(seconds=5900) < a - start < timedelta(seconds=6200)
+    assert first.speed == 600.0
+
+
+def test_scaled_clock_refuses_a_non_finite_real_start() -> None:
+    with pytest.raises(ValueError, match="real_start"):
+        ScaledClock(2.0, datetime(2026, 1, 1, tzinfo=UTC), real_start=float("nan"))
+
+
+def test_settings_choose_real_or_shared_simulated_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.config import Settings
+    from shared.service import clock_for
+
+    for name in list(os.environ):
+        if name.startswith("HWSCHED_"):
+            monkeypatch.delenv(name)
+    assert isinstance(clock_for(Settings()), SystemClock)
+    monkeypatch.setenv("HWSCHED_SIM_CLOCK__SPEED", "100")
+    monkeypatch.setenv("HWSCHED_SIM_CLOCK__START", "2026-06-21T06:00:00+02:00")
+    monkeypatch.setenv("HWSCHED_SIM_CLOCK__ORIGIN", str(time.time()))
+    clock = clock_for(Settings())
+    assert isinstance(clock, ScaledClock)
+    assert clock.speed == 100.0
+    assert abs((clock.now() - datetime(2026, 6, 21, 4, 0, tzinfo=UTC)).total_seconds()) < 60
+    monkeypatch.setenv("HWSCHED_SIM_CLOCK__START", "2026-06-21T06:00:00")  # naive: refused
+    with pytest.raises(ValueError, match="timezone"):
+        Settings()

@@ -37,7 +37,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import ValidationError
 
-from shared.clock import Clock, ScaledClock, SystemClock, as_utc
+from shared.clock import Clock, ScaledClock, SystemClock, as_utc, shared_scaled_clock
 from shared.config import (
     DEFAULT_DEVICES_FILE,
     ConfigError,
@@ -76,6 +76,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speed", type=float, help="simulated seconds per real second (1)")
     parser.add_argument(
         "--start", metavar="ISO", help="simulated start time (default: now; naive = local)"
+    )
+    parser.add_argument(
+        "--origin",
+        type=float,
+        metavar="UNIX_TIME",
+        help="wall-clock Unix time at which the simulated clock shows --start (default: "
+        "when the simulator starts); processes given the same --start, --speed and "
+        "--origin share one simulated time (the services: HWSCHED_SIM_CLOCK__*)",
     )
     parser.add_argument("--seed", type=int, help="seed of clouds and noise (0)")
     parser.add_argument(
@@ -126,6 +134,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[DevicesConfig, Simulat
     updates: dict[str, Any] = {}
     for flag, key in (
         ("speed", "speed"),
+        ("origin", "origin"),
         ("seed", "seed"),
         ("cloudiness", "cloudiness"),
         ("timezone", "timezone"),
@@ -186,6 +195,8 @@ def make_clock(settings: SimulatorSettings) -> Clock:
     if settings.speed == 1 and settings.start is None:
         return SystemClock()
     start = settings.start or SystemClock().now()
+    if settings.origin is not None:
+        return shared_scaled_clock(settings.speed, start, settings.origin)
     return ScaledClock(settings.speed, start)
 
 

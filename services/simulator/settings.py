@@ -92,6 +92,8 @@ class SimulatorSettings(_Model):
     timezone: str = "Europe/Amsterdam"
     speed: Annotated[float, Field(gt=0, le=100_000)] = 1.0
     start: datetime | None = None
+    #: Wall-clock Unix time at which the simulated clock shows `start` (shared time).
+    origin: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     battery_efficiency: Annotated[float, Field(gt=0, le=1)] = 0.9
     standby_fraction: Annotated[float, Field(gt=0, lt=0.1)] = 0.03
     store_loss_per_h: Annotated[float, Field(ge=0, le=0.5)] = 0.005

@@ -128,6 +128,10 @@ def test_socket_fills_then_drops_below_ten_percent() -> None:
     assert 0 < s.power_w < 0.1 * 2000  # thermostat: a few % standby
     assert 0.02 * 2000 <= s.power_w <= 0.05 * 2000
     assert s.import_wh == pytest.approx(200, abs=1)  # its counter: the 200 Wh it drew
+    (full,) = h.events_since(0)  # the moment it became full: 6 min in, within a step
+    assert (full["socket"], full["event"]) == ("Boiler 1", "full")
+    at = datetime.fromisoformat(full["time"])
+    assert abs((at - (NIGHT + timedelta(minutes=6))).total_seconds()) <= 60
 
 
 def test_stores_lose_energy_over_the_day() -> None:
@@ -778,6 +782,18 @@ async def test_control_state_and_manual_switch(sim: Simulator) -> None:
     sim.house.set_socket("Boiler 1", switch_lock=True)
     assert (await control(sim, "/socket/boiler_1/manual")).status_code == 409
     assert (await control(sim, "/socket/p1_meter/manual")).status_code == 400
+    async with httpx.AsyncClient(timeout=5) as client:
+        log = (await client.get(sim.control_url + "/events")).json()
+        later = (await client.get(sim.control_url + "/events", params={"since": 1})).json()
+        refused = await client.get(sim.control_url + "/events", params={"since": "-1"})
+    # the relay's truth: off then on by hand (the lock turned it on already: no event)
+    assert [(e["socket"], e["event"], e["by"]) for e in log["events"]] == [
+        ("Boiler 1", "off", "manual"),
+        ("Boiler 1", "on", "manual"),
+    ]
+    assert log["next"] == 2
+    assert [e["n"] for e in later["events"]] == [1]
+    assert refused.status_code == 400
     written = json.loads((sim.state_dir / "devices.sim.json").read_text())  # type: ignore[operator]
     p1 = written["devices"][0]
     assert p1["ip_address"] == "127.0.0.1"

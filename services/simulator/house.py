@@ -28,6 +28,7 @@ of at most `HouseOptions.max_step_s`; nothing here reads a clock.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -348,6 +349,10 @@ def share_power(total_w: float, limits: list[float], weights: list[float]) -> li
 # --- the house -----------------------------------------------------------------------
 
 
+#: Socket events the house keeps (`House.events`).
+MAX_EVENTS = 100_000
+
+
 class House:
     """Sun, clouds, base load, sockets with stores, batteries and the P1 meter."""
 
@@ -395,6 +400,11 @@ class House:
         self.totals = Totals()
         self.solar_w = 0.0
         self.base_w = 0.0
+        #: What happened to the sockets, in order: relay changes (who switched) and stores
+        #: becoming full; the last `MAX_EVENTS` kept, `events_total` counted (for tests and
+        #: soak runs: the truth about switching, whatever the services say).
+        self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
+        self.events_total = 0
 
     # --- what the environment gives ------------------------------------------------
 
@@ -471,6 +481,7 @@ class House:
                     heating_h = max(room, 0.0) / s.max_power_w
                     energy_in = max(room, 0.0) + standby * (dt_h - heating_h)
                     s.satisfied = True
+                    self._event(s.name, "full", "thermostat", self.now + timedelta(hours=heating_h))
                 else:
                     energy_in = full_power
         used = min(used, s.stored_wh + energy_in)
@@ -572,9 +583,11 @@ class House:
             if switch_lock and not s.power_on:
                 s.power_on = True
                 s.switched_by = by
+                self._event(s.name, "on", by)
         if power_on is not None:
             if power_on != s.power_on:
                 s.switched_by = by
+                self._event(s.name, "on" if power_on else "off", by)
             s.power_on = power_on
             changed["power_on"] = power_on
         if brightness is not None:
@@ -583,6 +596,24 @@ class House:
         if not s.power_on:
             s.power_w = 0.0
         return changed
+
+    def _event(self, socket: str, event: str, by: str, when: datetime | None = None) -> None:
+        at = self.now if when is None else when
+        self.events.append(
+            {
+                "n": self.events_total,
+                "time": at.isoformat(),
+                "socket": socket,
+                "event": event,
+                "by": by,
+            }
+        )
+        self.events_total += 1
+
+    def events_since(self, n: int) -> list[dict[str, Any]]:
+        """The kept events numbered `n` and later (the oldest are gone past `MAX_EVENTS`)."""
+        first = self.events_total - len(self.events)
+        return list(self.events)[max(0, n - first) :]
 
     def manual_switch(self, name: str, power_on: bool | None = None) -> bool:
         """A person presses the socket's button: toggle (or set) it; return the new state."""

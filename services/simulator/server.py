@@ -979,6 +979,18 @@ class Simulator:
                 }
             )
 
+        async def events(request: web.Request) -> web.Response:
+            self.advance()
+            raw = request.query.get("since", "0")
+            if not raw.isdigit():
+                return bad("since: expected a whole number >= 0")
+            return _json(
+                {
+                    "next": self.house.events_total,
+                    "events": self.house.events_since(int(raw)),
+                }
+            )
+
         async def faults(request: web.Request) -> web.Response:
             ok, body = await _body(request)
             items = body if isinstance(body, list) else [body]
@@ -1020,6 +1032,7 @@ class Simulator:
             return _json({"device": dev.name, "power_on": power_on})
 
         app.router.add_get("/control/state", state)
+        app.router.add_get("/control/events", events)
         app.router.add_post("/control/faults", faults)
         app.router.add_post("/control/button/{device}", button)
         app.router.add_post("/control/socket/{device}/manual", manual)

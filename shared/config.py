@@ -24,7 +24,9 @@ import ipaddress
 import json
 import os
 import re
+import ssl
 import tomllib
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import time
 from pathlib import Path
@@ -51,8 +53,10 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from shared.messages import MAX_DEVICES
 from shared.naming import slugify
 from shared.planning.problem import BatterySpec, SocketSpec
+from shared.topics import RESERVED_NAMES
 
 DEVICE_TYPES = ("HWE-P1", "HWE-SKT", "HWE-BAT")
 DEFAULT_SETTINGS_FILE = Path("config/settings.toml")
@@ -60,6 +64,12 @@ DEFAULT_DEVICES_FILE = Path("config/config_devices.json")
 SETTINGS_FILE_ENV = "HWSCHED_SETTINGS_FILE"
 ENV_PREFIX = "HWSCHED_"
 ENV_NESTED_DELIMITER = "__"
+#: `HWSCHED_*` variables that are not `Settings` fields but are read elsewhere: the settings
+#: file, `hwsched run`'s broker choice, and the forecaster's own `HWSCHED_FORECAST__*`.
+OTHER_ENV_VARS = frozenset({SETTINGS_FILE_ENV, "HWSCHED_RUN_BROKER"})
+OTHER_ENV_PREFIXES = ("HWSCHED_FORECAST__",)
+#: The largest devices or settings file read (the original's file is a few kB).
+MAX_FILE_BYTES = 1024 * 1024
 
 #: Field names whose values are never shown in a message.
 _SECRET_FIELDS = frozenset({"token", "password", "user_info"})
@@ -92,10 +102,17 @@ def _shown(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _no_control(value: str) -> str:
+    """Refuse control characters (a newline in a name would split log lines and messages)."""
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise ValueError(f"must not contain control characters (got {_shown(value)})")
+    return value
+
+
 def _not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty")
-    return value
+    return _no_control(value)
 
 
 def _check_host(value: str) -> str:
@@ -114,6 +131,8 @@ def _check_host(value: str) -> str:
                 f"must be an IP address or host name, with the port (if any) in `port` "
                 f"(got {_shown(value)})"
             ) from None
+        if value.rstrip(".").rsplit(".", 1)[-1].isdigit():  # 192.168.1.300, 10.0.1: no name
+            raise ValueError(f"not a valid IP address (got {_shown(value)})") from None
     return value
 
 
@@ -136,7 +155,7 @@ def _check_topic(value: str) -> str:
         raise ValueError(f"must not start or end with / (got {_shown(value)})")
     if "//" in value or "\0" in value or any(c.isspace() for c in value):
         raise ValueError(f"must not contain empty levels, spaces or NUL (got {_shown(value)})")
-    return value
+    return _no_control(value)
 
 
 def _check_timezone(key: str) -> str:
@@ -157,11 +176,33 @@ def _check_local_time(value: time) -> time:
 
 
 def _check_ca_file(value: Path | None) -> Path | None:
-    """A CA bundle that exists (its PEM content is checked when a client loads it)."""
+    """A CA bundle that exists and holds at least one PEM certificate."""
     if value is None:
         return None
     if not value.is_file():
         raise ValueError(f"file not found: {value}")
+    try:
+        ssl.create_default_context(cafile=str(value))
+    except ssl.SSLError as err:
+        reason = err.reason or "unreadable"
+        raise ValueError(
+            f"{value}: not a PEM CA certificate ({reason.lower().replace('_', ' ')})"
+        ) from None
+    except OSError as err:
+        raise ValueError(f"{value}: cannot read: {err.strerror}") from None
+    return value
+
+
+def _check_file_path(value: Path) -> Path:
+    if str(value) in ("", "."):
+        raise ValueError("must name a file")
+    return value
+
+
+def _time_not_number(value: object) -> object:
+    """A number or a bool is not a time of day (pydantic would read 6 as 00:00:06 UTC)."""
+    if isinstance(value, int | float):
+        raise ValueError(f"must be a time like 06:00 (got {_shown(value)})")
     return value
 
 
@@ -175,7 +216,7 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Ratio = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 Token = Annotated[SecretStr, AfterValidator(_check_token)]
-TopicPrefix = Annotated[str, AfterValidator(_check_topic)]
+TopicPrefix = Annotated[str, Field(max_length=250), AfterValidator(_check_topic)]
 
 
 # --- the devices file ---------------------------------------------------------------
@@ -323,6 +364,12 @@ def _unique_slugs(names: Sequence[str], where: str, field: str) -> None:
             slug = slugify(name)
         except ValueError as err:
             raise _FieldError((i, field), str(err)) from None
+        if where == "devices" and slug in RESERVED_NAMES:
+            raise _FieldError(
+                (i, field),
+                f"{_shown(name)} gives the topic name {_shown(slug)}, reserved for "
+                "hwsched's own topics: rename it",
+            )
         if slug in seen:
             j = seen[slug]
             if names[j] == name:
@@ -340,8 +387,10 @@ class DevicesConfig(_Strict):
 
     model_config = ConfigDict(validate_by_name=True, validate_by_alias=True)
 
-    devices: list[DeviceConfig]
-    solar_panels: list[SolarPanelConfig] = Field(default=[], alias="solar panels")
+    devices: Annotated[list[DeviceConfig], Field(max_length=MAX_DEVICES)]
+    solar_panels: Annotated[list[SolarPanelConfig], Field(max_length=MAX_DEVICES)] = Field(
+        default=[], alias="solar panels"
+    )
 
     @field_validator("devices")
     @classmethod
@@ -440,6 +489,12 @@ def _problem(err: ErrorDetails) -> str:
         "literal_error": f"must be one of {ctx.get('expected')}",
         "string_too_short": "must not be empty",
         "string_too_long": f"must be at most {ctx.get('max_length')} characters",
+        "too_long": (f"at most {ctx.get('max_length')} entries (got {ctx.get('actual_length')})"),
+        "path_type": "must be a path (a string)",
+        "timezone_aware": "must have a UTC offset, like 2024-06-21T06:00:00+02:00",
+        "datetime_type": "must be a date and time like 2024-06-21T06:00:00+02:00",
+        "datetime_parsing": "must be a date and time like 2024-06-21T06:00:00+02:00",
+        "datetime_from_date_parsing": "must be a date and time like 2024-06-21T06:00:00+02:00",
         "union_tag_invalid": (
             f"unknown device type {_shown(ctx.get('tag'))} (allowed: {', '.join(DEVICE_TYPES)})"
         ),
@@ -484,13 +539,22 @@ def describe_error(err: ValidationError) -> str:
 # --- loading the devices file -------------------------------------------------------
 
 
-def _read_json(path: Path) -> object:
+def read_config_bytes(path: Path) -> bytes:
+    """A configuration file's bytes; ConfigError if missing, unreadable or too large."""
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except OSError as err:
-        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+        raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: too large (more than {MAX_FILE_BYTES // 1024} kB)")
+    return raw
+
+
+def _read_json(path: Path) -> object:
+    raw = read_config_bytes(path)
     try:
         return json.loads(raw)
     except json.JSONDecodeError as err:
@@ -499,6 +563,8 @@ def _read_json(path: Path) -> object:
         ) from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid JSON: nested too deeply") from None
 
 
 def load_devices(path: Path | str = DEFAULT_DEVICES_FILE) -> DevicesConfig:
@@ -572,7 +638,9 @@ class Settings(BaseSettings):
     timezone: Annotated[str, AfterValidator(_check_timezone)] = "Europe/Amsterdam"
     poll_interval_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 30.0
     #: Local time at which the planning day starts (the original's 06:00).
-    daily_boundary: Annotated[time, AfterValidator(_check_local_time)] = time(6, 0)
+    daily_boundary: Annotated[
+        time, BeforeValidator(_time_not_number), AfterValidator(_check_local_time)
+    ] = time(6, 0)
     switch_interval_s: Annotated[int, Field(ge=0, le=86_400)] = 300
     #: Actuator: seconds between two reads of each socket's relay (how soon a hand switch
     #: is seen).
@@ -582,7 +650,7 @@ class Settings(BaseSettings):
     fallback_after_s: Annotated[int, Field(ge=60, le=86_400)] = 900
     #: Actuator fallback: a needed socket starts this long before the time it takes to fill.
     fallback_margin_s: Annotated[int, Field(ge=0, le=43_200)] = 1800
-    devices_file: Path = DEFAULT_DEVICES_FILE
+    devices_file: Annotated[Path, AfterValidator(_check_file_path)] = DEFAULT_DEVICES_FILE
     #: CA bundle (PEM) the API v2 devices' certificates must chain to; None = the bundled
     #: HomeWizard CA. The simulated house writes its own to `<state-dir>/ca.pem`.
     device_ca_file: Annotated[Path | None, AfterValidator(_check_ca_file)] = None
@@ -602,6 +670,17 @@ class Settings(BaseSettings):
     log_level: Annotated[LogLevel, BeforeValidator(_upper)] = "INFO"
     #: Simulated time (`HWSCHED_SIM_CLOCK__SPEED`, `__START`, `__ORIGIN`); None = real time.
     sim_clock: SimClockSettings | None = None
+
+    @model_validator(mode="after")
+    def _discovery_apart(self) -> Settings:
+        """Home Assistant's discovery topics must lie outside hwsched's own."""
+        prefix, base = self.ha_discovery_prefix, self.base_topic
+        if prefix == base or prefix.startswith(base + "/"):
+            raise _FieldError(
+                ("ha_discovery_prefix",),
+                f"must not be base_topic {_shown(base)} or under it (got {_shown(prefix)})",
+            )
+        return self
 
     @property
     def tz(self) -> ZoneInfo:
@@ -632,27 +711,50 @@ def _settings_path(path: Path | None) -> Path | None:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    raw = read_config_bytes(path)
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+        return tomllib.loads(raw.decode("utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: invalid TOML: {err}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid TOML: nested too deeply") from None
 
 
 def _env_var_for(loc: Sequence[int | str]) -> str | None:
-    """The set environment variable that gave the value at `loc`, if one did."""
+    """The set environment variable that gave the value at `loc`, if one did.
+
+    The variable of the field itself or of an enclosing table (`HWSCHED_BROKER` holding
+    JSON), else one of the fields below it (`HWSCHED_BROKER__HOST__X` for `broker.host`,
+    `HWSCHED_SIM_CLOCK__SPEED` for a missing `sim_clock.start`).
+    """
     present = {name.upper(): name for name in os.environ}
     parts = [str(p).upper() for p in loc if isinstance(p, str)]
     for n in range(len(parts), 0, -1):
         name = ENV_PREFIX + ENV_NESTED_DELIMITER.join(parts[:n])
         if name in present:
             return present[name]
+    for n in range(len(parts), 0, -1):
+        below = ENV_PREFIX + ENV_NESTED_DELIMITER.join(parts[:n]) + ENV_NESTED_DELIMITER
+        found = sorted(name for name in present if name.startswith(below))
+        if found:
+            return present[found[0]]
+    return None
+
+
+def _unknown_env_var() -> str | None:
+    """A set `HWSCHED_*` variable that is no setting (a typo would pass silently)."""
+    fields = {name.upper() for name in Settings.model_fields}
+    for name in sorted(os.environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in OTHER_ENV_VARS:
+            continue
+        if upper.startswith(OTHER_ENV_PREFIXES):
+            continue
+        field = upper[len(ENV_PREFIX) :].split(ENV_NESTED_DELIMITER)[0]
+        if field not in fields:
+            return name
     return None
 
 
@@ -673,6 +775,11 @@ def load_settings(path: Path | None = None) -> Settings:
     exists, else none (defaults and environment only). A named file must exist.
     Raises ConfigError (one line: file or variable, field, problem).
     """
+    unknown = _unknown_env_var()
+    if unknown is not None:
+        raise ConfigError(
+            f"environment variable {unknown}: unknown setting (see config/settings.example.toml)"
+        )
     file = _settings_path(path)
     data = _read_toml(file) if file is not None else {}
     private = next((key for key in data if key.startswith("_")), None)

@@ -681,12 +681,13 @@ def test_unparsable_nested_environment_value(clean_env: pytest.MonkeyPatch) -> N
 def test_device_ca_file_from_file_or_environment(
     clean_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    pem = (ROOT / "shared" / "homewizard" / "homewizard-ca.pem").read_text(encoding="ascii")
     ca = tmp_path / "ca.pem"
-    ca.write_text("-----BEGIN CERTIFICATE-----\n", encoding="ascii")
+    ca.write_text(pem, encoding="ascii")
     path = _settings_file(tmp_path, f'device_ca_file = "{ca}"\n')
     assert load_settings(path).device_ca_file == ca
     other = tmp_path / "sim-ca.pem"
-    other.write_text("-----BEGIN CERTIFICATE-----\n", encoding="ascii")
+    other.write_text(pem, encoding="ascii")
     clean_env.setenv("HWSCHED_DEVICE_CA_FILE", str(other))
     assert load_settings(path).device_ca_file == other
 

@@ -9,6 +9,7 @@ A bad value is a `ConfigError`: one line naming the variable.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated
@@ -18,7 +19,7 @@ from pydantic import AfterValidator, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from services.forecaster.protocol import NwpSource
-from shared.config import ConfigError, describe_error
+from shared.config import ConfigError, _FieldError, _shown, describe_error
 
 ENV_PREFIX = "HWSCHED_FORECAST__"
 #: Open-Meteo itself.
@@ -28,21 +29,38 @@ _V1_ENDPOINT = re.compile(r"/v1(/[^/]*)?$")
 REPO_WORKER_PYTHON = Path(__file__).resolve().parents[2] / ".venv-forecaster" / "bin" / "python"
 
 
+def _without_credentials(value: str) -> str:
+    """`value` as it may be shown: a `user:password@` part replaced by `***@`."""
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        return _shown(value)
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    return _shown(f"{scheme}{sep}{netloc}{slash}{path}")
+
+
 def _check_base_url(value: str) -> str:
     """`http(s)://host[:port][/prefix]`: no query, no fragment, no trailing slash kept.
 
     An endpoint URL pasted instead (`.../v1/forecast`, `.../v1/dwd-icon`) is cut back to its
-    base: quartz adds `/v1/<endpoint>` itself.
+    base: quartz adds `/v1/<endpoint>` itself. A refused URL is shown without credentials.
     """
-    parts = urlsplit(value)
+    shown = _without_credentials(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        raise ValueError(f"must be an http(s) base URL (got {shown})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"must be an http(s) base URL like {DEFAULT_WEATHER_URL} (got {value!r})")
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise ValueError(f"must be a base URL without query, fragment or credentials ({value!r})")
+        raise ValueError(f"must be an http(s) base URL like {DEFAULT_WEATHER_URL} (got {shown})")
+    if parts.username or parts.password:
+        raise ValueError(f"must not contain credentials (got {shown})")
+    if parts.query or parts.fragment:
+        raise ValueError(f"must be a base URL without query or fragment (got {shown})")
     try:
         _ = parts.port
     except ValueError:
-        raise ValueError(f"has an invalid port ({value!r})") from None
+        raise ValueError(f"has an invalid port (got {shown})") from None
     return _V1_ENDPOINT.sub("", value.rstrip("/"))
 
 
@@ -73,8 +91,9 @@ class ForecastSettings(BaseSettings):
     @model_validator(mode="after")
     def _back_off(self) -> ForecastSettings:
         if self.retry_max_s < self.retry_min_s:
-            raise ValueError(
-                f"retry_max_s ({self.retry_max_s:g}) is below retry_min_s ({self.retry_min_s:g})"
+            raise _FieldError(
+                ("retry_max_s",),
+                f"must be >= retry_min_s ({self.retry_min_s:g}) (got {self.retry_max_s:g})",
             )
         return self
 
@@ -87,13 +106,24 @@ class ForecastSettings(BaseSettings):
 
 
 def load_forecast_settings() -> ForecastSettings:
-    """The settings from the environment; raises ConfigError (one line)."""
+    """The settings from the environment; raises ConfigError (one line).
+
+    A `HWSCHED_FORECAST__*` variable that is no setting is refused (a typo never passes
+    silently).
+    """
+    fields = {name.upper() for name in ForecastSettings.model_fields}
+    for var in sorted(os.environ):
+        upper = var.upper()
+        if upper.startswith(ENV_PREFIX) and upper[len(ENV_PREFIX) :] not in fields:
+            raise ConfigError(f"environment variable {var}: unknown setting")
     try:
         return ForecastSettings()
     except SettingsError as err:
         raise ConfigError(f"environment: {err}") from None
     except ValidationError as err:
         first = err.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else ""
+        cause = first.get("ctx", {}).get("error")
+        loc = cause.loc if isinstance(cause, _FieldError) else tuple(first["loc"])
+        field = str(loc[0]) if loc else ""
         name = f"{ENV_PREFIX}{field.upper()}" if field else "HWSCHED_FORECAST__*"
         raise ConfigError(f"environment variable {name}: {describe_error(err)}") from None

@@ -108,16 +108,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Load the settings and the devices file as a service would; summarise or refuse."""
+    """Load the settings, the devices file and the forecaster's settings as the services
+    would; summarise or refuse."""
+    from services.forecaster.settings import load_forecast_settings
+
     settings = load_settings(Path(args.settings) if args.settings else None)
     devices_path = Path(args.devices) if args.devices else settings.devices_file
     devices = load_devices(devices_path)
+    forecast = load_forecast_settings()
     print(
         f"settings: broker {settings.broker.host}:{settings.broker.port}, base topic "
         f"{settings.base_topic!r}, timezone {settings.timezone}, day starts "
         f"{settings.daily_boundary.strftime('%H:%M')}, poll every {settings.poll_interval_s:g} s, "
         f"planner {settings.planner}"
     )
+    print(f"forecaster: weather {forecast.weather_url} ({forecast.nwp_source})")
     print(
         f"{devices_path}: P1 meter {devices.p1.device_name!r}, "
         f"{len(devices.sockets)} socket(s), {len(devices.batteries)} battery(ies), "

@@ -244,3 +244,14 @@ def shared_scaled_clock(speed: float, start: datetime, origin: float) -> ScaledC
     `origin` it shows times before `start`). A process restarted mid-run picks up where
     the others are."""
     return ScaledClock(speed, start, real_monotonic=time.time, real_start=origin)
+
+
+async def sleep_for_work(clock: Clock, seconds: float) -> None:
+    """Sleep `seconds` that bound *work*: a device's answer, a broker's acknowledgement, a
+    planner's CPU time. Simulated time does not make devices, networks or CPUs faster, so on
+    a `ScaledClock` these are real seconds; on the other clocks, the clock's own (on a
+    `ManualClock` a test still decides when a time-out happens)."""
+    if isinstance(clock, ScaledClock):
+        await asyncio.sleep(max(0.0, seconds))
+    else:
+        await clock.sleep(seconds)

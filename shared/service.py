@@ -45,7 +45,7 @@ from typing import Any, Protocol, TypeVar
 
 import aiomqtt
 
-from shared.clock import Clock, SystemClock, shared_scaled_clock
+from shared.clock import Clock, SystemClock, shared_scaled_clock, sleep_for_work
 from shared.config import ConfigError, DevicesConfig, Settings, load_config, load_settings
 from shared.messages import (
     AVAILABILITY_OFFLINE,
@@ -217,10 +217,16 @@ class Counters:
 # --- time helpers ---------------------------------------------------------------------------
 
 
-async def with_timeout(clock: Clock, seconds: float, awaitable: Awaitable[T]) -> T:
-    """`await awaitable`, or cancel it and raise TimeoutError after `seconds` of `clock` time."""
+async def with_timeout(
+    clock: Clock, seconds: float, awaitable: Awaitable[T], *, work: bool = False
+) -> T:
+    """`await awaitable`, or cancel it and raise TimeoutError after `seconds` of `clock` time.
+
+    `work=True`: the time-out bounds work (I/O with a device or the broker, a planner's
+    CPU), which accelerated simulated time does not speed up: see `sleep_for_work`.
+    """
     task = asyncio.ensure_future(awaitable)
-    timer = asyncio.ensure_future(clock.sleep(seconds))
+    timer = asyncio.ensure_future(sleep_for_work(clock, seconds) if work else clock.sleep(seconds))
     try:
         await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -566,7 +572,7 @@ class Service:
         self._client = None
         timeout = self.options.publish_timeout_s
         with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-            await with_timeout(self.clock, timeout, self._send_pending(client))
+            await with_timeout(self.clock, timeout, self._send_pending(client), work=True)
         with contextlib.suppress(aiomqtt.MqttError):
             await client.publish(
                 self.status_topic,

@@ -9,7 +9,14 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from shared.clock import Clock, ManualClock, ScaledClock, SystemClock, shared_scaled_clock
+from shared.clock import (
+    Clock,
+    ManualClock,
+    ScaledClock,
+    SystemClock,
+    shared_scaled_clock,
+    sleep_for_work,
+)
 
 START = datetime(2026, 6, 1, 6, 0, tzinfo=UTC)
 
@@ -292,3 +299,19 @@ def test_settings_choose_real_or_shared_simulated_time(monkeypatch: pytest.Monke
     monkeypatch.setenv("HWSCHED_SIM_CLOCK__START", "2026-06-21T06:00:00")  # naive: refused
     with pytest.raises(ValueError, match="timezone"):
         Settings()
+
+
+async def test_work_time_outs_are_real_seconds_on_a_scaled_clock() -> None:
+    """Accelerated time does not make devices or CPUs faster: work sleeps real seconds there,
+    and the clock's own seconds elsewhere (a ManualClock still decides when they end)."""
+    scaled = ScaledClock(1000.0, datetime(2026, 6, 21, tzinfo=UTC))
+    began = time.monotonic()
+    await sleep_for_work(scaled, 0.05)
+    assert time.monotonic() - began >= 0.049  # 0.05 real s, not 50 us
+
+    manual = ManualClock(datetime(2026, 6, 21, tzinfo=UTC))
+    sleeper = asyncio.ensure_future(sleep_for_work(manual, 5.0))
+    await asyncio.sleep(0.01)
+    assert not sleeper.done()
+    await manual.run_for(5.0)
+    assert sleeper.done()

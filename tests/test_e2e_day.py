@@ -169,7 +169,8 @@ OPTIONAL_W = next(s.max_power_usage for s in HOUSE.sockets if s.device_name == E
 
 
 def real(seconds: float) -> float:
-    """`seconds` of real time, in simulated seconds (for network timeouts and back-off)."""
+    """`seconds` of real time, in simulated seconds (for back-off and pauses; time-outs of
+    work, device I/O or planning, are real seconds already: `shared.clock.sleep_for_work`)."""
     return seconds * SPEED
 
 
@@ -479,7 +480,7 @@ class Stack:
         assert self.devices is not None
         service = self._service("poller")
         options = PollerOptions(
-            interval_s=POLL_S, timeout_s=real(4.0), attempt_timeout_s=2.0, log_every_s=real(60)
+            interval_s=POLL_S, timeout_s=4.0, attempt_timeout_s=2.0, log_every_s=real(60)
         )
         poller = make_poller(service, self.devices, options)
         self.tasks["poller"] = asyncio.create_task(service.run(poller.run))
@@ -490,10 +491,11 @@ class Stack:
         service = self._service("actuator")
         shell = ShellOptions(
             read_interval_s=READ_S,
-            read_timeout_s=real(4.0),
-            switch_timeout_s=real(4.0),
-            restore_timeout_s=real(10.0),
-            restore_wait_s=real(0.3),
+            # time-outs of work (device I/O, the broker's retained messages): real seconds
+            read_timeout_s=4.0,
+            switch_timeout_s=4.0,
+            restore_timeout_s=10.0,
+            restore_wait_s=0.3,
             error_pause_s=real(0.5),
         )
         options = ActuatorOptions(
@@ -525,9 +527,9 @@ class Stack:
             clock=self.clock,
             # the planner's own time limit is real time: its thread's time-out too
             options=SchedulerOptions(
-                restore_wait_s=real(0.3),
-                planner_timeout_factor=real(3.0),
-                planner_timeout_margin_s=real(2.0),
+                restore_wait_s=0.3,  # work time-outs: real seconds
+                planner_timeout_factor=3.0,
+                planner_timeout_margin_s=2.0,
                 log_every_s=real(60),
             ),
             log=service.log,

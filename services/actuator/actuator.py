@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from typing import Protocol, TypeVar
 
 from services.actuator.core import ActuatorCore, ActuatorOptions, Decision
 from services.poller.poller import error_kind
-from shared.clock import Clock
+from shared.clock import Clock, sleep_for_work
 from shared.config import DevicesConfig, SocketConfig
 from shared.homewizard import SocketState as RelayState
 from shared.homewizard import SwitchLockedError, client_for
@@ -292,7 +293,7 @@ class Actuator:
         """Wait for the broker and the retained state (bounded), then start deciding."""
         try:
             await with_timeout(
-                self.clock, self.shell.restore_timeout_s, self.service.wait_connected()
+                self.clock, self.shell.restore_timeout_s, self.service.wait_connected(), work=True
             )
         except TimeoutError:
             self.log.warning(
@@ -302,11 +303,12 @@ class Actuator:
             )
         else:
             wanted = {(k, s) for s in self.core.sockets for k in ("state", "override")}
-            began = self.clock.monotonic()
-            while self.clock.monotonic() - began < self.shell.restore_wait_s:
+            # waiting for the broker's retained messages: work time (see sleep_for_work)
+            step = min(0.05, self.shell.restore_wait_s)
+            for _ in range(max(1, math.ceil(self.shell.restore_wait_s / step))):
                 if wanted <= self._restore_seen:
                     break
-                await self.clock.sleep(min(0.05, self.shell.restore_wait_s))
+                await sleep_for_work(self.clock, step)
         self.core.finish_restore(self.clock.now())
 
     async def _socket_task(self, slug: str) -> None:
@@ -347,7 +349,9 @@ class Actuator:
         config = core.sockets[slug].config
         core.tick(self.clock.now())
         try:
-            relay = await with_timeout(self.clock, self.shell.read_timeout_s, client.socket_state())
+            relay = await with_timeout(
+                self.clock, self.shell.read_timeout_s, client.socket_state(), work=True
+            )
         except Exception as err:
             kind = error_kind(err)
             core.read_failed(slug)
@@ -379,7 +383,10 @@ class Actuator:
         assert target is not None
         try:
             after = await with_timeout(
-                self.clock, self.shell.switch_timeout_s, client.set_socket_state(power_on=target)
+                self.clock,
+                self.shell.switch_timeout_s,
+                client.set_socket_state(power_on=target),
+                work=True,
             )
         except SwitchLockedError:
             core.switch_locked(slug, self.clock.now())

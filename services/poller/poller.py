@@ -275,7 +275,7 @@ class Poller:
             self._polling[state.device.device_name] = self._clock.monotonic()
             try:
                 reading = await with_timeout(
-                    self._clock, opts.poll_timeout_s, self._read(state.device, client)
+                    self._clock, opts.poll_timeout_s, self._read(state.device, client), work=True
                 )
             except Exception as err:  # every failure is counted and logged, never fatal
                 self._failed(state, err)

@@ -48,7 +48,7 @@ from shared.bookkeeping import (
     record_sample,
     roll_books,
 )
-from shared.clock import Clock
+from shared.clock import Clock, sleep_for_work
 from shared.config import BatteryConfig, DevicesConfig, Settings, SocketConfig
 from shared.daytime import day_start, next_boundary
 from shared.messages import (
@@ -473,7 +473,8 @@ class Scheduler:
             await wait_connected()
         if not self.restored.is_set():
             waiter = asyncio.ensure_future(self.restored.wait())
-            timer = asyncio.ensure_future(self._clock.sleep(self.options.restore_wait_s))
+            # the broker's retained books: work time (see sleep_for_work)
+            timer = asyncio.ensure_future(sleep_for_work(self._clock, self.options.restore_wait_s))
             try:
                 await asyncio.wait({waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -581,7 +582,7 @@ class Scheduler:
         limit = self.options.planner_timeout_factor * self.time_limit_s
         limit += self.options.planner_timeout_margin_s
         try:
-            plan = await with_timeout(self._clock, limit, asyncio.shield(solver))
+            plan = await with_timeout(self._clock, limit, asyncio.shield(solver), work=True)
         except TimeoutError:
             self._counters.inc("planner_timeouts")
             self._rate_limited.log(

@@ -15,7 +15,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TextIO
 
@@ -307,14 +307,61 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "mosquitto", "embedded"),
         help="which broker (default: $HWSCHED_RUN_BROKER, else auto: mosquitto when installed)",
     )
+    run.add_argument(
+        "--speed",
+        type=float,
+        metavar="X",
+        help="simulated time, X times faster than real time, shared by the house and every "
+        "service (e.g. 600: a day in 2.4 min); default: real time",
+    )
+    run.add_argument(
+        "--start",
+        metavar="ISO",
+        help="simulated start time, e.g. 2026-06-21T04:00 (naive = the settings' time zone)",
+    )
+    run.add_argument(
+        "--secure",
+        action="store_true",
+        help="mosquitto as compose runs it: no anonymous clients, the ACL, persistence; "
+        "random passwords in <run-dir>/broker/passwords.env",
+    )
+    run.add_argument(
+        "--sim-config",
+        metavar="FILE",
+        help="the simulator's settings (seed, clouds, stores, draws, faults)",
+    )
     run.set_defaults(func=cmd_run)
     return parser
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from services.stack import StackOptions
     from services.stack import main as run_stack
 
-    return run_stack(Path(args.devices), Path(args.run_dir), args.broker)
+    start: datetime | None = None
+    if args.start:
+        try:
+            start = datetime.fromisoformat(args.start)
+        except ValueError:
+            print(f"hwsched run: --start: not an ISO date-time: {args.start!r}", file=sys.stderr)
+            return EXIT_USAGE
+        if start.tzinfo is None:
+            try:
+                tz = load_settings().tz
+            except ConfigError as err:
+                print(f"hwsched run: {err}", file=sys.stderr)
+                return EXIT_USAGE
+            start = start.replace(tzinfo=tz)
+    if args.speed is not None and not (0 < args.speed <= 100_000):
+        print("hwsched run: --speed: between 0 and 100000", file=sys.stderr)
+        return EXIT_USAGE
+    options = StackOptions(
+        speed=args.speed,
+        start=start,
+        secure=args.secure,
+        sim_config=Path(args.sim_config) if args.sim_config else None,
+    )
+    return run_stack(Path(args.devices), Path(args.run_dir), args.broker, options)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

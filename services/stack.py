@@ -16,6 +16,16 @@ its process group after a grace period).
 state (starting, running, stopped), the broker (kind, host, port), the base topic, the
 simulator's URLs and each child's pid.
 
+Options (`StackOptions`, `hwsched run --speed/--start/--secure/--sim-config`):
+- simulated time: the house and every service share one accelerated clock
+  (`HWSCHED_SIM_CLOCK__*`, the simulator's `--origin`), so a day runs in minutes and a
+  restarted service picks up the same simulated time;
+- `secure`: mosquitto with the shipped `mosquitto/mosquitto.conf` (no anonymous clients,
+  the ACL rendered from the topic registry, persistence), a random password per service
+  user (and `ha`, for watching) kept in `<run-dir>/broker/passwords.env` (mode 0600);
+- `HWSCHED_*` variables of the environment reach the services (the stack's own broker,
+  devices and clock settings win).
+
 The embedded broker speaks MQTT 3.1.1 (what the services use) with retained messages, QoS
 0-2 and wills, without persistence or authentication, like the stack's mosquitto.
 """
@@ -37,6 +47,7 @@ import time
 import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -121,6 +132,88 @@ def choose_broker(want: str, port: int, run_dir: Path) -> BrokerPlan:
     )
 
 
+#: The shipped broker configuration (compose's), used as it is by `--secure`.
+SHIPPED_BROKER_CONF = ROOT / "mosquitto" / "mosquitto.conf"
+#: Users of a secure stack: the services (each its own) and `ha` (read-only, to watch).
+SECURE_USERS = ("poller", "forecaster", "scheduler", "actuator", "bridge", "ha")
+
+
+def shipped_broker_conf(port: int, auth_dir: Path, data_dir: Path) -> str:
+    """The shipped mosquitto.conf on 127.0.0.1:`port`, with these auth and data folders."""
+    conf = SHIPPED_BROKER_CONF.read_text()
+    if "\nlistener 1883\n" not in conf:
+        raise StackError(f"{SHIPPED_BROKER_CONF}: no `listener 1883` line to move")
+    conf = conf.replace("\nlistener 1883\n", f"\nlistener {port} {BROKER_HOST}\n")
+    return conf.replace("/mosquitto/auth/", f"{auth_dir}/").replace(
+        "/mosquitto/data/", f"{data_dir}/"
+    )
+
+
+def _broker_owner() -> tuple[int, int] | None:
+    """Who mosquitto runs as once started by root (its own user, else nobody); None: not root."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    try:
+        entry = pwd.getpwnam("mosquitto")
+    except KeyError:
+        entry = pwd.getpwnam("nobody")
+    return entry.pw_uid, entry.pw_gid
+
+
+def secure_broker(
+    port: int, run_dir: Path, devices_file: Path
+) -> tuple[BrokerPlan, dict[str, str]]:
+    """Mosquitto as compose runs it (passwords, ACL, persistence) and each user's password.
+
+    The passwords are new random ones for each run, written (mode 0600) to
+    `<run-dir>/broker/passwords.env` as `MQTT_<USER>_PASSWORD=...`.
+    """
+    import secrets
+
+    sys.path.insert(0, str(ROOT / "mosquitto"))
+    from broker_setup import render_acl, render_passwd  # type: ignore[import-not-found]
+
+    from shared.config import ConfigError, load_devices, load_settings
+
+    mosquitto = find_mosquitto()  # the embedded broker has no ACL: refuse rather than pretend
+    try:
+        settings = load_settings()
+        devices = load_devices(devices_file)
+    except ConfigError as err:
+        raise StackError(str(err)) from None
+    users = {user: secrets.token_urlsafe(18) for user in SECURE_USERS}
+    auth = run_dir / "broker"
+    data = auth / "data"
+    shutil.rmtree(data, ignore_errors=True)  # a new run: a new house, no old retained state
+    data.mkdir(parents=True, exist_ok=True)
+    acl = render_acl(settings.base_topic, settings.ha_discovery_prefix, devices, ha=True)
+    for name, text in (
+        ("passwd", render_passwd(users)),
+        ("acl", acl),
+        ("passwords.env", "".join(f"MQTT_{u.upper()}_PASSWORD={pw}\n" for u, pw in users.items())),
+    ):
+        path = auth / name
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    owner = _broker_owner()
+    if owner is not None:  # mosquitto started as root drops to its own user: let it read
+        auth.chmod(0o711)
+        for path in (auth / "passwd", auth / "acl", data):
+            os.chown(path, *owner)
+    conf = run_dir / "mosquitto.conf"
+    conf.write_text(shipped_broker_conf(port, auth, data))
+    plan = BrokerPlan(
+        "mosquitto",
+        [mosquitto, "-c", str(conf)],
+        f"mosquitto ({mosquitto}) with the shipped config: passwords, ACL, persistence",
+    )
+    return plan, users
+
+
 def base_topic() -> str:
     """The base topic the services use: config/settings.toml's, else the default (the
     services run in the repository with no HWSCHED_* variable but the stack's own)."""
@@ -143,6 +236,8 @@ class Child:
     restart: bool = True
     proc: asyncio.subprocess.Process | None = None
     restarts: int = 0
+    #: Restarts since the stack started (`restarts` is the back-off's count).
+    total_restarts: int = 0
     started_at: float = 0.0
     history: list[float] = field(default_factory=list)
 
@@ -225,6 +320,7 @@ async def supervise(
                 delay = 1.0
             print(f"[stack] {c.name} exited ({code}); restarting in {delay:.0f} s (log: {c.log})")
             c.restarts += 1
+            c.total_restarts += 1
             c.proc = None
             await asyncio.sleep(delay)
             if not stop.is_set():
@@ -281,6 +377,24 @@ def prepare(devices_file: Path, run_dir: Path) -> int:
     return free_port()
 
 
+@dataclass(frozen=True)
+class StackOptions:
+    """How `hwsched run` runs (defaults: real time, an open local broker)."""
+
+    #: Simulated seconds per real second (None: real time, unless `start` is given).
+    speed: float | None = None
+    #: Simulated start (aware), None: now.
+    start: datetime | None = None
+    #: Mosquitto as compose runs it: passwords, the ACL, persistence.
+    secure: bool = False
+    #: The simulator's own settings file (seed, clouds, stores, draws, faults).
+    sim_config: Path | None = None
+
+    @property
+    def simulated(self) -> bool:
+        return self.speed is not None or self.start is not None
+
+
 @dataclass
 class StackState:
     """`<run-dir>/stack.json`: rewritten (atomically) whenever something changes."""
@@ -292,6 +406,8 @@ class StackState:
     children: list[Child] = field(default_factory=list)
     sim: dict[str, Any] = field(default_factory=dict)
     state: str = "starting"
+    #: The shared simulated clock (speed, start, origin), None: real time.
+    clock: dict[str, Any] | None = None
 
     def save(self) -> None:
         data = {
@@ -303,6 +419,8 @@ class StackState:
                 key: self.sim.get(key) for key in ("control_url", "weather_url", "devices_file")
             },
             "children": {c.name: c.pid for c in self.children if c.pid is not None},
+            "restarts": {c.name: c.total_restarts for c in self.children},
+            "clock": self.clock,
             "logs": str(self.path.parent),
         }
         tmp = self.path.with_name(f".{self.path.name}.tmp")
@@ -310,10 +428,43 @@ class StackState:
         tmp.replace(self.path)
 
 
-async def run_stack(devices_file: Path, run_dir: Path, broker_choice: str = "auto") -> int:
+async def run_stack(
+    devices_file: Path,
+    run_dir: Path,
+    broker_choice: str = "auto",
+    options: StackOptions | None = None,
+) -> int:
+    opts = options if options is not None else StackOptions()
     port = prepare(devices_file, run_dir)
-    plan = choose_broker(broker_choice, port, run_dir)
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith("HWSCHED_")}
+    users: dict[str, str] = {}
+    if opts.secure:
+        if broker_choice == "embedded":
+            raise StackError("--secure needs mosquitto: the embedded broker has no ACL")
+        plan, users = secure_broker(port, run_dir, devices_file)
+    else:
+        plan = choose_broker(broker_choice, port, run_dir)
+    # The stack's own settings; other HWSCHED_* variables of the environment reach the services.
+    own = (BROKER_ENV, "HWSCHED_BROKER__", "HWSCHED_DEVICES_FILE", "HWSCHED_DEVICE_CA_FILE")
+    base_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(own) and not k.startswith("HWSCHED_SIM_CLOCK__")
+    }
+    clock_env: dict[str, str] = {}
+    sim_clock_args: list[str] = []
+    clock: dict[str, Any] | None = None
+    if opts.simulated:
+        speed = opts.speed if opts.speed is not None else 1.0
+        start = opts.start if opts.start is not None else datetime.now(UTC)
+        origin = time.time()
+        clock = {"speed": speed, "start": start.isoformat(), "origin": origin}
+        clock_env = {
+            "HWSCHED_SIM_CLOCK__SPEED": repr(speed),
+            "HWSCHED_SIM_CLOCK__START": start.isoformat(),
+            "HWSCHED_SIM_CLOCK__ORIGIN": repr(origin),
+        }
+        sim_clock_args = ["--speed", repr(speed), "--start", start.isoformat()]
+        sim_clock_args += ["--origin", repr(origin)]
     broker = Child("broker", plan.argv, base_env, run_dir / "broker.log")
     sim_dir = run_dir / "sim"
     info_file = sim_dir / "simulator.json"
@@ -325,10 +476,12 @@ async def run_stack(devices_file: Path, run_dir: Path, broker_choice: str = "aut
         str(devices_file),
         "--state-dir",
         str(sim_dir),
+        *sim_clock_args,
+        *(["--sim-config", str(opts.sim_config)] if opts.sim_config is not None else []),
     ]
     simulator = Child("simulator", sim_argv, base_env, run_dir / "simulator.log", restart=False)
     children = [broker, simulator]
-    state = StackState(run_dir / STACK_FILE, plan, port, base_topic(), children)
+    state = StackState(run_dir / STACK_FILE, plan, port, base_topic(), children, clock=clock)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -349,6 +502,7 @@ async def run_stack(devices_file: Path, run_dir: Path, broker_choice: str = "aut
             HWSCHED_DEVICES_FILE=str(sim_dir / "devices.sim.json"),
             HWSCHED_DEVICE_CA_FILE=str(sim_dir / "ca.pem"),
             PYTHONUNBUFFERED="1",
+            **clock_env,
         )
         weather = sim.get("weather_url")
         if isinstance(weather, str):
@@ -370,7 +524,12 @@ async def run_stack(devices_file: Path, run_dir: Path, broker_choice: str = "aut
                 flush=True,
             )
         for name, argv in services:
-            child = Child(name, argv, env, run_dir / f"{name}.log")
+            child_env = env
+            if users:  # each service as its own broker user
+                child_env = dict(
+                    env, HWSCHED_BROKER__USERNAME=name, HWSCHED_BROKER__PASSWORD=users[name]
+                )
+            child = Child(name, argv, child_env, run_dir / f"{name}.log")
             await child.start()
             children.append(child)
             print(f"[stack] started {name} (pid {child.pid or '?'})", flush=True)
@@ -383,6 +542,7 @@ async def run_stack(devices_file: Path, run_dir: Path, broker_choice: str = "aut
                 raise StackError(f"the simulated house stopped (see {simulator.log})")
             if broker.proc is not None and broker.proc.returncode is not None:
                 print("[stack] the broker stopped; restarting it", flush=True)
+                broker.total_restarts += 1
                 await broker.start()
                 state.save()
             with contextlib.suppress(TimeoutError):
@@ -402,11 +562,16 @@ async def run_stack(devices_file: Path, run_dir: Path, broker_choice: str = "aut
         print("[stack] stopped", flush=True)
 
 
-def main(devices_file: Path, run_dir: Path, broker: str | None = None) -> int:
+def main(
+    devices_file: Path,
+    run_dir: Path,
+    broker: str | None = None,
+    options: StackOptions | None = None,
+) -> int:
     """Run the stack; `broker` (else $HWSCHED_RUN_BROKER, else auto): which broker."""
     choice = broker or os.environ.get(BROKER_ENV) or "auto"
     try:
-        return asyncio.run(run_stack(devices_file, run_dir, choice))
+        return asyncio.run(run_stack(devices_file, run_dir, choice, options))
     except StackError as err:
         print(f"hwsched run: {err}", file=sys.stderr)
         return 2

@@ -660,7 +660,9 @@ class Settings(BaseSettings):
     #: Scheduler: time budget of the optimal planner per plan, s (the reference on time-out).
     planner_time_limit_s: Annotated[float, Field(gt=0, le=60, allow_inf_nan=False)] = 1.0
     #: Scheduler: a forecast made longer ago than this is stale (fallback rule), s.
-    forecast_max_age_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 43_200.0
+    #: (26 h: the daily forecast at the boundary, plus slack for its retries; a day without
+    #: one is caught anyway, since that forecast ends at the boundary.)
+    forecast_max_age_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 93_600.0
     #: Scheduler: how the measured-now correction of the forecast carries over the day:
     #: "fading" (towards the recent mean offset, with a half-life) or "constant" (original).
     forecast_shift: Literal["fading", "constant"] = "fading"

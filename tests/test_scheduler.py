@@ -363,7 +363,7 @@ def test_stored_energy_for_the_planner() -> None:
     ("forecast", "reason"),
     [
         (None, "no forecast"),
-        (make_forecast(T0 - timedelta(hours=13)), "stale forecast (made 13.0 h ago)"),
+        (make_forecast(T0 - timedelta(hours=27)), "stale forecast (made 27.0 h ago)"),
     ],
 )
 def test_fallback_rule_without_a_usable_forecast(forecast: Forecast | None, reason: str) -> None:

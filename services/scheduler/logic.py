@@ -272,7 +272,7 @@ class PlanContext:
     boundary: time
     step_s: int = 900
     switch_interval_s: int = 300
-    forecast_max_age_s: float = 12 * 3600.0
+    forecast_max_age_s: float = 26 * 3600.0
     shift: ShiftOptions = ShiftOptions()
 
 

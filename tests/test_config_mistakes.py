@@ -22,10 +22,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as default
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import pytest
 
 import services.simulator.main as simulator_main
@@ -111,10 +113,10 @@ class Mistake:
     field: str
     devices: Mutation | bytes | None = None
     settings: str = ""
-    broker: dict[str, str] = field(default_factory=dict)
+    broker: dict[str, str] = default(default_factory=dict)
     tables: str = ""
     raw_settings: bytes | None = None
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = default(default_factory=dict)
     sim_args: tuple[str, ...] = ()
     sim_file: tuple[str, str] | None = None  # (suffix, text)
     entries: tuple[str, ...] = ALL
@@ -619,7 +621,7 @@ def nothing_starts(clean_env: pytest.MonkeyPatch) -> Iterator[list[str]]:
 
     clean_env.setattr(shared.service, "Service", refuse("Service"))
     clean_env.setattr(shared.service, "setup_logging", refuse("logging"))
-    clean_env.setattr(shared.service.aiomqtt, "Client", refuse("an MQTT client"))
+    clean_env.setattr(aiomqtt, "Client", refuse("an MQTT client"))
     clean_env.setattr(simulator_main, "serve", refuse("the simulated house"))
     yield started
     assert started == []

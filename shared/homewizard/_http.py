@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -66,10 +67,11 @@ class Reply:
         try:
             return json.loads(self.body, parse_constant=_refuse_constant)
         except (ValueError, UnicodeDecodeError) as err:
-            reason = err.msg if isinstance(err, json.JSONDecodeError) else str(err)
-            raise InvalidResponseError(
-                host, f"{what}: not valid JSON ({reason}; {len(self.body)} bytes)"
-            ) from None
+            reason = err.msg if isinstance(err, json.JSONDecodeError) else short(str(err))
+        # outside the handler: the decode error (holding the whole body) is not kept as context
+        raise InvalidResponseError(
+            host, f"{what}: not valid JSON ({reason}; {len(self.body)} bytes)"
+        )
 
 
 def _refuse_constant(name: str) -> object:
@@ -148,10 +150,19 @@ class Transport:
             await self._client.aclose()
 
     def scrub(self, text: str) -> str:
-        """`text` without the secret (should a device or library ever echo it)."""
+        """`text` without the secret, in any case (should a device or library echo it)."""
         if self._secret:
-            text = text.replace(self._secret, "***")
+            text = re.sub(re.escape(self._secret), "***", text, flags=re.IGNORECASE)
         return text
+
+    def scrub_error(self, err: HomeWizardError) -> HomeWizardError:
+        """`err` with the secret taken out of its message (in place; returned)."""
+        if self._secret and self.scrub(str(err)) != str(err):
+            err.message = self.scrub(err.message)
+            err.args = tuple(self.scrub(a) if isinstance(a, str) else a for a in err.args)
+            if isinstance(err, InvalidResponseError) and err.code is not None:
+                err.code = self.scrub(err.code)
+        return err
 
     async def request(
         self,
@@ -172,6 +183,7 @@ class Transport:
         sent_headers = {**self._headers, **(headers or {})}
         attempts = self.retries + 1
         for attempt in range(1, attempts + 1):
+            failure: tuple[HomeWizardError, bool] | None = None
             try:
                 response = await self._client.request(
                     method,
@@ -181,9 +193,13 @@ class Transport:
                     timeout=self._timeout,
                 )
             except (httpx.HTTPError, httpx.InvalidURL, OSError, ssl.SSLError) as exc:
-                error, retriable = self._failure(exc, method, path, idempotent, attempt)
+                failure = self._failure(exc, method, path, idempotent, attempt)
+            if failure is not None:
+                # raised here, outside the handler: the library's exception (its request
+                # holds the Authorization header) is not kept as the error's __context__
+                error, retriable = failure
                 if not retriable or attempt == attempts:
-                    raise error from None
+                    raise error
                 log.debug("%s %s %s: %s; retrying", self.host, method, path, error.message)
                 await self._pause(attempt)
                 continue
@@ -206,7 +222,7 @@ class Transport:
         """The error to raise for `exc`, and whether another attempt is allowed."""
         what = f"{method} {path}"
         tries = f" ({attempt} attempts)" if attempt > 1 else ""
-        reason = self.scrub(short(str(exc))) or type(exc).__name__
+        reason = short(self.scrub(str(exc))) or type(exc).__name__
 
         mismatch = _find(exc, NameMismatch)
         if isinstance(mismatch, NameMismatch):
@@ -240,7 +256,7 @@ class Transport:
         if isinstance(exc, httpx.ConnectError) and tls is not None:
             return (
                 DeviceUnreachableError(
-                    self.host, f"{what}: TLS handshake failed: {self.scrub(short(str(tls)))}"
+                    self.host, f"{what}: TLS handshake failed: {short(self.scrub(str(tls)))}"
                 ),
                 True,
             )

@@ -74,7 +74,10 @@ def _parse(model: type[_M], data: object, host: str, what: str) -> _M:
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise InvalidResponseError(host, f"{what}: {_describe(err)}") from None
+        problem = _describe(err)
+    # raised outside the handler: the ValidationError (every value the device sent) is not
+    # kept as the error's __context__
+    raise InvalidResponseError(host, f"{what}: {problem}")
 
 
 def _total(total: float | None, parts: Iterable[float | None]) -> float | None:

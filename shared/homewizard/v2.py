@@ -21,10 +21,11 @@ code → InvalidResponseError with `code` set. Retries: see `shared.homewizard._
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -141,6 +142,46 @@ class V2Client(ClientBase):
 
     async def device_info(self) -> DeviceInfo:
         """`GET /api`: product type, serial, firmware, API version. Pins the serial."""
+        with self._no_secret():
+            return await self._pinned_device_info()
+
+    async def measurement(self) -> Measurement:
+        """`GET /api/measurement`: the latest measurement, normalised (see Measurement)."""
+        with self._no_secret():
+            await self._ensure_pinned()
+            data = await self._get("/api/measurement")
+            return Measurement.from_v2(data, host=self.host)
+
+    async def batteries(self) -> BatteriesState:
+        """`GET /api/batteries` (on the P1 or kWh meter): the battery group's control."""
+        with self._no_secret():
+            await self._ensure_pinned()
+            data = await self._get("/api/batteries")
+            return BatteriesState.from_api(data, host=self.host)
+
+    async def set_batteries(
+        self, *, mode: str | None = None, permissions: Sequence[str] | None = None
+    ) -> BatteriesState:
+        """`PUT /api/batteries`: set the mode and/or the permissions; the new state.
+
+        `to_full` cannot be sent together with permissions (the device refuses it; this
+        raises ValueError first). A read timeout is not retried (see `_http`).
+        """
+        with self._no_secret():
+            return await self._set_batteries(mode, permissions)
+
+    # --- plumbing -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _no_secret(self) -> Iterator[None]:
+        """Errors leave without the token, whatever the device echoed into them."""
+        try:
+            yield
+        except HomeWizardError as err:
+            self._http.scrub_error(err)
+            raise
+
+    async def _pinned_device_info(self) -> DeviceInfo:
         if self._identity.serial is not None:
             info = await self._device_info()
             self._check_info(info)
@@ -162,26 +203,9 @@ class V2Client(ClientBase):
             self._identity.pin(info.serial)
             return info
 
-    async def measurement(self) -> Measurement:
-        """`GET /api/measurement`: the latest measurement, normalised (see Measurement)."""
-        await self._ensure_pinned()
-        data = await self._get("/api/measurement")
-        return Measurement.from_v2(data, host=self.host)
-
-    async def batteries(self) -> BatteriesState:
-        """`GET /api/batteries` (on the P1 or kWh meter): the battery group's control."""
-        await self._ensure_pinned()
-        data = await self._get("/api/batteries")
-        return BatteriesState.from_api(data, host=self.host)
-
-    async def set_batteries(
-        self, *, mode: str | None = None, permissions: Sequence[str] | None = None
+    async def _set_batteries(
+        self, mode: str | None, permissions: Sequence[str] | None
     ) -> BatteriesState:
-        """`PUT /api/batteries`: set the mode and/or the permissions; the new state.
-
-        `to_full` cannot be sent together with permissions (the device refuses it; this
-        raises ValueError first). A read timeout is not retried (see `_http`).
-        """
         body: dict[str, object] = {}
         if mode is not None:
             if not mode:
@@ -204,11 +228,9 @@ class V2Client(ClientBase):
             raise _error(self._http, reply, what)
         return BatteriesState.from_api(reply.json(self.host, what), host=self.host)
 
-    # --- plumbing -----------------------------------------------------------------------
-
     async def _ensure_pinned(self) -> None:
         if self._identity.serial is None:
-            await self.device_info()
+            await self._pinned_device_info()
 
     async def _device_info(self) -> DeviceInfo:
         return DeviceInfo.from_api(await self._get("/api"), host=self.host)

@@ -385,7 +385,9 @@ def _unique_slugs(names: Sequence[str], where: str, field: str) -> None:
 class DevicesConfig(_Strict):
     """The devices file: exactly one P1 meter, sockets, batteries and PV arrays."""
 
-    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True)
+    model_config = ConfigDict(
+        validate_by_name=True, validate_by_alias=True, hide_input_in_errors=True
+    )
 
     devices: Annotated[list[DeviceConfig], Field(max_length=MAX_DEVICES)]
     solar_panels: Annotated[list[SolarPanelConfig], Field(max_length=MAX_DEVICES)] = Field(
@@ -527,7 +529,8 @@ def describe_error(err: ValidationError) -> str:
     ):
         problem = "must be an object"
     value = first.get("input")
-    secret = any(part in _SECRET_FIELDS for part in where)
+    # the broker table itself: a password given in place of the table is not shown either
+    secret = any(part in _SECRET_FIELDS for part in where) or tuple(where) == ("broker",)
     scalar = value is None or isinstance(value, str | int | float | bool | time)
     if first["type"] not in _NO_INPUT_TYPES and scalar and not secret:
         problem += f" (got {_shown(value)})"
@@ -553,18 +556,22 @@ def read_config_bytes(path: Path) -> bytes:
     return raw
 
 
+# A ConfigError is raised after the `except` block, never inside it: the error it replaces
+# (a decode error holding the whole file, a ValidationError holding every value, tokens
+# and passwords included) is then not kept as its __context__.
+
+
 def _read_json(path: Path) -> object:
     raw = read_config_bytes(path)
     try:
         return json.loads(raw)
     except json.JSONDecodeError as err:
-        raise ConfigError(
-            f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}"
-        ) from None
+        problem = f"invalid JSON at line {err.lineno} column {err.colno}: {err.msg}"
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
+        problem = "not UTF-8 text"
     except RecursionError:
-        raise ConfigError(f"{path}: invalid JSON: nested too deeply") from None
+        problem = "invalid JSON: nested too deeply"
+    raise ConfigError(f"{path}: {problem}")
 
 
 def load_devices(path: Path | str = DEFAULT_DEVICES_FILE) -> DevicesConfig:
@@ -579,7 +586,8 @@ def load_devices(path: Path | str = DEFAULT_DEVICES_FILE) -> DevicesConfig:
     try:
         return DevicesConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"{path}: {describe_error(err)}") from None
+        problem = describe_error(err)
+    raise ConfigError(f"{path}: {problem}")
 
 
 # --- settings -----------------------------------------------------------------------
@@ -630,6 +638,7 @@ class Settings(BaseSettings):
         env_nested_delimiter=ENV_NESTED_DELIMITER,
         extra="forbid",
         frozen=True,
+        hide_input_in_errors=True,
     )
 
     broker: BrokerSettings = BrokerSettings()
@@ -717,11 +726,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(raw.decode("utf-8"))
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: invalid TOML: {err}") from None
+        problem = f"invalid TOML: {err}"
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
+        problem = "not UTF-8 text"
     except RecursionError:
-        raise ConfigError(f"{path}: invalid TOML: nested too deeply") from None
+        problem = "invalid TOML: nested too deeply"
+    raise ConfigError(f"{path}: {problem}")
 
 
 def _env_var_for(loc: Sequence[int | str]) -> str | None:
@@ -790,11 +800,12 @@ def load_settings(path: Path | None = None) -> Settings:
     try:
         return Settings(**data)
     except SettingsError as err:
-        raise ConfigError(_env_parse_error(err)) from None
+        message = _env_parse_error(err)
     except ValidationError as err:
         var = _env_var_for(err.errors()[0]["loc"])
         source = f"environment variable {var}" if var else str(file or "settings")
-        raise ConfigError(f"{source}: {describe_error(err)}") from None
+        message = f"{source}: {describe_error(err)}"
+    raise ConfigError(message)
 
 
 def load_config(settings: Settings) -> DevicesConfig:

@@ -70,7 +70,9 @@ Seconds = Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
 class ForecastSettings(BaseSettings):
     """Where the weather comes from, the worker, timeouts and the retry back-off."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, hide_input_in_errors=True
+    )
 
     #: Open-Meteo-compatible base URL: quartz's `https://api.open-meteo.com/v1/...` go here.
     weather_url: Annotated[str, AfterValidator(_check_base_url)] = DEFAULT_WEATHER_URL
@@ -119,11 +121,13 @@ def load_forecast_settings() -> ForecastSettings:
     try:
         return ForecastSettings()
     except SettingsError as err:
-        raise ConfigError(f"environment: {err}") from None
+        message = f"environment: {err}"
     except ValidationError as err:
         first = err.errors()[0]
         cause = first.get("ctx", {}).get("error")
         loc = cause.loc if isinstance(cause, _FieldError) else tuple(first["loc"])
         field = str(loc[0]) if loc else ""
         name = f"{ENV_PREFIX}{field.upper()}" if field else "HWSCHED_FORECAST__*"
-        raise ConfigError(f"environment variable {name}: {describe_error(err)}") from None
+        message = f"environment variable {name}: {describe_error(err)}"
+    # raised outside the handler: the ValidationError (with the URL as given) is not its context
+    raise ConfigError(message)

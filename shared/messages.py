@@ -661,7 +661,7 @@ def schema_version_of(model: type[Message]) -> int:
 def parse_message(model: type[M], payload: bytes | str) -> M:
     """Validate one payload strictly as `model`; raises MessageError (one line naming the field).
 
-    Refuses: a non-object or invalid JSON, a missing or unknown `schema_version`
+    Refuses: a non-object, invalid or too deeply nested JSON, a missing or unknown `schema_version`
     (`UnsupportedVersionError`), naive timestamps, NaN/Infinity, wrong types (no coercion).
     Unknown extra fields are ignored.
     """
@@ -672,6 +672,8 @@ def parse_message(model: type[M], payload: bytes | str) -> M:
     except (ValueError, UnicodeDecodeError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise MessageError(f"(payload): not JSON: {first}") from None
+    except RecursionError:  # `[[[[...` a thousand deep: json's C decoder recurses
+        raise MessageError("(payload): not JSON: nested too deeply") from None
     if not isinstance(document, dict):
         raise MessageError(f"(payload): a JSON object is expected, not {type(document).__name__}")
     known = schema_version_of(model)

@@ -59,7 +59,6 @@ from shared.messages import (
     ForecastResponse,
     ForecastResult,
     Message,
-    MessageError,
     Transaction,
     parse_message,
 )
@@ -590,11 +589,11 @@ class Forecaster:
         self._wake.set()
 
     async def on_retained(self, topic: str, payload: bytes) -> None:
-        """The retained forecast (ours from before a restart): the fallback until a new one."""
-        try:
-            message = parse_message(Forecast, payload)
-        except MessageError:
-            return  # someone else's problem; not ours to count
+        """The retained forecast (ours from before a restart): the fallback until a new one.
+
+        An unusable payload is a `MessageError`: a counted, logged drop (by the runtime).
+        """
+        message = parse_message(Forecast, payload)
         read = prediction_from_message(message)
         if read is None or (
             self.prediction is not None and read.made_at <= self.prediction.made_at

@@ -38,7 +38,7 @@ from shared.homeassistant import (
     next_boundary,
     next_on,
 )
-from shared.messages import PlanMessage, parse_message
+from shared.messages import MessageError, PlanMessage, parse_message
 from shared.service import Service, run_service
 
 __all__ = ["SERVICE_NAME", "Bridge", "BridgeOptions", "app", "main", "project_url"]
@@ -115,9 +115,16 @@ class Bridge:
         self.service.counters.inc("discovery_published")
 
     async def _on_ha_status(self, topic: str, payload: bytes) -> None:
-        if payload.strip() == b"online":
+        """Home Assistant's birth (`online`) or last will (`offline`); anything else is a
+        `MessageError` (a counted, logged drop)."""
+        word = payload.strip()
+        if word == b"online":
             self.log.info("Home Assistant is online: discovery follows shortly")
             self._announce.set()
+        elif word != b"offline":
+            raise MessageError(
+                f"(payload): Home Assistant's status is online or offline, not {word[:40]!r}"
+            )
 
     async def _on_config(self, topic: str, payload: bytes) -> None:
         if is_stale_config(self.settings, topic, payload, self.device_ids):

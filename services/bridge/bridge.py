@@ -127,7 +127,12 @@ class Bridge:
             )
 
     async def _on_config(self, topic: str, payload: bytes) -> None:
-        if is_stale_config(self.settings, topic, payload, self.device_ids):
+        """Any retained config under the prefix: most are other integrations' (not drops)."""
+        try:
+            stale = is_stale_config(self.settings, topic, payload, self.device_ids)
+        except RecursionError:  # JSON nested a thousand deep: never one of ours
+            return
+        if stale:
             self.log.info(
                 "removing the discovery config of a device no longer configured: %s", topic
             )

@@ -135,8 +135,8 @@ class V2Client(ClientBase):
         """The device's serial once known (given, or pinned by the first `GET /api`)."""
         return self._identity.serial
 
-    def __repr__(self) -> str:  # never the token
-        return f"V2Client({self._http.base!r}, serial={self.serial!r})"
+    def __repr__(self) -> str:  # never the token (not even one a device gave as its serial)
+        return self._http.scrub(f"V2Client({self._http.base!r}, serial={self.serial!r})")
 
     # --- endpoints ----------------------------------------------------------------------
 

@@ -663,7 +663,7 @@ def parse_message(model: type[M], payload: bytes | str) -> M:
 
     Refuses: a non-object, invalid or too deeply nested JSON, a missing or unknown `schema_version`
     (`UnsupportedVersionError`), naive timestamps, NaN/Infinity, wrong types (no coercion).
-    Unknown extra fields are ignored.
+    Unknown extra fields are ignored. The error's text is short whatever the payload holds.
     """
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise MessageError(f"(payload): larger than {MAX_PAYLOAD_BYTES} bytes")
@@ -682,16 +682,27 @@ def parse_message(model: type[M], payload: bytes | str) -> M:
             raise MessageError("schema_version: missing", "schema_version")
     elif document["schema_version"] != known or isinstance(document["schema_version"], bool):
         raise UnsupportedVersionError(
-            f"schema_version: {document['schema_version']!r} is not supported by "
-            f"{model.__name__} (this build knows {known})",
+            f"schema_version: {_clip(repr(document['schema_version']), 60)} is not supported "
+            f"by {model.__name__} (this build knows {known})",
             "schema_version",
         )
     try:
         return model.model_validate_json(payload, strict=True)
     except ValidationError as err:
-        line = describe_validation_error(err)
-        field = line.split(":", 1)[0]
-        raise MessageError(" ".join(line.split()), field) from None
+        field, _, problem = describe_validation_error(err).partition(":")
+        field = _clip(field, _MAX_FIELD_CHARS)
+        text = _clip(" ".join(f"{field}: {problem}".split()), _MAX_ERROR_CHARS)
+        raise MessageError(text, field) from None
+
+
+#: Longest `MessageError` text and field path: what a payload holds (a 1 MB dict key or
+#: version string) never makes a 1 MB log line.
+_MAX_ERROR_CHARS = 300
+_MAX_FIELD_CHARS = 120
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def dump_message(message: Message) -> bytes:

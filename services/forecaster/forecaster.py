@@ -11,6 +11,12 @@ When: at start-up, at every daily boundary (`daily_boundary` in `timezone`, DST-
 `<base>/response/forecast` with the request's `transaction` (a flood of requests is coalesced:
 at most one re-forecast per `request_min_interval_s`).
 
+Every incoming message is bounded in size and rate (a token bucket per topic: requests
+`REQUEST_LIMIT`, the retained forecast read back `RETAINED_LIMIT`): an oversized one is a
+counted drop (`messages_too_large`) that takes nothing from the bucket, one over the rate is
+dropped unanswered and counted (`messages_rate_limited`), each logged at most once a minute
+per topic; every message yields to the event loop first, so a flood cannot starve the rest.
+
 When a forecast cannot be made (no network, a bad weather answer, the worker failing or timing
 out), the service never crashes:
 
@@ -59,18 +65,22 @@ from shared.messages import (
     ForecastResponse,
     ForecastResult,
     Message,
+    MessageError,
     Transaction,
     parse_message,
 )
-from shared.service import EXIT_CONFIG, Counters, Handler, Service, run_service
+from shared.service import EXIT_CONFIG, Counters, Handler, RateLimitedLog, Service, run_service
 from shared.sky import PanelArray, clear_sky_series_w
 from shared.topics import Topics
 
 __all__ = [
     "CLEAR_SKY_MODEL",
+    "REQUEST_LIMIT",
+    "RETAINED_LIMIT",
     "SERVICE_NAME",
     "Forecaster",
     "Horizon",
+    "Limit",
     "Prediction",
     "Runtime",
     "WorkerCall",
@@ -95,6 +105,41 @@ _ERROR_CHARS = 480
 
 #: Runs the worker: a request in, its answer out (`WorkerProcess`, or a test's fake).
 WorkerCall = Callable[[WorkerRequest], Awaitable[WorkerResult | WorkerFailure]]
+
+
+@dataclass(frozen=True)
+class Limit:
+    """Size and rate bound of one incoming topic: at most `max_bytes`, `burst` at once and
+    `per_s` per second after that."""
+
+    max_bytes: int
+    burst: float
+    per_s: float
+
+
+#: `{"transaction": ...}`: a few dozen bytes; requests are coalesced into one run anyway.
+REQUEST_LIMIT = Limit(max_bytes=4_096, burst=10, per_s=1.0)
+#: The retained forecast read back (a day of 15-minute steps is ~10 kB; a long one fits).
+RETAINED_LIMIT = Limit(max_bytes=1024 * 1024, burst=5, per_s=0.5)
+
+
+class _TokenBucket:
+    """At most `burst` at once, refilled at `per_s` per second (monotonic seconds)."""
+
+    def __init__(self, limit: Limit, now: float) -> None:
+        self._limit = limit
+        self._tokens = limit.burst
+        self._at = now
+
+    def take(self, now: float) -> bool:
+        self._tokens = min(
+            self._limit.burst, self._tokens + max(0.0, now - self._at) * self._limit.per_s
+        )
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
 
 
 class Runtime(Protocol):
@@ -372,13 +417,16 @@ class Forecaster:
         self._inflight: list[Transaction | None] = []
         self._last_request_run: datetime | None = None
         self._wake = asyncio.Event()
+        self._rate_log = RateLimitedLog(self._log, self._clock)
 
     # --- the loop ---------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Forecast now, then at every boundary, retry and request; until cancelled."""
-        self._rt.subscribe(self._topics.forecast_request(), self.on_request)
-        self._rt.subscribe(self._topics.forecast(), self.on_retained)
+        self._rt.subscribe(
+            self._topics.forecast_request(), self.bounded(REQUEST_LIMIT, self.on_request)
+        )
+        self._rt.subscribe(self._topics.forecast(), self.bounded(RETAINED_LIMIT, self.on_retained))
         names = ", ".join(a.name for a in self._arrays) or "none"
         self._log.info(
             "forecasting %d solar array(s) (%s) with quartz-solar-forecast, weather %s (%s); "
@@ -577,6 +625,33 @@ class Forecaster:
 
     # --- requests and the retained forecast ---------------------------------------------------
 
+    def bounded(self, limit: Limit, handle: Handler) -> Handler:
+        """`handle`, bounded in size and rate (one bucket per handler, i.e. per topic)."""
+        bucket: _TokenBucket | None = None
+
+        async def handler(topic: str, payload: bytes) -> None:
+            nonlocal bucket
+            await asyncio.sleep(0)  # a flood never starves the forecast loop or the runtime
+            if len(payload) > limit.max_bytes:  # before the bucket: it takes no token
+                self._counters.inc("messages_too_large")
+                raise MessageError(f"(payload): {len(payload)} bytes, at most {limit.max_bytes}")
+            now = self._clock.monotonic()
+            if bucket is None:
+                bucket = _TokenBucket(limit, now)
+            if not bucket.take(now):
+                self._counters.inc("messages_rate_limited")
+                self._rate_log.log(
+                    f"rate:{topic}",
+                    logging.WARNING,
+                    "too many messages on %s: dropped (at most %g per s)",
+                    topic,
+                    limit.per_s,
+                )
+                return
+            await handle(topic, payload)
+
+        return handler
+
     async def on_request(self, topic: str, payload: bytes) -> None:
         """A `ForecastRequest`: re-forecast soon, answer with its transaction."""
         request = parse_message(ForecastRequest, payload)
@@ -594,7 +669,10 @@ class Forecaster:
         An unusable payload is a `MessageError`: a counted, logged drop (by the runtime).
         """
         message = parse_message(Forecast, payload)
-        read = prediction_from_message(message)
+        try:
+            read = prediction_from_message(message)
+        except OverflowError:  # a start at the edge of the calendar (year 1 or 9999)
+            raise MessageError("start: out of range", "start") from None
         if read is None or (
             self.prediction is not None and read.made_at <= self.prediction.made_at
         ):

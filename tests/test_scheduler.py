@@ -417,6 +417,32 @@ def test_fallback_rule_skips_full_stores() -> None:
     assert fallback_plan(p.problem).sockets == {"Boiler": [0], "E-bike": [1]}
 
 
+@pytest.mark.parametrize(
+    ("hour", "boiler_on"),
+    [(12, False), (4, False), (5, True)],  # empty 2000 Wh at 2 kW: from 04:30 (1 h + 0.5 h)
+)
+def test_fallback_rule_fills_a_needed_socket_by_the_boundary(hour: int, boiler_on: bool) -> None:
+    """Without a forecast and without surplus, a needed socket is still on from its latest
+    start (04:30 here: 1 h to fill + 0.5 h margin before 06:00); the optional one never is."""
+    day = datetime(2024, 6, 21, tzinfo=AMS).date() + timedelta(days=1 if hour < 6 else 0)
+    now = datetime.combine(day, time(hour), AMS).astimezone(UTC)
+    p = prepare(
+        now=now,
+        ctx=CTX,
+        devices=DEVICES,
+        books=bookkeeping.empty_books(DAY0),
+        batteries={},
+        overrides={},
+        power_on={},
+        surplus=make_surplus(surplus_w=-500.0, at=now),
+        forecast=None,
+    )
+    boundary = datetime(2024, 6, 22, 6, 0, tzinfo=AMS).astimezone(UTC)
+    plan = fallback_plan(p.problem, boundary, 1800.0)
+    assert plan.sockets == {"Boiler": [int(boiler_on)], "E-bike": [0]}
+    assert fallback_plan(p.problem).sockets["Boiler"] == [0]  # the original rule alone
+
+
 def test_forecast_plan_message_and_commands_are_valid() -> None:
     p = prepare(
         now=T0,

@@ -69,6 +69,7 @@ from shared.messages import (
     SwitchEvent,
 )
 from shared.naming import slugify
+from shared.planning.fallback import latest_start as shared_latest_start
 from shared.planning.reference import POWER_EPS_W, planning_order
 from shared.service import Counters, Publisher
 from shared.topics import Topics
@@ -223,11 +224,8 @@ def latest_start(
     config: SocketConfig, energy_wh: float, boundary_at: datetime, margin_s: float
 ) -> datetime | None:
     """When a needed socket must be on to be full by `boundary_at`; None if it is full."""
-    remaining_wh = max(0.0, config.energy_capacity - energy_wh)
-    if remaining_wh <= 0:
-        return None
-    need_s = remaining_wh / config.max_power_usage * 3600.0 + margin_s
-    return boundary_at - timedelta(seconds=need_s)
+    room_wh = max(0.0, config.energy_capacity - energy_wh)
+    return shared_latest_start(room_wh, config.max_power_usage, boundary_at, margin_s)
 
 
 def fallback_targets(
@@ -465,7 +463,6 @@ class ActuatorCore:
         self._check_name(c, m.device, "device")
         if m.device_type != "HWE-SKT":
             raise MessageError(f"device_type: {m.device_type} is not a socket", "device_type")
-        c.measurement = m
         on = m.power_on if m.power_on is not None else c.power_on
         if on is not None:
             try:
@@ -481,6 +478,9 @@ class ActuatorCore:
                 )
             except ValueError as err:
                 raise MessageError(f"power_w: not a usable sample: {err}", "power_w") from None
+            except OverflowError:  # a timestamp at the edge of the calendar (year 1, 9999)
+                raise MessageError("timestamp: out of range", "timestamp") from None
+        c.measurement = m  # only once taken: a drop changes nothing
         hold = c.hold
         if (
             hold is not None

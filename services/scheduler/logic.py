@@ -44,6 +44,7 @@ from shared.messages import (
     SocketCommand,
     SocketPlan,
 )
+from shared.planning.fallback import latest_start
 from shared.planning.problem import Plan, PlanningProblem
 from shared.planning.reference import fallback_states
 from shared.planning.simulate import simulate
@@ -274,6 +275,9 @@ class PlanContext:
     switch_interval_s: int = 300
     forecast_max_age_s: float = 26 * 3600.0
     shift: ShiftOptions = ShiftOptions()
+    #: Without a forecast, a needed socket is on from this long before the time it takes to
+    #: fill (before the boundary), as the actuator's own fallback does, s.
+    fallback_margin_s: float = 1800.0
 
 
 @dataclass(frozen=True)
@@ -359,14 +363,28 @@ def prepare(
     )
 
 
-def fallback_plan(problem: PlanningProblem) -> Plan:
-    """The original's no-forecast rule on the measured surplus (step 0), as a one-step plan.
+def fallback_plan(
+    problem: PlanningProblem, boundary_at: datetime | None = None, margin_s: float = 0.0
+) -> Plan:
+    """The original's no-forecast rule on the measured surplus (step 0), as a one-step plan,
+    with the deadline of the needed sockets.
 
-    In planning order a socket is on when the surplus still left covers its power; sockets
-    whose store is already full stay off and take nothing from the surplus.
+    A needed socket is on from its latest start (`shared.planning.fallback.latest_start`:
+    the time it takes to fill plus `margin_s` before `boundary_at`), surplus or not; its
+    power comes first out of the surplus. Then, in planning order, a socket is on when the
+    surplus still left covers its power (the original's rule; without `boundary_at`, only
+    that). Sockets whose store is already full stay off and take nothing from the surplus.
     """
     open_ = [s for s in problem.sockets if s.room_wh() > 0 and problem.steps_needed(s) > 0]
-    states = fallback_states(open_, problem.available_power_w[0])
+    due: set[str] = set()
+    if boundary_at is not None:
+        for s in open_:
+            start = latest_start(s.room_wh(), s.max_power_usage, boundary_at, margin_s)
+            if s.daily_need and start is not None and problem.start >= start:
+                due.add(s.name)
+    left = problem.available_power_w[0] - sum(s.max_power_usage for s in open_ if s.name in due)
+    states = fallback_states([s for s in open_ if s.name not in due], left)
+    states |= dict.fromkeys(due, True)
     rows = {s.name: [int(states.get(s.name, False))] * problem.n_steps for s in problem.sockets}
     return Plan(
         sockets=rows,

@@ -158,6 +158,7 @@ class Scheduler:
             step_s=settings.planning_step_s,
             switch_interval_s=settings.switch_interval_s,
             forecast_max_age_s=settings.forecast_max_age_s,
+            fallback_margin_s=float(settings.fallback_margin_s),
             shift=ShiftOptions(
                 mode=settings.forecast_shift,
                 half_life_s=settings.forecast_shift_half_life_s,
@@ -412,8 +413,6 @@ class Scheduler:
     def _apply_measurement(self, m: DeviceMeasurement) -> None:
         device = self._by_name.get(m.device)
         if isinstance(device, SocketConfig):
-            if m.power_on is not None:
-                self.power_on[device.device_name] = m.power_on
             try:
                 self.books = record_sample(
                     self.books,
@@ -425,9 +424,11 @@ class Scheduler:
                     power_on=bool(m.power_on),
                     day_start=day_start(m.timestamp, self.ctx.tz, self.ctx.boundary),
                 )
-            except (ValueError, ValidationError) as err:
+            except (ValueError, ValidationError, OverflowError) as err:  # Overflow: year 1
                 self._drop("measurement", self._topics.measurement(device.slug), str(err))
                 return
+            if m.power_on is not None:  # only for a sample taken: a drop changes nothing
+                self.power_on[device.device_name] = m.power_on
             self._counters.inc("socket_samples")
         elif isinstance(device, BatteryConfig) and m.state_of_charge_pct is not None:
             old = self.batteries.get(device.device_name)
@@ -547,7 +548,8 @@ class Scheduler:
         )
         note: str | None = None
         if prepared.fallback_reason is not None:
-            plan = fallback_plan(prepared.problem)
+            boundary_at = next_boundary(now, self.ctx.tz, self.ctx.boundary)
+            plan = fallback_plan(prepared.problem, boundary_at, self.ctx.fallback_margin_s)
             self._counters.inc("plans_fallback_rule")
         else:
             self._warm_rows = self._warm_start(prepared, now)

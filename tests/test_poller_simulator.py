@@ -533,3 +533,20 @@ async def test_clients_refuse_a_wrong_ca_and_get_a_wrong_token_refused(
     assert reading.power_w is not None
     assert reading.power_w > 0
     assert good.serial == dev.serial
+
+
+async def test_a_request_retried_with_success_is_counted(rig: Rig) -> None:
+    """One HTTP 500 answered, then the retry succeeds: the poll is good (no failure, the
+    device stays online), and the failed request is counted as `requests_retried`."""
+    await wait_until(
+        lambda: all(rig.availability(s) == ["online"] for s in SLUGS), "every device online"
+    )
+    before, retried = rig.failures(), rig.service.counters.get("requests_retried")
+    mark = rig.seen.count()
+    await fault(rig.sim, "Boiler", http_500=True, times=1)
+    await wait_until(
+        lambda: rig.service.counters.get("requests_retried") == retried + 1, "a retried request"
+    )
+    await wait_until(partial(rig.measured, "boiler", mark, 2), "boiler measurements go on")
+    assert rig.failures() == before
+    assert rig.availability("boiler", mark) == []

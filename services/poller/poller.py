@@ -133,6 +133,12 @@ def error_kind(err: BaseException) -> str:
     return next((kind for cls, kind in _KINDS if isinstance(err, cls)), "unexpected")
 
 
+def _failed_attempts(client: object) -> int:
+    """The client's count of failed, retried requests (0 for a client without one)."""
+    value = getattr(client, "failed_attempts", 0)
+    return value if isinstance(value, int) else 0
+
+
 @dataclass(frozen=True)
 class PollerOptions:
     """Timings of the poller; only `interval_s` is a setting (`poll_interval_s`)."""
@@ -268,6 +274,7 @@ class Poller:
     async def _poll_loop(self, state: DeviceState, client: MeasurementReader) -> None:
         opts = self.options
         next_due = self._clock.monotonic()
+        retried = _failed_attempts(client)
         while True:
             wait = next_due - self._clock.monotonic()
             if wait > 0:
@@ -284,6 +291,11 @@ class Poller:
                 self._succeeded(state, reading)
                 now = self._clock.monotonic()
                 next_due = max(self._slot(next_due, later=True), self._slot(now))
+            # a request that failed and succeeded on its retry is a failed request too
+            now_retried = _failed_attempts(client)
+            if now_retried > retried:
+                self._counters.inc("requests_retried", now_retried - retried)
+            retried = now_retried
 
     def _slot(self, when: float, *, later: bool = False) -> float:
         """The first time of the shared schedule (epoch + k intervals) at or (`later`: only)

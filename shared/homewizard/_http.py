@@ -136,6 +136,8 @@ class Transport:
         self._headers = dict(headers or {})
         self._timeout = httpx.Timeout(timeout_s)
         self._secret = secret
+        #: Attempts that failed and were retried (a request that fails for good raises).
+        self.failed_attempts = 0
         self._owned = client is None
         self._client = client or httpx.AsyncClient(
             verify=verify if verify is not None else True,
@@ -201,12 +203,14 @@ class Transport:
                 if not retriable or attempt == attempts:
                     raise error
                 log.debug("%s %s %s: %s; retrying", self.host, method, path, error.message)
+                self.failed_attempts += 1
                 await self._pause(attempt)
                 continue
             if response.status_code >= 500 and idempotent and attempt < attempts:
                 log.debug(
                     "%s %s %s: HTTP %d; retrying", self.host, method, path, response.status_code
                 )
+                self.failed_attempts += 1
                 await self._pause(attempt)
                 continue
             return Reply(response.status_code, response.content, attempt)
@@ -300,3 +304,8 @@ class ClientBase:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    @property
+    def failed_attempts(self) -> int:
+        """Requests to the device that failed and were retried, since the client was made."""
+        return self._http.failed_attempts

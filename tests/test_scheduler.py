@@ -443,6 +443,29 @@ def test_fallback_rule_fills_a_needed_socket_by_the_boundary(hour: int, boiler_o
     assert fallback_plan(p.problem).sockets["Boiler"] == [0]  # the original rule alone
 
 
+def test_a_due_needed_socket_stays_on_until_it_reads_full() -> None:
+    """Near the capacity by the books (they do not count the store's losses) but not read
+    full: a due needed socket stays on; read full (the thermostat): off."""
+    now = datetime(2024, 6, 22, 5, 30, tzinfo=AMS).astimezone(UTC)
+    boundary = datetime(2024, 6, 22, 6, 0, tzinfo=AMS).astimezone(UTC)
+    for full, on in ((False, 1), (True, 0)):
+        books = bookkeeping.empty_books(DAY0).with_book(
+            bookkeeping.SocketBook(name="Boiler", day_start=DAY0, full=full, energy_wh=1990.0)
+        )
+        p = prepare(
+            now=now,
+            ctx=CTX,
+            devices=DEVICES,
+            books=books,
+            batteries={},
+            overrides={},
+            power_on={},
+            surplus=make_surplus(surplus_w=-500.0, at=now),
+            forecast=None,
+        )
+        assert fallback_plan(p.problem, boundary, 1800.0).sockets["Boiler"] == [on], full
+
+
 def test_forecast_plan_message_and_commands_are_valid() -> None:
     p = prepare(
         now=T0,

@@ -378,11 +378,15 @@ def fallback_plan(
     open_ = [s for s in problem.sockets if s.room_wh() > 0 and problem.steps_needed(s) > 0]
     due: set[str] = set()
     if boundary_at is not None:
-        for s in open_:
+        # Once due, on until the store reads full (room 0: the books' thermostat rule), not
+        # until the books' count nears the capacity: they do not count the store's losses.
+        for s in problem.sockets:
             start = latest_start(s.room_wh(), s.max_power_usage, boundary_at, margin_s)
             if s.daily_need and start is not None and problem.start >= start:
                 due.add(s.name)
-    left = problem.available_power_w[0] - sum(s.max_power_usage for s in open_ if s.name in due)
+    left = problem.available_power_w[0] - sum(
+        s.max_power_usage for s in problem.sockets if s.name in due
+    )
     states = fallback_states([s for s in open_ if s.name not in due], left)
     states |= dict.fromkeys(due, True)
     rows = {s.name: [int(states.get(s.name, False))] * problem.n_steps for s in problem.sockets}

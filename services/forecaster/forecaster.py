@@ -99,6 +99,8 @@ CLEAR_SKY_MODEL = "clear-sky (shared.sky)"
 NO_PANELS_SOURCE = "no solar panels configured"
 #: Most forecast requests waiting for the next run; more are answered with an error at once.
 MAX_WAITING_REQUESTS = 64
+#: A retained forecast made more than this far in the future (clock skew) is refused, s.
+RETAINED_MAX_FUTURE_S = 120.0
 WORKER_MODULE = "services.forecaster.worker"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ERROR_CHARS = 480
@@ -670,9 +672,13 @@ class Forecaster:
         """
         message = parse_message(Forecast, payload)
         try:
+            made_at = message.made_at.astimezone(UTC)
             read = prediction_from_message(message)
-        except OverflowError:  # a start at the edge of the calendar (year 1 or 9999)
-            raise MessageError("start: out of range", "start") from None
+        except OverflowError:  # a time at the edge of the calendar (year 1 or 9999)
+            raise MessageError("(payload): start or made_at out of range") from None
+        ahead = (made_at - self._clock.now()).total_seconds()
+        if ahead > RETAINED_MAX_FUTURE_S:  # it would stay "newer" than every real forecast
+            raise MessageError(f"made_at: {ahead:.0f} s in the future", "made_at")
         if read is None or (
             self.prediction is not None and read.made_at <= self.prediction.made_at
         ):

@@ -400,9 +400,10 @@ class House:
         self.totals = Totals()
         self.solar_w = 0.0
         self.base_w = 0.0
-        #: What happened to the sockets, in order: relay changes (who switched) and stores
-        #: becoming full; the last `MAX_EVENTS` kept, `events_total` counted (for tests and
-        #: soak runs: the truth about switching, whatever the services say).
+        #: What happened to the sockets, in order: relay changes (who switched), stores
+        #: becoming full and losing enough to reheat ("not-full"); the last `MAX_EVENTS`
+        #: kept, `events_total` counted (for tests and soak runs: the truth about
+        #: switching, whatever the services say).
         self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
         self.events_total = 0
 
@@ -489,6 +490,7 @@ class House:
         s.used_wh += used
         if s.satisfied and s.stored_wh < (1 - self.options.hysteresis) * s.capacity_wh:
             s.satisfied = False
+            self._event(s.name, "not-full", "thermostat")
         if not s.power_on:
             s.power_w = 0.0
         elif s.satisfied:

@@ -300,6 +300,12 @@ class ServiceOptions:
     keepalive_s: int = 30
     #: Most non-retained messages waiting to be sent.
     max_queued: int = 1000
+    #: Most received messages waiting for their handler on one topic, and most bytes of all
+    #: that wait: a flood beyond is dropped (counted as `mqtt_incoming_dropped`, logged once
+    #: per `log_every_s` per topic), so memory stays bounded whatever a publisher sends, and
+    #: a flood on one topic does not crowd out the others.
+    max_incoming_per_topic: int = 200
+    max_incoming_bytes: int = 32 * 1024 * 1024
     #: Repeated log lines: at most once per this many s per key.
     log_every_s: float = 60.0
 
@@ -490,7 +496,54 @@ class Service:
             # that caused it was held back until the broker's delayed ACK (~40 ms)
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
             logger=logging.getLogger("mqtt"),
+            queue_type=self._incoming_queue_type(),
         )
+
+    def _incoming_queue_type(self) -> type[asyncio.Queue[aiomqtt.Message]]:
+        """aiomqtt's incoming queue, bounded per topic and in bytes: a flood on one topic
+        (`max_incoming_per_topic` waiting) is dropped there, counted and logged with the rate
+        limit, while the other topics' messages (a command, another override) still get in;
+        `max_incoming_bytes` bounds the memory of all that waits."""
+        service = self
+        per_topic = self.options.max_incoming_per_topic
+        max_bytes = self.options.max_incoming_bytes
+
+        class Incoming(asyncio.Queue[aiomqtt.Message]):
+            def __init__(self, maxsize: int = 0) -> None:
+                super().__init__(maxsize)
+                self.waiting: dict[str, int] = {}  # messages waiting per topic
+                self.size = 0  # their payloads' bytes
+
+            def put_nowait(self, item: aiomqtt.Message) -> None:
+                waiting = self.waiting
+                topic = item.topic.value
+                n = len(item.payload) if isinstance(item.payload, bytes | bytearray) else 0
+                if waiting.get(topic, 0) >= per_topic or self.size + n > max_bytes:
+                    service.counters.inc("mqtt_incoming_dropped")
+                    service.rate_limited.log(
+                        f"mqtt:incoming-full:{topic}",
+                        logging.WARNING,
+                        "too many received messages on %s waiting: dropping (a flood?)",
+                        topic,
+                    )
+                    return
+                waiting[topic] = waiting.get(topic, 0) + 1
+                self.size += n
+                super().put_nowait(item)
+
+            def _get(self) -> aiomqtt.Message:
+                item: aiomqtt.Message = super()._get()
+                topic = item.topic.value
+                left = self.waiting.get(topic, 1) - 1
+                if left > 0:
+                    self.waiting[topic] = left
+                else:
+                    self.waiting.pop(topic, None)
+                if isinstance(item.payload, bytes | bytearray):
+                    self.size -= len(item.payload)
+                return item
+
+        return Incoming
 
     async def _connection_loop(self) -> None:
         """Connect, serve, and on a lost connection reconnect with back-off, until stopped."""

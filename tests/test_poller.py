@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import logging
@@ -11,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
@@ -757,3 +759,54 @@ async def test_sigterm_stops_gracefully(
     log = process.stderr.read().decode()
     assert "P1 meter (127.0.0.1:" in log
     assert all(line.count(" ") > 2 for line in log.splitlines())  # one line per event
+
+
+async def test_a_flood_beyond_the_incoming_queue_is_dropped_counted_and_logged_once(
+    settings: Settings, mqtt_broker: MqttBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The service runtime's incoming queue is bounded per topic: while a handler is busy,
+    what a flood sends beyond `max_incoming_per_topic` is dropped, counted and logged once,
+    never queued without bound; the rest is handled, and other topics still get in."""
+    options = dataclasses.replace(FAST, max_incoming_per_topic=20)
+    service = Service("poller", settings, options=options, version="test")
+    release = asyncio.Event()
+    handled: list[bytes] = []
+    topic = f"{settings.base_topic}/flood"
+
+    async def slow(_: str, data: bytes) -> None:
+        await release.wait()
+        handled.append(data)
+
+    other: list[bytes] = []
+
+    async def fast(_: str, data: bytes) -> None:
+        other.append(data)
+
+    service.subscribe(topic, slow)
+    service.subscribe(f"{settings.base_topic}/other", fast)
+    task = asyncio.create_task(service.run(asyncio.Event().wait))
+    await asyncio.wait_for(service.wait_connected(), 10)
+    sent = 300
+    async with aiomqtt.Client(mqtt_broker.host, mqtt_broker.port) as publisher:
+        for i in range(sent):
+            await publisher.publish(topic, str(i).encode(), qos=1)
+        await publisher.publish(f"{settings.base_topic}/other", b"still here", qos=1)
+    deadline = time.monotonic() + 10
+    while service.counters.get("mqtt_incoming_dropped") < sent - 20 - 1:
+        assert time.monotonic() < deadline, service.counters.snapshot()
+        await asyncio.sleep(0.05)
+    release.set()
+    dropped = service.counters.get("mqtt_incoming_dropped")
+    while len(handled) + dropped < sent:
+        assert time.monotonic() < deadline, (len(handled), dropped)
+        await asyncio.sleep(0.05)
+    assert len(handled) + dropped == sent
+    assert 1 <= len(handled) <= 20 + 1  # the queue's worth, and the one being handled
+    warnings = [r for r in caplog.records if "received messages on" in r.getMessage()]
+    assert len(warnings) == 1
+    while not other:  # behind the flood's queued share, not dropped with it
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert other == [b"still here"]
+    service.request_stop()
+    assert await asyncio.wait_for(task, 10) == 0

@@ -38,6 +38,16 @@ test-forecaster: $(STAMP) $(FSTAMP)
 	$(FBIN)/pytest tests/forecaster/island
 	HWSCHED_FORECAST__WORKER_PYTHON=$(abspath $(FBIN))/python $(BIN)/pytest tests/forecaster/service
 
+## The fault soak, short (CI): two simulated days of the process stack, every fault once.
+.PHONY: test-faults soak
+test-faults: $(STAMP) $(FSTAMP)
+	$(BIN)/pytest -m soak tests/test_faults.py
+
+## The fault soak, long: a simulated week with faults at random (the seed is printed;
+## SOAK_ARGS="--seed N" repeats a run).
+soak: $(STAMP) $(FSTAMP)
+	$(BIN)/python -m bench.soak --days 7 $(SOAK_ARGS)
+
 ## The main job: the whole product on a simulated house (broker, house, all services).
 run: $(STAMP) $(FSTAMP)
 	$(BIN)/hwsched run
@@ -46,8 +56,8 @@ run: $(STAMP) $(FSTAMP)
 plan-example: $(STAMP)
 	$(BIN)/hwsched plan config/example-day.json --show
 
-## Every check: ruff, mypy (strict on shared/), pytest.
-test: lint typecheck pytest test-forecaster
+## Every check: ruff, mypy (strict on shared/), pytest, the forecaster's, the fault soak's.
+test: lint typecheck pytest test-forecaster test-faults
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -463,24 +463,15 @@ SIMULATOR_MISTAKES = [
     ),
     M("sim-base-port", "base_port: must be <= 65535", "--base-port", "70000", where="command line"),
 ]
-#: Refused, but not cleanly: services/simulator (not this test's to fix) — see the report.
+#: Were refused, but not cleanly (a traceback, a line without the file); now cleanly.
 SIMULATOR_KNOWN = [
-    pytest.param(
-        M(
-            "sim-nested-too-deeply",
-            "nested too deeply",
-            file=(".toml", "a = " + "[" * 100_000 + "]" * 100_000),
-        ),
-        marks=pytest.mark.xfail(reason="services/simulator/settings.py _read: RecursionError"),
+    M(
+        "sim-nested-too-deeply",
+        "nested too deeply",
+        file=(".toml", "a = " + "[" * 100_000 + "]" * 100_000),
     ),
-    pytest.param(
-        M("sim-timezone", "timezone: unknown time zone", file=(".toml", 'timezone = "Mars/X"\n')),
-        marks=pytest.mark.xfail(reason="services/simulator/main.py: the file is not named"),
-    ),
-    pytest.param(
-        M("sim-device-name", "devices: ", file=(".toml", '[devices."!!!"]\npower_on = true\n')),
-        marks=pytest.mark.xfail(reason="services/simulator/main.py: the file is not named"),
-    ),
+    M("sim-timezone", "timezone: unknown time zone", file=(".toml", 'timezone = "Mars/X"\n')),
+    M("sim-device-name", "devices: ", file=(".toml", '[devices."!!!"]\npower_on = true\n')),
 ]
 
 TABLE = [
@@ -489,6 +480,7 @@ TABLE = [
     *ENV_MISTAKES,
     *FORECAST_MISTAKES,
     *SIMULATOR_MISTAKES,
+    *SIMULATOR_KNOWN,
 ]
 
 
@@ -666,17 +658,6 @@ def refuse_everywhere(
 
 @pytest.mark.parametrize("mistake", TABLE, ids=lambda m: m.id)
 def test_refused_at_start_by_every_entry_point(
-    mistake: Mistake,
-    tmp_path: Path,
-    nothing_starts: list[str],
-    clean_env: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    refuse_everywhere(mistake, tmp_path, clean_env, capsys)
-
-
-@pytest.mark.parametrize("mistake", SIMULATOR_KNOWN, ids=lambda m: m.id)
-def test_simulator_mistakes_not_yet_refused_cleanly(
     mistake: Mistake,
     tmp_path: Path,
     nothing_starts: list[str],

@@ -31,10 +31,12 @@ import tomllib
 from datetime import datetime, time
 from pathlib import Path
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from shared.config import ConfigError, describe_error
+from shared.config import ConfigError, describe_error, read_config_bytes
+from shared.naming import slugify
 
 Ratio = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -107,20 +109,41 @@ class SimulatorSettings(_Model):
     #: Per device, by device name (or its slug).
     devices: dict[str, DeviceSettings] = {}
 
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @field_validator("devices")
+    @classmethod
+    def _device_names(cls, value: dict[str, DeviceSettings]) -> dict[str, DeviceSettings]:
+        for key in value:
+            try:
+                slugify(key)
+            except ValueError:
+                raise ValueError(f"bad device name {key[:60]!r}") from None
+        return value
+
 
 def _read(path: Path) -> Any:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    raw = read_config_bytes(path)  # missing, unreadable, too large: one line
+    kind = path.suffix.lstrip(".").upper() or "JSON"
+    # the ConfigError is raised after the except blocks: the error it replaces is not kept
     try:
         if path.suffix.lower() == ".toml":
             return tomllib.loads(raw.decode())
         return json.loads(raw)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: invalid {path.suffix.lstrip('.').upper()}: {err}") from None
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+        problem = f"invalid {kind}: {err}"
+    except UnicodeDecodeError:
+        problem = "not UTF-8 text"
+    except RecursionError:
+        problem = f"invalid {kind}: nested too deeply"
+    raise ConfigError(f"{path}: {problem}")
 
 
 def parse_settings(data: object, where: str) -> SimulatorSettings:
@@ -130,7 +153,8 @@ def parse_settings(data: object, where: str) -> SimulatorSettings:
     try:
         return SimulatorSettings.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"{where}: {describe_error(err)}") from None
+        problem = describe_error(err)
+    raise ConfigError(f"{where}: {problem}")
 
 
 def load_settings(path: Path | None, devices_path: Path | None = None) -> SimulatorSettings:

@@ -65,7 +65,9 @@ OVERSIZED = [(1024 * 1024, 20), (REQUEST_LIMIT.max_bytes + 1, 200)]
 PROBE_S = 0.010
 #: Bounds (the measured figures are far below; see the module doc).
 MAX_LAG_P99_S = 0.050
-MAX_LAG_S = 0.250
+#: The single worst wake-up: on a 2-core machine busy with other work, the OS alone can
+#: hold a process back ~0.4 s (seen with a soak run beside it); starving is what p99 shows.
+MAX_LAG_S = 1.0
 OBEYED_WITHIN_S = 10.0
 #: RSS while the backlog drains (the runtime queues what it has read, 20 MB of it oversized
 #: payloads here) and what may stay once it has.

@@ -214,6 +214,10 @@ class Actuator:
             now_m = self.clock.monotonic()
             if bucket is None:
                 bucket = self._buckets[key] = TokenBucket(limit.burst, limit.per_s, now_m)
+            # too large first: an oversized payload does not use up a legitimate one's token
+            if len(payload) > limit.max_bytes:
+                counters.inc("messages_too_large")
+                raise MessageError(f"(payload): {len(payload)} bytes, at most {limit.max_bytes}")
             if not bucket.take(now_m):
                 counters.inc("messages_rate_limited")
                 self.service.rate_limited.log(
@@ -224,9 +228,6 @@ class Actuator:
                     limit.per_s,
                 )
                 return
-            if len(payload) > limit.max_bytes:
-                counters.inc("messages_too_large")
-                raise MessageError(f"(payload): {len(payload)} bytes, at most {limit.max_bytes}")
             handle(slug, payload)
 
         return handler

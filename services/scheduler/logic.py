@@ -188,7 +188,8 @@ def update_baseline(
     if dt <= 0:
         return baseline
     alpha = 1.0 - math.exp(-dt / time_constant_s)
-    return Baseline(baseline.value_w + alpha * (offset_w - baseline.value_w), at)
+    value = baseline.value_w + alpha * (offset_w - baseline.value_w)
+    return Baseline(value, at) if math.isfinite(value) else baseline  # +-1e308 offsets
 
 
 def shift_profile(
@@ -339,6 +340,10 @@ def prepare(
         base = baseline.value_w if baseline is not None else None
         shift = shift_profile(shift0, n, ctx.step_s, ctx.shift, base)
         available = [f + s for f, s in zip(forecast_w, shift, strict=True)]
+        if not all(math.isfinite(v) for v in (shift0, *forecast_w, *available)):
+            # e.g. 1e307 W per step: the resampling or the shift overflows
+            reason, forecast_w, shift0 = "forecast out of range", None, None
+            available = [measured]
     else:
         available = [measured]
     problem = PlanningProblem(

@@ -250,11 +250,12 @@ class Actuator:
         self._wake_socket(slug)
 
     def _on_own_state(self, slug: str, payload: bytes) -> None:
-        if self.core.restore_state(slug, parse_message(SocketState, payload)):
+        if self.core.restore_state(slug, parse_message(SocketState, payload), self.clock.now()):
             self._restore_seen.add(("state", slug))
 
     def _on_own_override(self, slug: str, payload: bytes) -> None:
-        if self.core.restore_override(slug, parse_message(OverrideState, payload)):
+        message = parse_message(OverrideState, payload)
+        if self.core.restore_override(slug, message, self.clock.now()):
             self._restore_seen.add(("override", slug))
 
     def _on_measurement(self, slug: str, payload: bytes) -> None:

@@ -57,6 +57,7 @@ from shared.bookkeeping import (
 from shared.config import Settings, SocketConfig
 from shared.daytime import day_start, next_boundary
 from shared.messages import (
+    MAX_OVERRIDE_S,
     DeviceMeasurement,
     EnergyBooks,
     HouseSurplus,
@@ -119,6 +120,9 @@ class ActuatorOptions:
     #: After a failed switch: retry after this, doubling up to the maximum, s.
     retry_min_s: float = 10.0
     retry_max_s: float = 300.0
+    #: A retained state or override read back with a time this far ahead of now is refused
+    #: (clock skew), s.
+    max_future_s: float = 120.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ActuatorOptions:
@@ -361,16 +365,19 @@ class ActuatorCore:
 
     # --- restoring from the retained messages -------------------------------------------
 
-    def restore_state(self, slug: str, message: SocketState) -> bool:
+    def restore_state(self, slug: str, message: SocketState, now: datetime | None = None) -> bool:
         """The socket's own retained state from before a restart: last switch, relay.
 
-        Only while restoring; True when it was used.
+        Only while restoring; True when it was used. With `now`: a last switch in the future
+        is a MessageError (it would hold every switch off until then).
         """
         c = self.sockets[slug]
         self._check_name(c, message.socket, "socket")
         if not self.restoring:
             return False
         at = message.last_switch_at
+        if now is not None and at is not None:
+            self._not_future(at, now, "last_switch_at")
         if at is not None and (c.last_switch_at is None or at > c.last_switch_at):
             c.last_switch_at = at
             c.last_switch_reason = message.last_switch_reason
@@ -379,12 +386,24 @@ class ActuatorCore:
         self._counters.inc("restored_states")
         return True
 
-    def restore_override(self, slug: str, message: OverrideState) -> bool:
-        """The socket's own retained override from before a restart (only while restoring)."""
+    def restore_override(
+        self, slug: str, message: OverrideState, now: datetime | None = None
+    ) -> bool:
+        """The socket's own retained override from before a restart (only while restoring).
+
+        With `now`: one set in the future, or whose lease ends more than 7 days ahead (as no
+        override request can), is a MessageError.
+        """
         c = self.sockets[slug]
         self._check_name(c, message.socket, "socket")
         if not self.restoring or c.touched:
             return False
+        if now is not None:
+            self._not_future(message.set_at, now, "set_at")
+            if message.until is not None and message.until - now > timedelta(
+                seconds=MAX_OVERRIDE_S
+            ):
+                raise MessageError("until: more than 7 days ahead", "until")
         if message.state == "auto" or message.until is None:
             c.hold = None
         else:
@@ -392,6 +411,10 @@ class ActuatorCore:
             c.hold = Hold(message.state, message.until, source, message.set_at)
         self._counters.inc("restored_overrides")
         return True
+
+    def _not_future(self, when: datetime, now: datetime, field: str) -> None:
+        if (when - now).total_seconds() > self.options.max_future_s:
+            raise MessageError(f"{field}: {when.isoformat()} is in the future", field)
 
     def finish_restore(self, now: datetime) -> None:
         """Restoring is over: from now on the scheduler has `fallback_after_s` to show up."""

@@ -271,7 +271,7 @@ class Actuator:
         self.core.on_books(parse_message(EnergyBooks, payload), self.clock.now())
 
     def _on_surplus(self, _slug: str, payload: bytes) -> None:
-        self.core.on_surplus(parse_message(HouseSurplus, payload))
+        self.core.on_surplus(parse_message(HouseSurplus, payload), self.clock.now())
 
     # --- running ------------------------------------------------------------------------
 

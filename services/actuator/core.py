@@ -427,9 +427,13 @@ class ActuatorCore:
     # --- inputs from the scheduler, the poller and people --------------------------------
 
     def on_command(self, slug: str, command: SocketCommand, now: datetime) -> bool:
-        """A command from the scheduler; True when it was taken (not stale, not older)."""
+        """A command from the scheduler; True when it was taken (not stale, not older).
+
+        One from the future is a MessageError: it would be newer than every real one.
+        """
         c = self.sockets[slug]
         self._check_name(c, command.socket, "socket")
+        self._not_future(command.timestamp, now, "timestamp")
         if (command.valid_until is not None and command.valid_until <= now) or not self._fresh(
             command.timestamp, now
         ):
@@ -444,7 +448,11 @@ class ActuatorCore:
         return True
 
     def on_plan(self, plan: PlanMessage, now: datetime) -> bool:
-        """The scheduler's retained plan; True when taken (not older than the one held)."""
+        """The scheduler's retained plan; True when taken (not older than the one held).
+
+        One made in the future is a MessageError: it would be newer than every real one.
+        """
+        self._not_future(plan.made_at, now, "made_at")
         if self.plan is not None and plan.made_at < self.plan.made_at:
             self._counters.inc("plans_out_of_order")
             return False
@@ -453,12 +461,21 @@ class ActuatorCore:
         self._counters.inc("plans")
         return True
 
-    def on_surplus(self, surplus: HouseSurplus) -> None:
+    def on_surplus(self, surplus: HouseSurplus, now: datetime | None = None) -> None:
+        """The house surplus (the fallback's); with `now`, one from the future is refused."""
+        if now is not None:
+            self._not_future(surplus.timestamp, now, "timestamp")
         if self.surplus is None or surplus.timestamp >= self.surplus.timestamp:
             self.surplus = surplus
 
     def on_books(self, message: EnergyBooks, now: datetime) -> None:
-        """The scheduler's books: taken per socket unless ours has a later sample."""
+        """The scheduler's books: taken per socket unless ours has a later sample.
+
+        A sample time in the future is a MessageError (later samples would be ignored).
+        """
+        for name, sent in message.sockets.items():
+            if sent.last_sample_at is not None:
+                self._not_future(sent.last_sample_at, now, f"sockets.{name[:60]}.last_sample_at")
         try:
             incoming = books_from_dict(message.model_dump(mode="json"))
         except ValidationError as err:  # pragma: no cover - EnergyBooks validates the same
@@ -486,6 +503,7 @@ class ActuatorCore:
         self._check_name(c, m.device, "device")
         if m.device_type != "HWE-SKT":
             raise MessageError(f"device_type: {m.device_type} is not a socket", "device_type")
+        self._not_future(m.timestamp, now, "timestamp")  # later samples would be ignored
         on = m.power_on if m.power_on is not None else c.power_on
         if on is not None:
             try:

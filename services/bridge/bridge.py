@@ -55,6 +55,8 @@ class BridgeOptions:
     #: After Home Assistant's `online`, discovery is re-sent after a random delay in this range, s.
     announce_delay_min_s: float = 1.0
     announce_delay_max_s: float = 5.0
+    #: A plan made more than this far in the future (clock skew) is refused, s.
+    max_future_s: float = 120.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.announce_delay_min_s <= self.announce_delay_max_s:
@@ -152,6 +154,9 @@ class Bridge:
 
     async def _on_plan(self, topic: str, payload: bytes) -> None:
         plan = parse_message(PlanMessage, payload)
+        ahead = (plan.made_at - self.clock.now()).total_seconds()
+        if ahead > self.options.max_future_s:  # it would be newer than every real plan
+            raise MessageError(f"made_at: {ahead:.0f} s in the future", "made_at")
         if self.plan is not None and plan.made_at < self.plan.made_at:
             self.service.counters.inc("plans_older_ignored")
             return

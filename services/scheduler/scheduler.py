@@ -310,6 +310,15 @@ class Scheduler:
     async def on_books(self, topic: str, payload: bytes) -> None:
         try:
             message = self._parse(EnergyBooks, payload)
+            # a sample time in the future would make every later sample look older
+            for when in (
+                message.timestamp,
+                message.shift_baseline_at,
+                *(b.last_sample_at for b in message.sockets.values()),
+                *(b.measured_at for b in message.batteries.values()),
+            ):
+                if when is not None:
+                    self._not_future(when)
         except _DropError as err:
             self._drop("books", topic, str(err))
             return

@@ -557,7 +557,11 @@ class Forecaster:
     def _schedule_retry(self) -> datetime:
         """One more failure: the next try after the back-off (returned)."""
         self.failures += 1
-        delay = min(self._fs.retry_max_s, self._fs.retry_min_s * 2 ** (self.failures - 1))
+        # (the exponent capped: 2 ** 1024 is no float, and after ~1000 failed runs, e.g. a
+        # request every 30 s through a weather outage, this raised in the run loop's own
+        # error path and the forecaster stopped)
+        doublings = min(self.failures - 1, 30)
+        delay = min(self._fs.retry_max_s, self._fs.retry_min_s * 2.0**doublings)
         self.retry_at = self._clock.now() + timedelta(seconds=delay)
         return self.retry_at
 

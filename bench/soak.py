@@ -282,6 +282,16 @@ class SoakOptions:
     log: bool = True
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Soak:
     """The stack as a process, watched and hurt; `check()` afterwards."""
 
@@ -375,11 +385,16 @@ class Soak:
             self.info = json.loads((self.run_dir / "stack.json").read_text())
         return self.info
 
-    def _pid(self, name: str) -> int:
-        pid = self._stack_info()["children"].get(name)
-        if not isinstance(pid, int):
-            raise RuntimeError(f"no pid for {name}")
-        return pid
+    async def _pid(self, name: str) -> int:
+        """The process id of `name`; waits while it is being restarted (its back-off)."""
+        deadline = time.monotonic() + 90
+        while True:
+            pid = self._stack_info()["children"].get(name)
+            if isinstance(pid, int) and _alive(pid):
+                return pid
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no pid for {name}")
+            await asyncio.sleep(0.1)
 
     def _mqtt(self, user: str = "ha", ident: str = "soak") -> aiomqtt.Client:
         return aiomqtt.Client(
@@ -454,11 +469,12 @@ class Soak:
             note = await self._kill_after_switch()
         elif kind.startswith("kill:"):
             name = kind.removeprefix("kill:")
-            os.kill(self._pid(name), signal.SIGKILL)
+            os.kill(await self._pid(name), signal.SIGKILL)
             self.seen.kills[name] += 1
         elif kind in ("broker-restart", "broker-kill"):
             os.kill(
-                self._pid("broker"), signal.SIGTERM if kind == "broker-restart" else signal.SIGKILL
+                await self._pid("broker"),
+                signal.SIGTERM if kind == "broker-restart" else signal.SIGKILL,
             )
             self.seen.broker_restarts += 1
             asyncio.get_running_loop().create_task(self._after_broker_restart(fault))
@@ -489,13 +505,13 @@ class Soak:
         while self.clock.now() < deadline:
             for event in self.seen.events[begin:]:
                 if event["by"] == "api" and event["event"] in ("on", "off"):
-                    os.kill(self._pid("actuator"), signal.SIGKILL)
+                    os.kill(await self._pid("actuator"), signal.SIGKILL)
                     self.seen.kills["actuator"] += 1
                     at = datetime.fromisoformat(event["time"])
                     self.seen.switch_kills.append((event["socket"], at, self.clock.now()))
                     return f"(after switching {event['socket']} {event['event']})"
             await asyncio.sleep(0.02)
-        os.kill(self._pid("actuator"), signal.SIGKILL)
+        os.kill(await self._pid("actuator"), signal.SIGKILL)
         self.seen.kills["actuator"] += 1
         return "(no switch within 12 h: killed anyway)"
 
@@ -508,7 +524,7 @@ class Soak:
 
     async def _forecast_missing(self, fault: Fault) -> None:
         assert self.clock is not None
-        pid = self._pid("forecaster")
+        pid = await self._pid("forecaster")
         os.kill(pid, signal.SIGSTOP)
         begin = self.clock.now()
         try:
@@ -530,11 +546,11 @@ class Soak:
             await client.publish(self.topics.override_set(slug), body, qos=1)
         self.seen.overrides.append((OPTIONAL, begin, until))
         await self.clock.sleep(fault.duration_s * 0.2)
-        os.kill(self._pid("actuator"), signal.SIGKILL)
+        os.kill(await self._pid("actuator"), signal.SIGKILL)
         self.seen.kills["actuator"] += 1
         self.say("  override: actuator killed inside it")
         await self.clock.sleep(fault.duration_s * 0.3)
-        os.kill(self._pid("broker"), signal.SIGTERM)
+        os.kill(await self._pid("broker"), signal.SIGTERM)
         self.seen.broker_restarts += 1
         self.say("  override: broker restarted inside it")
         asyncio.get_running_loop().create_task(

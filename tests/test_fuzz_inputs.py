@@ -5,7 +5,7 @@ Each service is built as its `app()` builds it, inside a real `shared.service.Se
 background (fakes only for the sockets' HTTP and the forecaster's model worker), and every
 subscription handler is driven the way the MQTT reader drives it (`Service._handle` for each
 matching filter; wildcard filters on concrete topics, configured devices and unknown ones):
-`HWSCHED_FUZZ_EXAMPLES` (default 10 000) hypothesis examples per subscription
+`FUZZ_EXAMPLES` (default 10 000) hypothesis examples per subscription
 (`tests/fuzz_payloads.py`: wrong types, missing and extra fields, huge numbers, NaN, huge
 strings, invalid UTF-8, deep nesting, binary, and valid messages among them). The clock
 moves 2 s before each example, so the actuator's and forecaster's rate limits never hide a
@@ -28,7 +28,7 @@ mosquitto survive 300 hostile payloads per subscription and still work
 (`test_services_survive_hostile_payloads_over_mqtt`). The poller subscribes to nothing
 (`test_the_poller_subscribes_to_nothing`).
 
-    HWSCHED_FUZZ_EXAMPLES=10000 .venv/bin/pytest -p no:cacheprovider -s tests/test_fuzz_inputs.py
+    FUZZ_EXAMPLES=10000 .venv/bin/pytest -p no:cacheprovider -s tests/test_fuzz_inputs.py
 """
 
 from __future__ import annotations
@@ -94,8 +94,8 @@ from tests.fuzz_payloads import (
     valid_doc,
 )
 
-#: Hypothesis examples per topic (`HWSCHED_FUZZ_EXAMPLES`).
-N_EXAMPLES = int(os.environ.get("HWSCHED_FUZZ_EXAMPLES", "10000"))
+#: Hypothesis examples per topic (`FUZZ_EXAMPLES`).
+N_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10000"))
 #: Hostile payloads per topic over the real broker.
 N_OVER_MQTT = 300
 #: The clock moves on this much before each example: the actuator's slowest token bucket
@@ -220,7 +220,7 @@ def make_settings(base: str = BASE, broker: MqttBroker | None = None) -> Setting
 @pytest.fixture(autouse=True)
 def _no_hwsched_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
-        if name.upper().startswith("HWSCHED_") and name != "HWSCHED_FUZZ_EXAMPLES":
+        if name.upper().startswith("HWSCHED_") and name != "FUZZ_EXAMPLES":
             monkeypatch.delenv(name)
 
 

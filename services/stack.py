@@ -239,7 +239,6 @@ class Child:
     #: Restarts since the stack started (`restarts` is the back-off's count).
     total_restarts: int = 0
     started_at: float = 0.0
-    history: list[float] = field(default_factory=list)
 
     async def start(self) -> None:
         out = self.log.open("ab")
@@ -305,29 +304,50 @@ async def wait_for_port(port: int, child: Child, timeout_s: float) -> None:
             await asyncio.sleep(0.1)
 
 
+#: A child that ran this long before it exited is restarted after the shortest delay again
+#: (Docker's rule for `restart:` policies: the back-off resets after 10 s of running).
+STABLE_AFTER_S = 10.0
+#: The back-off: 1 s doubling per quick exit in a row, at most this.
+MAX_RESTART_DELAY_S = 60.0
+
+
+def restart_delay(child: Child, now: float) -> float:
+    """How long to wait before restarting `child`, which exited at `now` (monotonic)."""
+    if now - child.started_at >= STABLE_AFTER_S:
+        child.restarts = 0
+    return min(MAX_RESTART_DELAY_S, 2.0 ** min(child.restarts, 6))
+
+
 async def supervise(
     children: list[Child], stop: asyncio.Event, changed: Callable[[], None] = lambda: None
 ) -> None:
-    """Restart a child that exits, with back-off (1 s doubling to 60 s)."""
+    """Restart a child that exits, with back-off (1 s doubling to 60 s; back to 1 s after it
+    ran 10 s). Each child waits out its own back-off: one in a long one holds no other back."""
+    due: dict[str, float] = {}  # child name -> when (monotonic) to restart it
     while not stop.is_set():
+        now = time.monotonic()
         for c in children:
-            if c.proc is None or c.proc.returncode is None or not c.restart:
+            if not c.restart:
                 continue
-            code = c.proc.returncode
-            delay = min(60.0, 2.0 ** min(c.restarts, 6))
-            if time.monotonic() - c.started_at > 120:
-                c.restarts = 0
-                delay = 1.0
-            print(f"[stack] {c.name} exited ({code}); restarting in {delay:.0f} s (log: {c.log})")
-            c.restarts += 1
-            c.total_restarts += 1
-            c.proc = None
-            await asyncio.sleep(delay)
-            if not stop.is_set():
+            if c.proc is not None and c.proc.returncode is not None:
+                delay = restart_delay(c, now)
+                print(
+                    f"[stack] {c.name} exited ({c.proc.returncode}); restarting in {delay:.0f} s"
+                    f" (log: {c.log})",
+                    flush=True,
+                )
+                c.restarts += 1
+                c.total_restarts += 1
+                c.proc = None  # no pid while it waits
+                due[c.name] = now + delay
+                changed()
+            elif c.name in due and now >= due[c.name]:
+                del due[c.name]
                 await c.start()
                 changed()
+        waits = [at - time.monotonic() for at in due.values()]
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.5)
+            await asyncio.wait_for(stop.wait(), max(0.01, min([0.5, *waits])))
 
 
 def _print_guide(base: str, port: int, sim: dict[str, Any], run_dir: Path) -> None:

@@ -667,6 +667,8 @@ def parse_message(model: type[M], payload: bytes | str) -> M:
     """
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise MessageError(f"(payload): larger than {MAX_PAYLOAD_BYTES} bytes")
+    if not payload:  # how MQTT clears a retained message: say so, not "not JSON"
+        raise MessageError("(payload): empty (a retained message cleared?)")
     try:
         document = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as err:

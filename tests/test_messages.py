@@ -384,7 +384,7 @@ def test_schema_version_required_on_the_wire_except_hand_typed_commands() -> Non
 @pytest.mark.parametrize(
     ("payload", "needle"),
     [
-        (b"", "not JSON"),
+        (b"", "empty (a retained message cleared?)"),
         (b"on", "not JSON"),
         (b"{", "not JSON"),
         (b"\xff\xfe", "not JSON"),

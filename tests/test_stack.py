@@ -35,12 +35,16 @@ import pytest
 
 from services.stack import (
     BROKER_ENV,
+    STABLE_AFTER_S,
     STACK_FILE,
+    Child,
     StackError,
     choose_broker,
     embedded_broker_available,
     mosquitto_path,
+    restart_delay,
     serve_embedded_broker,
+    supervise,
 )
 from shared.messages import HouseSurplus, parse_message
 
@@ -312,3 +316,62 @@ async def test_embedded_broker_sends_no_retained_message_a_client_did_not_ask_fo
             assert await _collect(narrow, 0.7) == [("x/surplus", b"S", True, 1)]
         async with aiomqtt.Client("127.0.0.1", port, identifier="silent") as silent:
             assert await _collect(silent, 0.7) == []  # subscribed to nothing: gets nothing
+
+
+# --- the supervisor -----------------------------------------------------------------------
+
+
+def test_the_back_off_doubles_on_quick_exits_and_resets_after_a_stable_run(
+    tmp_path: Path,
+) -> None:
+    child = Child("x", ["true"], {}, tmp_path / "x.log")
+    child.started_at = 1000.0
+    delays = []
+    for _ in range(8):  # each one exits 1 s after its start: a crash loop
+        delays.append(restart_delay(child, child.started_at + 1.0))
+        child.restarts += 1
+    assert delays == [1, 2, 4, 8, 16, 32, 60, 60]
+    # one that ran STABLE_AFTER_S (Docker's rule) is restarted after the shortest delay again
+    assert restart_delay(child, child.started_at + STABLE_AFTER_S) == 1.0
+    assert child.restarts == 0
+
+
+async def test_one_childs_back_off_holds_no_other_back(tmp_path: Path) -> None:
+    """A child in a long back-off (a crash loop) must not delay the restart of another one
+    (the soak found the supervisor sleeping through one child's back-off for all of them)."""
+    env = {"PATH": os.environ.get("PATH", "")}
+    looping = Child("looping", [sys.executable, "-c", "raise SystemExit(3)"], env, tmp_path / "l")
+    steady = Child("steady", ["sleep", "60"], env, tmp_path / "s")
+    looping.restarts = 5  # its next delay: 32 s
+    stop = asyncio.Event()
+    changes: list[None] = []
+    await looping.start()
+    await steady.start()
+    supervisor = asyncio.create_task(
+        supervise([looping, steady], stop, lambda: changes.append(None))
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while looping.proc is not None:  # it exits at once; the supervisor sees it
+            assert time.monotonic() < deadline, "the supervisor never saw the exit"
+            await asyncio.sleep(0.05)
+        assert looping.total_restarts == 1
+        first_pid = steady.pid
+        assert first_pid is not None
+        os.kill(first_pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        while steady.pid in (None, first_pid):
+            assert time.monotonic() - killed_at < 5, "steady was held back by looping's back-off"
+            await asyncio.sleep(0.05)
+        restarted_after = time.monotonic() - killed_at
+        assert restarted_after < 2.5, restarted_after  # its own delay: 1 s
+        assert steady.proc is not None
+        assert steady.proc.returncode is None
+        assert steady.total_restarts == 1
+        assert looping.proc is None, "looping restarted before its 32-s back-off"
+        assert changes, "stack.json was never told"
+    finally:
+        stop.set()
+        await asyncio.wait_for(supervisor, 5)
+        await steady.stop(grace_s=2)
+        await looping.stop(grace_s=2)

@@ -191,7 +191,11 @@ def test_forecast_problem_no_stale_or_not_covering() -> None:
     assert stale is not None
     assert stale.startswith("stale forecast (made 6.0 h ago)")
     short = make_forecast(T0 - timedelta(hours=1), power=[500.0] * 8)  # 06:00-08:00 only
-    assert forecast_problem(short, T0, 3600) == "forecast does not cover now"
+    assert forecast_problem(short, T0, 3600) == "forecast ended (the next one not in yet)"
+    later = make_forecast(T0 - timedelta(minutes=5))
+    later = later.model_copy(update={"start": T0 + timedelta(minutes=15)})
+    assert forecast_problem(later, T0, 3600) == "forecast starts later"
+    assert forecast_problem(later, T0 + timedelta(minutes=15), 3600) is None
 
 
 # --- the shift --------------------------------------------------------------------------------

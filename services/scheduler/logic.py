@@ -149,8 +149,10 @@ def forecast_problem(forecast: Forecast | None, now: datetime, max_age_s: float)
     age_s = (now - forecast.made_at).total_seconds()
     if age_s > max_age_s:
         return f"stale forecast (made {age_s / 3600:.1f} h ago)"
-    if not forecast.start <= now < forecast.end:
-        return "forecast does not cover now"
+    if now < forecast.start:
+        return "forecast starts later"
+    if now >= forecast.end:  # daily, at the boundary: until the day's forecast is in
+        return "forecast ended (the next one not in yet)"
     return None
 
 

@@ -9,7 +9,13 @@ The rules (from the issue):
   not interpolated: it is integrated with the lower of the two powers, which never counts
   energy that a switch-off during the gap would not have delivered, and errs on the low
   side (the full rule below corrects a low estimate; nothing corrects a high one).
-* An 'on' socket drawing < 10 % of its max power is full: energy = capacity. A full socket
+* An 'on' socket drawing < 10 % of its max power is full: energy = capacity -- once it
+  has been on for `settle_s` (default 10 s). A sample read while the relay had only just
+  closed (the poller reads power, then the relay: a switch in between gives 'on, 0 W'; a
+  real socket's power reading lags its relay by a second) says nothing about the store,
+  so it keeps `full` as it was. `on_since` is the first sample of the current run of
+  'on' samples (after a gap longer than `max_gap_s` the run starts again: the socket may
+  have been switched in between). A full socket
   that draws >= 10 % again (a thermostat re-heating) is no longer full: the store lost an
   unknown amount, so its energy stays at capacity (clipped) while `full` is False, which
   tells the scheduler the store accepts energy again until it reads full once more.
@@ -42,6 +48,8 @@ from shared.daytime import day_start as local_day_start
 
 #: An 'on' socket drawing less than this ratio of its max power is full.
 FULL_POWER_RATIO = 0.1
+#: A socket must have been on this long before a low power reads as full, s.
+DEFAULT_SETTLE_S = 10.0
 #: Longest interval between two samples that is interpolated (trapezoid), s.
 DEFAULT_MAX_GAP_S = 15 * 60.0
 
@@ -65,6 +73,15 @@ class SocketBook(_Model):
     manual: bool = False  # switched on by hand: out of the scheduler's control
     last_sample_at: AwareDatetime | None = None
     last_power_w: NonNegativeFloat = 0.0
+    on_since: AwareDatetime | None = None  # first sample of the current run of 'on' samples
+
+    @model_validator(mode="after")
+    def _on_since_sampled(self) -> Self:
+        if self.on_since is not None and (
+            self.last_sample_at is None or self.on_since > self.last_sample_at
+        ):
+            raise ValueError("on_since must be a sample: at or before last_sample_at")
+        return self
 
 
 class Books(_Model):
@@ -115,12 +132,15 @@ def update_socket(
     power_on: bool,
     day_start: datetime,
     max_gap_s: float = DEFAULT_MAX_GAP_S,
+    settle_s: float = DEFAULT_SETTLE_S,
 ) -> SocketBook:
     """`book` after one sample: `power_w` measured at `sample_at`, switch state `power_on`.
 
     `day_start` is the start of the local day holding `sample_at` (`shared.daytime`).
     """
     _check_sample(capacity_wh, max_power_w, sample_at, power_w, max_gap_s)
+    if not (math.isfinite(settle_s) and settle_s >= 0):
+        raise ValueError(f"settle_s must be a finite number >= 0, got {settle_s}")
     if book.last_sample_at is not None and sample_at <= book.last_sample_at:
         return book
     if book.day_start is not None and day_start < book.day_start:
@@ -129,13 +149,24 @@ def update_socket(
     power = max(0.0, power_w)
     added = _energy_wh(book, sample_at, power, day_start, max_gap_s)
     energy = min(max(book.energy_wh + added, 0.0), capacity_wh)
-    full = power < FULL_POWER_RATIO * max_power_w if power_on else book.full
+    gap = (
+        book.last_sample_at is None or (sample_at - book.last_sample_at).total_seconds() > max_gap_s
+    )
+    on_since = (sample_at if gap else book.on_since or sample_at) if power_on else None
+    settled = on_since is not None and (sample_at - on_since).total_seconds() >= settle_s
+    if power_on and settled:
+        full = power < FULL_POWER_RATIO * max_power_w
+    elif power_on and power >= FULL_POWER_RATIO * max_power_w:
+        full = False  # drawing power: whatever the settling, it accepts energy
+    else:
+        full = book.full
     update: dict[str, Any] = {
         "energy_wh": capacity_wh if full else energy,
         "full": full,
         "manual": book.manual and not full,
         "last_sample_at": sample_at,
         "last_power_w": power,
+        "on_since": on_since,
     }
     return book.model_copy(update=update)
 
@@ -173,6 +204,7 @@ def record_sample(
     power_on: bool,
     day_start: datetime,
     max_gap_s: float = DEFAULT_MAX_GAP_S,
+    settle_s: float = DEFAULT_SETTLE_S,
 ) -> Books:
     """`books` after one sample of socket `name` (see `update_socket`)."""
     books = roll_books(books, day_start)
@@ -186,6 +218,7 @@ def record_sample(
         power_on=power_on,
         day_start=day_start,
         max_gap_s=max_gap_s,
+        settle_s=settle_s,
     )
     return books.with_book(updated)
 

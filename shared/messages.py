@@ -577,6 +577,17 @@ class SocketBook(Message):
     #: Last power sample integrated, so a restart continues the integration.
     last_sample_at: AwareDatetime | None = None
     last_power_w: NonNegativeFloat = 0.0
+    #: First sample of the current run of 'on' samples (absent: off), so a low power
+    #: read just after a switch-on is not taken for a full store.
+    on_since: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _on_since_sampled(self) -> SocketBook:
+        if self.on_since is not None and (
+            self.last_sample_at is None or self.on_since > self.last_sample_at
+        ):
+            raise ValueError("on_since must be a sample: at or before last_sample_at")
+        return self
 
 
 class BatteryBook(Message):

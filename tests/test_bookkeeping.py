@@ -139,6 +139,61 @@ def test_an_on_socket_drawing_under_10_percent_is_full() -> None:
     assert book.full
 
 
+def test_a_sample_read_as_the_relay_closed_is_not_taken_for_full() -> None:
+    # The poller reads the power, then the relay: a switch-on in between reads 'on, 0 W'.
+    book = boiler()
+    for offset in range(0, 630, 30):  # off all along ...
+        book = sample(book, T0 + timedelta(seconds=offset), 0.0, power_on=False)
+    book = sample(book, T0 + timedelta(seconds=650), 0.0)  # ... switched on just now
+    assert not book.full
+    assert book.energy_wh < 1.0
+    assert book.on_since == T0 + timedelta(seconds=650)
+    book = sample(book, T0 + timedelta(seconds=680), 2_000.0)
+    assert not book.full
+    assert book.energy_wh == pytest.approx(2_000.0 / 2 * 30 / 3600)
+    assert book.on_since == T0 + timedelta(seconds=650)
+    # Switched off: the run of 'on' samples ends.
+    assert sample(book, T0 + timedelta(seconds=710), 0.0, power_on=False).on_since is None
+
+
+def test_a_store_that_is_full_reads_full_on_its_second_on_sample() -> None:
+    book = sample(boiler(), T0, 0.0, power_on=False)
+    book = sample(book, T0 + timedelta(seconds=30), 3.0)  # on, nothing drawn: may be a lag
+    assert not book.full
+    book = sample(book, T0 + timedelta(seconds=60), 3.0)  # 30 s on, still nothing: full
+    assert book.full
+    assert book.energy_wh == CAPACITY_WH
+
+
+def test_an_unsettled_low_sample_keeps_a_full_store_full() -> None:
+    book = sample(boiler(), T0, 5.0)
+    book = sample(book, T0 + timedelta(seconds=30), 5.0)
+    assert book.full
+    book = sample(book, T0 + timedelta(seconds=60), 0.0, power_on=False)
+    book = sample(book, T0 + timedelta(seconds=90), 0.0)  # switched on again: just now
+    assert book.full
+    assert book.energy_wh == CAPACITY_WH
+
+
+def test_after_a_gap_the_run_of_on_samples_starts_again() -> None:
+    book = feed(boiler(), T0, 300, 30, 2_000.0)
+    # The poller was away an hour: the socket may have been switched off and on meanwhile.
+    book = sample(book, T0 + timedelta(hours=2), 0.0)
+    assert book.on_since == T0 + timedelta(hours=2)
+    assert not book.full
+    book = sample(book, T0 + timedelta(hours=2, seconds=30), 0.0)
+    assert book.full
+
+
+def test_a_book_retained_before_on_since_existed_still_reads() -> None:
+    old = {"name": "boiler", "energy_wh": 10.0, "last_sample_at": T0.isoformat()}
+    book = SocketBook.model_validate(old)
+    assert book.on_since is None
+    book = sample(book, T0 + timedelta(seconds=30), 0.0)
+    assert not book.full  # its run of 'on' samples starts here
+    assert sample(book, T0 + timedelta(seconds=60), 0.0).full
+
+
 def test_exactly_10_percent_is_not_full_and_off_is_not_full() -> None:
     assert not sample(boiler(), T0, 200.0).full
     assert not sample(boiler(), T0, 0.0, power_on=False).full
@@ -167,7 +222,8 @@ def test_reset_at_the_boundary_counts_only_the_part_after_it() -> None:
 
 
 def test_a_full_socket_is_empty_after_the_boundary() -> None:
-    book = sample(boiler(), datetime(2026, 6, 2, 5, 59, tzinfo=AMS), 10.0)
+    book = sample(boiler(), datetime(2026, 6, 2, 5, 58, 30, tzinfo=AMS), 10.0)
+    book = sample(book, datetime(2026, 6, 2, 5, 59, tzinfo=AMS), 10.0)
     assert book.full
     book = sample(book, datetime(2026, 6, 2, 6, 0, tzinfo=AMS), 0.0, power_on=False)
     assert not book.full
@@ -370,3 +426,24 @@ def test_energy_always_within_0_and_capacity(
             assert book.energy_wh == capacity_wh
             if book is not before:  # the sample counted: full ends manual control
                 assert not book.manual
+
+
+def test_on_since_after_the_last_sample_is_refused() -> None:
+    later = (T0 + timedelta(seconds=1)).isoformat()
+    with pytest.raises(ValidationError, match="on_since"):
+        SocketBook.model_validate(
+            {"name": "b", "last_sample_at": T0.isoformat(), "on_since": later}
+        )
+    with pytest.raises(ValidationError, match="on_since"):
+        SocketBook.model_validate({"name": "b", "on_since": T0.isoformat()})
+    with pytest.raises(ValueError, match="settle_s"):
+        update_socket(
+            boiler(),
+            capacity_wh=CAPACITY_WH,
+            max_power_w=MAX_POWER_W,
+            sample_at=T0,
+            power_w=100.0,
+            power_on=True,
+            day_start=day_start(T0, AMS, SIX),
+            settle_s=float("nan"),
+        )

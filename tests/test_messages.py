@@ -160,6 +160,7 @@ def samples() -> dict[type[Message], Message]:
                     full=True,
                     last_sample_at=T0 - timedelta(seconds=10),
                     last_power_w=12.5,
+                    on_since=T0 - timedelta(seconds=40),
                 ),
                 "Car": SocketBook(name="Car", manual=True),
             },
@@ -245,6 +246,14 @@ def test_naive_nested_and_other_datetimes_refused() -> None:
     doc = as_doc(samples()[Forecast])
     doc["made_at"] = "2024-05-01T11:55:00"
     assert one_line_error(Forecast, json.dumps(doc)).field == "made_at"
+
+
+def test_books_on_since_must_be_a_sample() -> None:
+    doc = as_doc(samples()[EnergyBooks])
+    doc["sockets"]["Boiler"]["on_since"] = (T0 + timedelta(seconds=5)).isoformat()
+    err = one_line_error(EnergyBooks, json.dumps(doc))
+    assert err.field == "sockets.Boiler"
+    assert "on_since must be a sample" in str(err)
 
 
 def test_naive_datetime_refused_in_python_too() -> None:

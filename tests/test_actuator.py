@@ -642,6 +642,33 @@ def test_fallback_fills_the_needed_socket_before_the_boundary_then_hands_back() 
     assert rig.last_state("boiler").last_switch_reason == "plan: top up"
 
 
+def test_fallback_keeps_a_socket_drawing_more_than_configured_on_until_full() -> None:
+    """A boiler configured at 2000 W that draws 2300 W: its books fill faster than the latest
+    start assumes, so the latest start moves later while it is on. It must stay on until it
+    reads full, not go off after each switch interval and fall behind its deadline."""
+    rig = make_rig(fallback_after_s=900, fallback_margin_s=1800, switch_interval_s=300)
+    boiler = rig.core.socket("boiler")
+    rig.read("boiler", False)
+    rig.read("e_bike", False)
+    rig.command("boiler", "off")
+    rig.advance(900)
+    assert rig.core.fallback_active
+    energy = 0.0
+    while rig.now < NEXT_BOUNDARY - timedelta(minutes=1):
+        rig.advance(30)
+        if boiler.power_on:
+            energy = min(6000.0, energy + 2300 / 120)
+        drawing = 2300.0 if boiler.power_on and energy < 6000 else (5.0 if boiler.power_on else 0)
+        rig.measure("boiler", drawing, on=bool(boiler.power_on))
+        rig.run("boiler")
+        rig.read("boiler", bool(boiler.power_on))
+    switches = [(e.to_state, e.at) for e in rig.out.of(SwitchEvent) if e.socket == "Boiler"]
+    assert [state for state, _ in switches] == ["on", "off"], switches
+    assert switches[0][1] == NEXT_BOUNDARY - timedelta(hours=3, minutes=30)
+    assert energy == pytest.approx(6000.0)
+    assert boiler.last_switch_reason == "fallback: full"
+
+
 def test_fallback_without_books_assumes_empty_and_ignores_stale_surplus() -> None:
     rig = make_rig(fallback_after_s=900)
     rig.clock.set(NEXT_BOUNDARY - timedelta(hours=3, minutes=29))

@@ -55,6 +55,7 @@ from shared.messages import (
     dump_message,
     parse_message,
 )
+from shared.planning.fallback import is_due
 from shared.planning.problem import Plan, PlanningProblem
 from shared.planning.reference import plan_reference
 from shared.service import Counters
@@ -468,6 +469,38 @@ def test_a_due_needed_socket_stays_on_until_it_reads_full() -> None:
             forecast=None,
         )
         assert fallback_plan(p.problem, boundary, 1800.0).sockets["Boiler"] == [on], full
+
+
+@pytest.mark.parametrize(
+    ("hour", "minute", "was_on", "on"),
+    [(4, 50, False, 0), (4, 50, True, 1), (3, 0, True, 1), (2, 59, True, 0), (5, 0, False, 1)],
+)
+def test_a_needed_socket_on_already_stays_due_before_its_latest_start(
+    hour: int, minute: int, was_on: bool, on: int
+) -> None:
+    """1000 Wh of room at 2 kW + 0.5 h margin: latest start 05:00. One already on (it draws
+    more than configured: its books fill faster and the latest start moves later) stays on
+    from `HOLD_S` (2 h) before it, not off a moment after each switch interval."""
+    now = datetime(2024, 6, 22, hour, minute, tzinfo=AMS).astimezone(UTC)
+    boundary = datetime(2024, 6, 22, 6, 0, tzinfo=AMS).astimezone(UTC)
+    books = bookkeeping.empty_books(DAY0).with_book(
+        bookkeeping.SocketBook(name="Boiler", day_start=DAY0, energy_wh=1000.0)
+    )
+    p = prepare(
+        now=now,
+        ctx=CTX,
+        devices=DEVICES,
+        books=books,
+        batteries={},
+        overrides={},
+        power_on={"Boiler": was_on},
+        surplus=make_surplus(surplus_w=-500.0, at=now),
+        forecast=None,
+    )
+    assert fallback_plan(p.problem, boundary, 1800.0).sockets["Boiler"] == [on]
+    due, start = is_due(1000.0, 2000.0, boundary, 1800.0, now, on=was_on)
+    assert (due, start) == (bool(on), boundary - timedelta(hours=1))
+    assert is_due(0.0, 2000.0, boundary, 1800.0, now, on=True) == (False, None)
 
 
 def test_forecast_plan_message_and_commands_are_valid() -> None:

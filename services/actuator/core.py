@@ -70,6 +70,7 @@ from shared.messages import (
     SwitchEvent,
 )
 from shared.naming import slugify
+from shared.planning.fallback import is_due
 from shared.planning.fallback import latest_start as shared_latest_start
 from shared.planning.reference import POWER_EPS_W, planning_order
 from shared.service import Counters, Publisher
@@ -222,6 +223,8 @@ class FallbackInput:
     held: bool | None = None
     #: Power it draws now, W (for a held-on socket: taken from the surplus), if measured.
     drawing_w: float | None = None
+    #: Its relay is on now (a needed socket on stays due a while: `shared.planning.fallback`).
+    on: bool = False
 
 
 def latest_start(
@@ -230,6 +233,15 @@ def latest_start(
     """When a needed socket must be on to be full by `boundary_at`; None if it is full."""
     room_wh = max(0.0, config.energy_capacity - energy_wh)
     return shared_latest_start(room_wh, config.max_power_usage, boundary_at, margin_s)
+
+
+def deadline(
+    item: FallbackInput, boundary_at: datetime, margin_s: float, now: datetime
+) -> tuple[bool, datetime | None]:
+    """Whether a needed socket is due now (`shared.planning.fallback.is_due`), its latest start."""
+    room_wh = max(0.0, item.config.energy_capacity - item.energy_wh)
+    power = item.config.max_power_usage
+    return is_due(room_wh, power, boundary_at, margin_s, now, on=item.on)
 
 
 def fallback_targets(
@@ -243,7 +255,8 @@ def fallback_targets(
     """The fallback state of each socket not under an override: name → (on, why).
 
     In the planning order (priority, then max power, then the given order): a full socket is
-    off; a needed socket is on from its `latest_start`; any socket is on while the surplus
+    off; a needed socket is on from its `latest_start` (one on already: a while before it,
+    `shared.planning.fallback.is_due`); any socket is on while the surplus
     left covers its power. A socket that is on takes its power from the surplus left. Sockets
     held on by an override take what they draw first. `surplus_w` None: no surplus known.
     """
@@ -261,12 +274,9 @@ def fallback_targets(
         if item.full:
             out[spec.name] = (False, "full")
             continue
-        start = (
-            latest_start(item.config, item.energy_wh, boundary_at, margin_s)
-            if item.config.daily_need
-            else None
+        by_deadline, start = (
+            deadline(item, boundary_at, margin_s, now) if item.config.daily_need else (False, None)
         )
-        by_deadline = start is not None and now >= start
         by_surplus = surplus_w is not None and left >= power - POWER_EPS_W
         on = by_deadline or by_surplus
         if on:
@@ -676,7 +686,8 @@ class ActuatorCore:
             if c.hold is not None and c.hold.until > now:
                 held = c.hold.state == "on"
             drawing = c.measurement.power_w if c.measurement is not None else None
-            items.append(FallbackInput(c.config, book.energy_wh, book.full, held, drawing))
+            on = bool(c.power_on)
+            items.append(FallbackInput(c.config, book.energy_wh, book.full, held, drawing, on))
         surplus = self.surplus
         surplus_w = None
         if surplus is not None:

@@ -44,7 +44,7 @@ from shared.messages import (
     SocketCommand,
     SocketPlan,
 )
-from shared.planning.fallback import latest_start
+from shared.planning.fallback import is_due
 from shared.planning.problem import Plan, PlanningProblem
 from shared.planning.reference import fallback_states
 from shared.planning.simulate import simulate
@@ -377,7 +377,8 @@ def fallback_plan(
     with the deadline of the needed sockets.
 
     A needed socket is on from its latest start (`shared.planning.fallback.latest_start`:
-    the time it takes to fill plus `margin_s` before `boundary_at`), surplus or not; its
+    the time it takes to fill plus `margin_s` before `boundary_at`; one on already from
+    `HOLD_S` before it: `is_due`), surplus or not; its
     power comes first out of the surplus. Then, in planning order, a socket is on when the
     surplus still left covers its power (the original's rule; without `boundary_at`, only
     that). Sockets whose store is already full stay off and take nothing from the surplus.
@@ -386,10 +387,12 @@ def fallback_plan(
     due: set[str] = set()
     if boundary_at is not None:
         # Once due, on until the store reads full (room 0: the books' thermostat rule), not
-        # until the books' count nears the capacity: they do not count the store's losses.
+        # until the books' count nears the capacity: they do not count the store's losses;
+        # one on already stays due a while before its latest start (`is_due`).
         for s in problem.sockets:
-            start = latest_start(s.room_wh(), s.max_power_usage, boundary_at, margin_s)
-            if s.daily_need and start is not None and problem.start >= start:
+            on = problem.initial_on.get(s.name, False)
+            args = (s.room_wh(), s.max_power_usage, boundary_at, margin_s, problem.start)
+            if s.daily_need and is_due(*args, on=on)[0]:
                 due.add(s.name)
     left = problem.available_power_w[0] - sum(
         s.max_power_usage for s in problem.sockets if s.name in due

@@ -77,11 +77,14 @@ class SocketBook(_Model):
 
     @model_validator(mode="after")
     def _on_since_sampled(self) -> Self:
-        if self.on_since is not None and (
-            self.last_sample_at is None or self.on_since > self.last_sample_at
-        ):
-            raise ValueError("on_since must be a sample: at or before last_sample_at")
+        check_on_since(self.on_since, self.last_sample_at)
         return self
+
+
+def check_on_since(on_since: datetime | None, last_sample_at: datetime | None) -> None:
+    """`on_since` must be a sample: at or before `last_sample_at` (also `shared.messages`)."""
+    if on_since is not None and (last_sample_at is None or on_since > last_sample_at):
+        raise ValueError("on_since must be a sample: at or before last_sample_at")
 
 
 class Books(_Model):
@@ -154,12 +157,9 @@ def update_socket(
     )
     on_since = (sample_at if gap else book.on_since or sample_at) if power_on else None
     settled = on_since is not None and (sample_at - on_since).total_seconds() >= settle_s
-    if power_on and settled:
-        full = power < FULL_POWER_RATIO * max_power_w
-    elif power_on and power >= FULL_POWER_RATIO * max_power_w:
-        full = False  # drawing power: whatever the settling, it accepts energy
-    else:
-        full = book.full
+    low = power < FULL_POWER_RATIO * max_power_w
+    # low power says 'full' once the relay has settled; drawing power always says 'not full'
+    full = low if power_on and (settled or not low) else book.full
     update: dict[str, Any] = {
         "energy_wh": capacity_wh if full else energy,
         "full": full,

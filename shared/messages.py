@@ -40,6 +40,7 @@ from pydantic import (
     model_validator,
 )
 
+from shared.bookkeeping import check_on_since
 from shared.planning.problem import PlanStatus, describe_validation_error
 
 __all__ = [
@@ -583,10 +584,7 @@ class SocketBook(Message):
 
     @model_validator(mode="after")
     def _on_since_sampled(self) -> SocketBook:
-        if self.on_since is not None and (
-            self.last_sample_at is None or self.on_since > self.last_sample_at
-        ):
-            raise ValueError("on_since must be a sample: at or before last_sample_at")
+        check_on_since(self.on_since, self.last_sample_at)
         return self
 
 

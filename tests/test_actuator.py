@@ -14,8 +14,8 @@ from services.actuator.core import (
     ActuatorCore,
     ActuatorOptions,
     FallbackInput,
+    deadline,
     fallback_targets,
-    latest_start,
 )
 from shared.clock import ManualClock
 from shared.config import DevicesConfig, SocketConfig
@@ -560,9 +560,9 @@ def test_the_plan_applies_between_commands_while_fresh() -> None:
 
 def test_latest_start_and_fallback_rule() -> None:
     end = NEXT_BOUNDARY
-    assert latest_start(BOILER, 0, end, 1800) == end - timedelta(hours=3.5)
-    assert latest_start(BOILER, 4000, end, 0) == end - timedelta(hours=1)
-    assert latest_start(BOILER, 6000, end, 0) is None
+    assert deadline(FallbackInput(BOILER, 0), end, 1800, end)[1] == end - timedelta(hours=3.5)
+    assert deadline(FallbackInput(BOILER, 4000), end, 0, end)[1] == end - timedelta(hours=1)
+    assert deadline(FallbackInput(BOILER, 6000), end, 0, end) == (False, None)
     early = end - timedelta(hours=4)
     items = [FallbackInput(BOILER), FallbackInput(BIKE)]
     assert {k: v[0] for k, v in fallback_targets(items, None, early, end, 1800).items()} == {
@@ -585,6 +585,26 @@ def test_latest_start_and_fallback_rule() -> None:
     got = fallback_targets(held, 2200, early, end, 1800)
     assert "Boiler" not in got
     assert got["E-bike"][0] is False
+
+
+def through_the_night(
+    rig: Rig, energy_wh: float, *, draw_w: float, step_s: int
+) -> tuple[float, datetime | None]:
+    """Step to a minute before the boundary, the poller measuring the 6 kWh boiler: `draw_w`
+    while on and not full, 10 W once full. Its energy then, and when it was first switched on."""
+    boiler = rig.core.socket("boiler")
+    on_at = None
+    while rig.now < NEXT_BOUNDARY - timedelta(minutes=1):
+        rig.advance(step_s)
+        if boiler.power_on:
+            energy_wh = min(6000.0, energy_wh + draw_w * step_s / 3600)
+        on = bool(boiler.power_on)
+        drawing = (draw_w if energy_wh < 6000 else 10.0) if on else 0.0
+        rig.measure("boiler", drawing, on=on)
+        if rig.run("boiler") and on_at is None:
+            on_at = rig.now
+        rig.read("boiler", bool(boiler.power_on))
+    return energy_wh, on_at
 
 
 def test_fallback_fills_the_needed_socket_before_the_boundary_then_hands_back() -> None:
@@ -616,17 +636,7 @@ def test_fallback_fills_the_needed_socket_before_the_boundary_then_hands_back() 
     assert rig.run("e_bike") is True
     assert rig.out.of(SwitchEvent)[-1].reason == "fallback"
     # through the night, minute by minute, with the poller's measurements
-    energy = 2000.0
-    on_at = None
-    while rig.now < NEXT_BOUNDARY - timedelta(minutes=1):
-        rig.advance(60)
-        if boiler.power_on:
-            energy = min(6000.0, energy + 2000 / 60)
-        drawing = 2000.0 if boiler.power_on and energy < 6000 else (10.0 if boiler.power_on else 0)
-        rig.measure("boiler", drawing, on=bool(boiler.power_on))
-        if rig.run("boiler") and on_at is None:
-            on_at = rig.now
-        rig.read("boiler", bool(boiler.power_on))
+    energy, on_at = through_the_night(rig, 2000.0, draw_w=2000.0, step_s=60)
     assert on_at == datetime(2024, 5, 2, 1, 30, tzinfo=UTC)
     assert energy == pytest.approx(6000.0)
     assert rig.core.books.book("Boiler").full
@@ -653,15 +663,7 @@ def test_fallback_keeps_a_socket_drawing_more_than_configured_on_until_full() ->
     rig.command("boiler", "off")
     rig.advance(900)
     assert rig.core.fallback_active
-    energy = 0.0
-    while rig.now < NEXT_BOUNDARY - timedelta(minutes=1):
-        rig.advance(30)
-        if boiler.power_on:
-            energy = min(6000.0, energy + 2300 / 120)
-        drawing = 2300.0 if boiler.power_on and energy < 6000 else (5.0 if boiler.power_on else 0)
-        rig.measure("boiler", drawing, on=bool(boiler.power_on))
-        rig.run("boiler")
-        rig.read("boiler", bool(boiler.power_on))
+    energy, _ = through_the_night(rig, 0.0, draw_w=2300.0, step_s=30)
     switches = [(e.to_state, e.at) for e in rig.out.of(SwitchEvent) if e.socket == "Boiler"]
     assert [state for state, _ in switches] == ["on", "off"], switches
     assert switches[0][1] == NEXT_BOUNDARY - timedelta(hours=3, minutes=30)

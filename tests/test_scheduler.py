@@ -146,6 +146,26 @@ def override(socket: str, state: str, until: datetime | None, at: datetime = T0)
     )
 
 
+BOUNDARY = datetime(2024, 6, 22, 6, 0, tzinfo=AMS).astimezone(UTC)
+
+
+def night_problem(
+    now: datetime, books: bookkeeping.Books | None = None, power_on: dict[str, bool] | None = None
+) -> PlanningProblem:
+    """The fallback rule's problem at `now`: no forecast, 500 W imported (no surplus)."""
+    return prepare(
+        now=now,
+        ctx=CTX,
+        devices=DEVICES,
+        books=books if books is not None else bookkeeping.empty_books(DAY0),
+        batteries={},
+        overrides={},
+        power_on=power_on or {},
+        surplus=make_surplus(surplus_w=-500.0, at=now),
+        forecast=None,
+    ).problem
+
+
 def roundtrip(message: Message) -> Message:
     return parse_message(type(message), dump_message(message))
 
@@ -430,45 +450,22 @@ def test_fallback_rule_fills_a_needed_socket_by_the_boundary(hour: int, boiler_o
     """Without a forecast and without surplus, a needed socket is still on from its latest
     start (04:30 here: 1 h to fill + 0.5 h margin before 06:00); the optional one never is."""
     day = datetime(2024, 6, 21, tzinfo=AMS).date() + timedelta(days=1 if hour < 6 else 0)
-    now = datetime.combine(day, time(hour), AMS).astimezone(UTC)
-    p = prepare(
-        now=now,
-        ctx=CTX,
-        devices=DEVICES,
-        books=bookkeeping.empty_books(DAY0),
-        batteries={},
-        overrides={},
-        power_on={},
-        surplus=make_surplus(surplus_w=-500.0, at=now),
-        forecast=None,
-    )
-    boundary = datetime(2024, 6, 22, 6, 0, tzinfo=AMS).astimezone(UTC)
-    plan = fallback_plan(p.problem, boundary, 1800.0)
+    problem = night_problem(datetime.combine(day, time(hour), AMS).astimezone(UTC))
+    plan = fallback_plan(problem, BOUNDARY, 1800.0)
     assert plan.sockets == {"Boiler": [int(boiler_on)], "E-bike": [0]}
-    assert fallback_plan(p.problem).sockets["Boiler"] == [0]  # the original rule alone
+    assert fallback_plan(problem).sockets["Boiler"] == [0]  # the original rule alone
 
 
 def test_a_due_needed_socket_stays_on_until_it_reads_full() -> None:
     """Near the capacity by the books (they do not count the store's losses) but not read
     full: a due needed socket stays on; read full (the thermostat): off."""
     now = datetime(2024, 6, 22, 5, 30, tzinfo=AMS).astimezone(UTC)
-    boundary = datetime(2024, 6, 22, 6, 0, tzinfo=AMS).astimezone(UTC)
     for full, on in ((False, 1), (True, 0)):
         books = bookkeeping.empty_books(DAY0).with_book(
             bookkeeping.SocketBook(name="Boiler", day_start=DAY0, full=full, energy_wh=1990.0)
         )
-        p = prepare(
-            now=now,
-            ctx=CTX,
-            devices=DEVICES,
-            books=books,
-            batteries={},
-            overrides={},
-            power_on={},
-            surplus=make_surplus(surplus_w=-500.0, at=now),
-            forecast=None,
-        )
-        assert fallback_plan(p.problem, boundary, 1800.0).sockets["Boiler"] == [on], full
+        problem = night_problem(now, books)
+        assert fallback_plan(problem, BOUNDARY, 1800.0).sockets["Boiler"] == [on], full
 
 
 @pytest.mark.parametrize(
@@ -482,25 +479,14 @@ def test_a_needed_socket_on_already_stays_due_before_its_latest_start(
     more than configured: its books fill faster and the latest start moves later) stays on
     from `HOLD_S` (2 h) before it, not off a moment after each switch interval."""
     now = datetime(2024, 6, 22, hour, minute, tzinfo=AMS).astimezone(UTC)
-    boundary = datetime(2024, 6, 22, 6, 0, tzinfo=AMS).astimezone(UTC)
     books = bookkeeping.empty_books(DAY0).with_book(
         bookkeeping.SocketBook(name="Boiler", day_start=DAY0, energy_wh=1000.0)
     )
-    p = prepare(
-        now=now,
-        ctx=CTX,
-        devices=DEVICES,
-        books=books,
-        batteries={},
-        overrides={},
-        power_on={"Boiler": was_on},
-        surplus=make_surplus(surplus_w=-500.0, at=now),
-        forecast=None,
-    )
-    assert fallback_plan(p.problem, boundary, 1800.0).sockets["Boiler"] == [on]
-    due, start = is_due(1000.0, 2000.0, boundary, 1800.0, now, on=was_on)
-    assert (due, start) == (bool(on), boundary - timedelta(hours=1))
-    assert is_due(0.0, 2000.0, boundary, 1800.0, now, on=True) == (False, None)
+    problem = night_problem(now, books, {"Boiler": was_on})
+    assert fallback_plan(problem, BOUNDARY, 1800.0).sockets["Boiler"] == [on]
+    due, start = is_due(1000.0, 2000.0, BOUNDARY, 1800.0, now, on=was_on)
+    assert (due, start) == (bool(on), BOUNDARY - timedelta(hours=1))
+    assert is_due(0.0, 2000.0, BOUNDARY, 1800.0, now, on=True) == (False, None)
 
 
 def test_forecast_plan_message_and_commands_are_valid() -> None:

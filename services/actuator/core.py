@@ -71,7 +71,6 @@ from shared.messages import (
 )
 from shared.naming import slugify
 from shared.planning.fallback import is_due
-from shared.planning.fallback import latest_start as shared_latest_start
 from shared.planning.reference import POWER_EPS_W, planning_order
 from shared.service import Counters, Publisher
 from shared.topics import Topics
@@ -88,8 +87,8 @@ __all__ = [
     "Publisher",
     "SocketControl",
     "SwitchReason",
+    "deadline",
     "fallback_targets",
-    "latest_start",
 ]
 
 OnOff = Literal["on", "off"]
@@ -227,18 +226,11 @@ class FallbackInput:
     on: bool = False
 
 
-def latest_start(
-    config: SocketConfig, energy_wh: float, boundary_at: datetime, margin_s: float
-) -> datetime | None:
-    """When a needed socket must be on to be full by `boundary_at`; None if it is full."""
-    room_wh = max(0.0, config.energy_capacity - energy_wh)
-    return shared_latest_start(room_wh, config.max_power_usage, boundary_at, margin_s)
-
-
 def deadline(
     item: FallbackInput, boundary_at: datetime, margin_s: float, now: datetime
 ) -> tuple[bool, datetime | None]:
-    """Whether a needed socket is due now (`shared.planning.fallback.is_due`), its latest start."""
+    """Whether a needed socket is due now (`shared.planning.fallback.is_due`), and when it
+    must be on to be full by `boundary_at` (None: full)."""
     room_wh = max(0.0, item.config.energy_capacity - item.energy_wh)
     power = item.config.max_power_usage
     return is_due(room_wh, power, boundary_at, margin_s, now, on=item.on)
@@ -255,10 +247,10 @@ def fallback_targets(
     """The fallback state of each socket not under an override: name → (on, why).
 
     In the planning order (priority, then max power, then the given order): a full socket is
-    off; a needed socket is on from its `latest_start` (one on already: a while before it,
-    `shared.planning.fallback.is_due`); any socket is on while the surplus
-    left covers its power. A socket that is on takes its power from the surplus left. Sockets
-    held on by an override take what they draw first. `surplus_w` None: no surplus known.
+    off; a needed socket is on from its latest start (`deadline`; one on already: a while
+    before it); any socket is on while the surplus left covers its power. A socket that is on
+    takes its power from the surplus left. Sockets held on by an override take what they draw
+    first. `surplus_w` None: no surplus known.
     """
     left = surplus_w if surplus_w is not None else 0.0
     for item in sockets:

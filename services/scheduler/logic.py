@@ -391,8 +391,8 @@ def fallback_plan(
         # one on already stays due a while before its latest start (`is_due`).
         for s in problem.sockets:
             on = problem.initial_on.get(s.name, False)
-            args = (s.room_wh(), s.max_power_usage, boundary_at, margin_s, problem.start)
-            if s.daily_need and is_due(*args, on=on)[0]:
+            room, power = s.room_wh(), s.max_power_usage
+            if s.daily_need and is_due(room, power, boundary_at, margin_s, problem.start, on=on)[0]:
                 due.add(s.name)
     left = problem.available_power_w[0] - sum(
         s.max_power_usage for s in problem.sockets if s.name in due

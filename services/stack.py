@@ -312,7 +312,9 @@ MAX_RESTART_DELAY_S = 60.0
 
 
 def restart_delay(child: Child, now: float) -> float:
-    """How long to wait before restarting `child`, which exited at `now` (monotonic)."""
+    """How long to wait before restarting `child`, which exited at `now` (monotonic).
+
+    A child that ran `STABLE_AFTER_S` has its back-off count (`child.restarts`) reset here."""
     if now - child.started_at >= STABLE_AFTER_S:
         child.restarts = 0
     return min(MAX_RESTART_DELAY_S, 2.0 ** min(child.restarts, 6))

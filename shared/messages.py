@@ -41,7 +41,7 @@ from pydantic import (
 )
 
 from shared.bookkeeping import check_on_since
-from shared.planning.problem import PlanStatus, describe_validation_error
+from shared.planning.problem import BatteryMode, PlanStatus, describe_validation_error
 
 __all__ = [
     "AVAILABILITY_OFFLINE",
@@ -53,6 +53,9 @@ __all__ = [
     "MESSAGE_MODELS",
     "Availability",
     "BatteryBook",
+    "BatteryCommand",
+    "BatteryState",
+    "CostSummary",
     "DeviceMeasurement",
     "EnergyBooks",
     "Forecast",
@@ -65,6 +68,7 @@ __all__ = [
     "OverrideRequest",
     "OverrideState",
     "PlanMessage",
+    "Prices",
     "ServiceStatus",
     "SocketBook",
     "SocketCommand",
@@ -357,6 +361,23 @@ class PlanMessage(Message):
     excluded: Names = []
     #: Why this is not a forecast plan ("no forecast", "stale forecast", ...); absent if it is.
     fallback_reason: Text | None = None
+    #: The batteries' planned mode per step (absent: `zero` throughout, or no batteries).
+    battery_mode: Annotated[list[BatteryMode], Field(min_length=1, max_length=MAX_STEPS)] | None = (
+        None
+    )
+    #: The prices planned on, per step, EUR/kWh (absent: planned without prices).
+    import_price_eur_kwh: Steps | None = None
+    export_price_eur_kwh: Steps | None = None
+    #: What the plan expects from its start to the horizon's end: grid import and export, Wh,
+    #: and (with prices) the cost, EUR (import cost − export earnings).
+    expected_import_wh: NonNegativeFloat | None = None
+    expected_export_wh: NonNegativeFloat | None = None
+    expected_cost_eur: FiniteFloat | None = None
+    #: The same for the original project's (reference) plan on the same problem.
+    reference_import_wh: NonNegativeFloat | None = None
+    reference_cost_eur: FiniteFloat | None = None
+    #: Which tier made it: `full` (the background worker) or `quick` (a re-plan in the poll).
+    tier: Literal["full", "quick"] | None = None
 
     @model_validator(mode="after")
     def _same_length(self) -> PlanMessage:
@@ -365,8 +386,14 @@ class PlanMessage(Message):
             ("battery_power_w", len(self.battery_power_w)),
             ("battery_energy_wh", len(self.battery_energy_wh)),
         ]
-        if self.forecast_power_w is not None:
-            rows.append(("forecast_power_w", len(self.forecast_power_w)))
+        for what, values in (
+            ("forecast_power_w", self.forecast_power_w),
+            ("battery_mode", self.battery_mode),
+            ("import_price_eur_kwh", self.import_price_eur_kwh),
+            ("export_price_eur_kwh", self.export_price_eur_kwh),
+        ):
+            if values is not None:
+                rows.append((what, len(values)))
         rows += [(f"sockets.{name}.states", len(p.states)) for name, p in self.sockets.items()]
         for what, length in rows:
             if length != n:
@@ -560,6 +587,114 @@ class ServiceStatus(Message):
     ] = {}
 
 
+# --- prices, batteries, cost ----------------------------------------------------------------
+
+
+class Prices(Message):
+    """Energy prices per step (retained): all-in import and export, EUR/kWh.
+
+    Import is what a kWh drawn from the grid costs, all in ((day-ahead + supplier markup +
+    energy tax) x VAT on a dynamic contract); export what a kWh sent to the grid earns
+    (negative: it costs). Covers today and, once known (~13:00), tomorrow.
+    """
+
+    schema_version: Literal[1] = 1
+    timestamp: AwareDatetime
+    start: AwareDatetime
+    step_s: StepS
+    import_eur_kwh: Steps
+    export_eur_kwh: Steps
+    #: The bare day-ahead price per step, EUR/kWh (absent for a fixed tariff).
+    day_ahead_eur_kwh: Steps | None = None
+    #: Where the prices come from: the configured source, or `fixed` when it stands in.
+    source: Literal["fixed", "energyzero", "entsoe"]
+    #: True when the configured source failed and the fixed tariff stands in.
+    fallback: bool = False
+    #: When the prices were fetched (or the tariff applied).
+    made_at: AwareDatetime
+    #: Bidding zone of the day-ahead prices (e.g. `NL`); absent for a fixed tariff.
+    area: Text | None = None
+
+    @model_validator(mode="after")
+    def _same_length(self) -> Prices:
+        n = len(self.import_eur_kwh)
+        rows = [("export_eur_kwh", len(self.export_eur_kwh))]
+        if self.day_ahead_eur_kwh is not None:
+            rows.append(("day_ahead_eur_kwh", len(self.day_ahead_eur_kwh)))
+        for what, length in rows:
+            if length != n:
+                raise ValueError(f"{what} has {length} steps, import_eur_kwh has {n}")
+        return self
+
+    @property
+    def end(self) -> datetime:
+        return self.start + timedelta(seconds=self.step_s * len(self.import_eur_kwh))
+
+
+class BatteryCommand(Message):
+    """The scheduler's desired mode for the batteries (not retained: never replayed stale).
+
+    One mode for all batteries together: the P1 meter's `PUT /api/batteries` sets them all.
+    """
+
+    schema_version: Literal[1] = 1
+    timestamp: AwareDatetime
+    mode: BatteryMode
+    #: Why, in a few words ("plan step 12", "keep for the evening peak").
+    reason: Text
+    plan_made_at: AwareDatetime | None = None
+    #: Until when the command holds; after it the actuator puts the batteries back in `zero`.
+    valid_until: AwareDatetime | None = None
+
+
+class BatteryState(Message):
+    """The batteries' mode as the actuator last saw it on the P1 meter, and who controls it."""
+
+    schema_version: Literal[1] = 1
+    timestamp: AwareDatetime
+    #: The mode in force, in the plan's terms (absent: unknown, e.g. the P1 meter unreadable).
+    mode: BatteryMode | None = None
+    #: What the P1 meter reports: its `mode` and `permissions` as they are.
+    device_mode: Text | None = None
+    permissions: Annotated[list[Text], Field(max_length=8)] | None = None
+    #: `plan`: the scheduler's modes; `app`: someone set a mode in the HomeWizard app (held,
+    #: like a hand switch); `fallback`: back in `zero` (the scheduler silent, shutting down);
+    #: `none`: no P1 token, the batteries are left in their own mode.
+    controlled_by: Literal["plan", "app", "fallback", "none"]
+    #: The mode the batteries should be in now (absent: nothing asks for one).
+    desired: BatteryMode | None = None
+    last_change_at: AwareDatetime | None = None
+    last_change_reason: Text | None = None
+    #: A change to `desired` waits until then (the switch interval, or a retry).
+    held_until: AwareDatetime | None = None
+
+
+class CostSummary(Message):
+    """Money today (retained): prices now, the day's cost so far, what the plan saves."""
+
+    schema_version: Literal[1] = 1
+    timestamp: AwareDatetime
+    #: The day (from the daily boundary) the figures are for.
+    day_start: AwareDatetime
+    #: The prices in force now, EUR/kWh.
+    import_now_eur_kwh: FiniteFloat | None = None
+    export_now_eur_kwh: FiniteFloat | None = None
+    #: Where the prices come from (`Prices.source`) and whether the fixed tariff stands in.
+    prices_source: Text | None = None
+    prices_fallback: bool = False
+    #: Grid energy today so far, from the P1 meter's counters, kWh.
+    import_today_kwh: NonNegativeFloat | None = None
+    export_today_kwh: NonNegativeFloat | None = None
+    #: Today's cost so far: import x price − export x price, step by step, EUR.
+    cost_today_eur: FiniteFloat | None = None
+    #: The current plan's expected cost from now to the boundary, EUR.
+    plan_cost_eur: FiniteFloat | None = None
+    #: The same for the original's (reference) plan on the same problem, EUR.
+    reference_cost_eur: FiniteFloat | None = None
+    #: reference_cost_eur − plan_cost_eur: what the plan saves on the rest of the day, EUR.
+    savings_eur: FiniteFloat | None = None
+
+
 # --- energy books -------------------------------------------------------------------------
 
 
@@ -651,6 +786,10 @@ MESSAGE_MODELS: tuple[type[Message], ...] = (
     SocketNextOn,
     ServiceStatus,
     EnergyBooks,
+    Prices,
+    BatteryCommand,
+    BatteryState,
+    CostSummary,
 )
 
 M = TypeVar("M", bound=Message)

@@ -34,6 +34,9 @@ from pydantic import AwareDatetime, BaseModel
 from pydantic.fields import FieldInfo
 
 from shared.messages import (
+    BatteryCommand,
+    BatteryState,
+    CostSummary,
     DeviceMeasurement,
     EnergyBooks,
     Forecast,
@@ -44,6 +47,7 @@ from shared.messages import (
     OverrideRequest,
     OverrideState,
     PlanMessage,
+    Prices,
     ServiceStatus,
     SocketCommand,
     SocketNextOn,
@@ -79,7 +83,19 @@ _PLACEHOLDER = re.compile(r"^\{(device|socket|service)\}$")
 
 #: First-level names the layout uses; no device or socket may be called so.
 RESERVED_NAMES: frozenset[str] = frozenset(
-    {"surplus", "forecast", "plan", "books", "service", "request", "response", "bridge"}
+    {
+        "surplus",
+        "forecast",
+        "plan",
+        "books",
+        "service",
+        "request",
+        "response",
+        "bridge",
+        "prices",
+        "cost",
+        "batteries",
+    }
 )
 
 
@@ -297,6 +313,42 @@ TOPICS: list[TopicSpec] = [
         1,
         "Answer to a forecast request: status ok (data) or error, with the transaction.",
     ),
+    TopicSpec(
+        "prices",
+        "prices",
+        Prices,
+        "prices → scheduler, HA, dashboard",
+        True,
+        1,
+        "Import and export price per step (EUR/kWh) for today and, once known, tomorrow.",
+    ),
+    TopicSpec(
+        "batteries_set",
+        "batteries/set",
+        BatteryCommand,
+        "scheduler → actuator",
+        False,
+        1,
+        "Desired mode of the batteries from the plan (not retained: never replayed stale).",
+    ),
+    TopicSpec(
+        "batteries",
+        "batteries",
+        BatteryState,
+        "actuator → scheduler, HA, dashboard",
+        True,
+        1,
+        "The batteries' mode on the P1 meter and who controls it.",
+    ),
+    TopicSpec(
+        "cost",
+        "cost",
+        CostSummary,
+        "scheduler → HA, dashboard",
+        True,
+        1,
+        "Prices now, today's cost so far, the plan's expected cost and the reference's.",
+    ),
 ]
 
 _BY_NAME: dict[str, TopicSpec] = {t.name: t for t in TOPICS}
@@ -381,6 +433,18 @@ class Topics:
     def forecast_response(self) -> str:
         return self._build("forecast_response")
 
+    def prices(self) -> str:
+        return self._build("prices")
+
+    def batteries(self) -> str:
+        return self._build("batteries")
+
+    def batteries_set(self) -> str:
+        return self._build("batteries_set")
+
+    def cost(self) -> str:
+        return self._build("cost")
+
     # subscription wildcards
     def all_measurements(self) -> str:
         return _BY_NAME["measurement"].wildcard(self.base)
@@ -443,6 +507,8 @@ class Topics:
 # --- README table ---------------------------------------------------------------------------
 
 _SUFFIX_UNITS: tuple[tuple[str, str], ...] = (
+    ("_eur_kwh", "EUR/kWh"),
+    ("_eur", "EUR"),
     ("_kwh", "kWh"),
     ("_wh", "Wh"),
     ("_pct", "%"),

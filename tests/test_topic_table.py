@@ -132,6 +132,7 @@ def test_commands_events_and_requests_are_not_retained_state_is() -> None:
         "switched",
         "forecast_request",
         "forecast_response",
+        "batteries_set",
     }
     for t in TOPICS:
         if t.pattern.endswith("/set") or t.pattern.startswith(("request/", "response/")):
@@ -223,7 +224,15 @@ def test_each_topic_matches_exactly_one_pattern() -> None:
 
 # --- README table ---------------------------------------------------------------------------
 
-UNIT_BY_SUFFIX = [("_kwh", "kWh"), ("_wh", "Wh"), ("_pct", "%"), ("_w", "W"), ("_s", "s")]
+UNIT_BY_SUFFIX = [
+    ("_eur_kwh", "EUR/kWh"),
+    ("_eur", "EUR"),
+    ("_kwh", "kWh"),
+    ("_wh", "Wh"),
+    ("_pct", "%"),
+    ("_w", "W"),
+    ("_s", "s"),
+]
 
 
 def expected_unit(name: str, leaf: Any) -> str | None:

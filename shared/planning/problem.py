@@ -28,6 +28,19 @@ PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Ratio = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
+#: A price, EUR/kWh: one number for every step, or one per step.
+Price = FiniteFloat | Annotated[list[FiniteFloat], Field(min_length=1, max_length=20_000)]
+#: The batteries' mode in one step (the planning README): `zero` is HomeWizard's zero mode
+#: (charge on surplus, discharge into deficit), `charge_only` / `discharge_only` zero mode
+#: with one permission, `standby` neither, `to_full` charge at full power (grid too) until full.
+BatteryMode = Literal["zero", "charge_only", "discharge_only", "standby", "to_full"]
+BATTERY_MODES: tuple[BatteryMode, ...] = (
+    "zero",
+    "charge_only",
+    "discharge_only",
+    "standby",
+    "to_full",
+)
 
 
 class _Model(BaseModel):
@@ -44,6 +57,9 @@ class SocketSpec(_Model):
     priority: int = 1  # lower first
     daily_need: bool = False  # needed: filled by the horizon's end, from grid if need be
     min_battery_charge: Ratio = 0.0  # optional sockets wait until the battery holds this ratio
+    #: Optional sockets, with prices: what a kWh in this store is worth to its owner, EUR
+    #: (default: the horizon's mean import price).
+    value_eur_kwh: FiniteFloat | None = None
 
     def room_wh(self) -> float:
         """Energy the store can still take, Wh (never negative)."""
@@ -68,6 +84,14 @@ class BatterySpec(_Model):
         return self
 
 
+def _per_step(value: float | list[float] | None, n: int) -> list[float] | None:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return list(value)
+    return [float(value)] * n
+
+
 class PlanningProblem(_Model):
     """What a planner plans from (the JSON format of the planning README)."""
 
@@ -83,6 +107,41 @@ class PlanningProblem(_Model):
     #: Current relay state per socket name (optional): counts a switch at the first step.
     initial_on: dict[str, bool] = {}
 
+    # --- money (the planning README): without prices the planner minimises grid import ----
+    #: All-in price of a kWh drawn from the grid, EUR/kWh (one number or one per step).
+    import_price: Price | None = None
+    #: What a kWh sent to the grid earns, EUR/kWh (negative: it costs); with import_price.
+    export_price: Price | None = None
+    #: In steps whose import price is at or below this, optional sockets may also draw from
+    #: grid or battery, EUR/kWh. None: never (the original's rule).
+    optional_grid_price_max: FiniteFloat | None = None
+    #: Whether the planner may put the batteries in modes other than `zero` (switching them
+    #: needs the P1 meter's token: without it the plan assumes `zero` throughout).
+    battery_modes: bool = True
+    #: The batteries' mode in force now (a change at the first step counts as a switch).
+    initial_battery_mode: BatteryMode | None = None
+
+    # --- calm (hwsched's additions for planning in the loop) ------------------------------
+    #: What one relay switch (or battery mode change) costs, in Wh of grid import (with
+    #: prices: that many Wh at the horizon's mean import price). 0: switches only break ties.
+    switch_cost_wh: NonNegativeFloat = 0.0
+    #: Shortest on-run / off-run of a socket, s (0: only the switch interval). A needed
+    #: socket may break it where its deadline demands it.
+    min_on_s: Annotated[int, Field(ge=0, le=86_400)] = 0
+    min_off_s: Annotated[int, Field(ge=0, le=86_400)] = 0
+    #: Per socket in `initial_on`: seconds it has been in that state (since its last switch),
+    #: so `min_on_s` / `min_off_s` hold across re-plans. Absent: long enough.
+    initial_since_s: dict[str, NonNegativeFloat] = {}
+    #: The previous plan's decisions moved on to this problem's steps (per socket name, 0/1
+    #: per step; shorter rows are padded with 0): the planner keeps them unless a change
+    #: gains more than `hold_gain_wh` (hysteresis).
+    previous: dict[str, list[Literal[0, 1]]] = {}
+    #: The previous plan's battery modes moved on to this problem's steps.
+    previous_battery_mode: list[BatteryMode] = []
+    #: What a plan must gain over keeping `previous` before it replaces it, Wh of import
+    #: (with prices: at the mean import price).
+    hold_gain_wh: NonNegativeFloat = 0.0
+
     @field_validator("sockets")
     @classmethod
     def _unique_socket_names(cls, sockets: list[SocketSpec]) -> list[SocketSpec]:
@@ -96,10 +155,43 @@ class PlanningProblem(_Model):
     @model_validator(mode="after")
     def _initial_on_names_known(self) -> PlanningProblem:
         names = {s.name for s in self.sockets}
-        unknown = sorted(set(self.initial_on) - names)
-        if unknown:
-            raise ValueError(f"initial_on names unknown socket(s): {', '.join(unknown)}")
+        for what, keys in (
+            ("initial_on", self.initial_on),
+            ("initial_since_s", self.initial_since_s),
+            ("previous", self.previous),
+        ):
+            unknown = sorted(set(keys) - names)
+            if unknown:
+                raise ValueError(f"{what} names unknown socket(s): {', '.join(unknown)}")
         return self
+
+    @model_validator(mode="after")
+    def _prices_fit(self) -> PlanningProblem:
+        if (self.import_price is None) != (self.export_price is None):
+            raise ValueError("import_price and export_price go together")
+        n = self.n_steps
+        for what, value in (
+            ("import_price", self.import_price),
+            ("export_price", self.export_price),
+        ):
+            if isinstance(value, list) and len(value) != n:
+                raise ValueError(f"{what}: {len(value)} prices for {n} steps")
+        if self.optional_grid_price_max is not None and self.import_price is None:
+            raise ValueError("optional_grid_price_max needs import_price and export_price")
+        return self
+
+    @property
+    def priced(self) -> bool:
+        """Whether the problem has prices (then the plan minimises net cost)."""
+        return self.import_price is not None
+
+    def import_prices(self) -> list[float] | None:
+        """The import price per step, EUR/kWh (None without prices)."""
+        return _per_step(self.import_price, self.n_steps)
+
+    def export_prices(self) -> list[float] | None:
+        """The export price per step, EUR/kWh (None without prices)."""
+        return _per_step(self.export_price, self.n_steps)
 
     @property
     def n_steps(self) -> int:
@@ -153,6 +245,8 @@ class Plan(_Model):
     status: PlanStatus = "heuristic"
     #: Free-form figures a planner reports (objective, gap, ...).
     info: dict[str, float | int | str] = {}
+    #: The batteries' mode per step (absent: `zero` throughout).
+    battery_mode: list[BatteryMode] | None = None
 
 
 class ProblemError(ValueError):

@@ -514,10 +514,12 @@ class Dashboard:
 
     async def start_http(self) -> None:
         """Listen where the settings say; RuntimeError (one line) when that is not possible."""
-        self.runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
+        self.runner = web.AppRunner(
+            self.make_app(), access_log=None, handle_signals=False, shutdown_timeout=1.0
+        )
         await self.runner.setup()
         host, port = self.settings.host, self.settings.port
-        site = web.TCPSite(self.runner, host, port, shutdown_timeout=1.0)
+        site = web.TCPSite(self.runner, host, port)
         try:
             await site.start()
         except OSError as err:

@@ -304,7 +304,8 @@ class LiveState:
         elif name == "surplus":
             surplus = parse_message(HouseSurplus, payload)
             _not_ahead(surplus.timestamp, now, "timestamp")
-            self.surplus = surplus
+            if self.surplus is None or surplus.timestamp >= self.surplus.timestamp:
+                self.surplus = surplus
             self.surplus_history.add(min(surplus.timestamp, now), surplus.surplus_w)
         elif name == "books":
             self.books = parse_message(EnergyBooks, payload)

@@ -68,7 +68,9 @@ def _stored(row: SocketRow) -> str:
     stored = row.stored_wh
     if row.capacity_wh is None:
         return "-" if stored is None else f"{stored:.0f} Wh"
-    text = f"{0 if stored is None else stored:.0f} / {row.capacity_wh:.0f} Wh"
+    if stored is None:
+        return f"- / {row.capacity_wh:.0f} Wh"
+    text = f"{stored:.0f} / {row.capacity_wh:.0f} Wh"
     if row.full:
         return text + " (full)"
     if row.fill is not None:

@@ -255,7 +255,7 @@ def money(state: LiveState, now: datetime) -> str:
 def _service_row(row: ServiceRow, tz: ZoneInfo, now: datetime) -> str:
     up = ""
     if row.started_at is not None and row.health == "online":
-        up = f"up since {_t(row.started_at, tz, now)}"
+        up = _t(row.started_at, tz, now)
     elif row.status_at is not None:
         up = f"last status {_ago((now - row.status_at).total_seconds())}"
     problems = ", ".join(f"{k} {v}" for k, v in sorted(row.problems.items())[:4])
@@ -274,7 +274,7 @@ def services(state: LiveState, now: datetime) -> str:
     body = "".join(_service_row(r, state.tz, now) for r in rows)
     return (
         '<table class="services"><thead><tr><th>service</th><th>health</th><th>version</th>'
-        f"<th>since</th><th>counted problems</th></tr></thead><tbody>{body}</tbody></table>"
+        f"<th>since</th><th>problems</th></tr></thead><tbody>{body}</tbody></table>"
     )
 
 

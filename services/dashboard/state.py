@@ -120,11 +120,24 @@ class Series:
 
     def points(self) -> list[tuple[datetime, float]]:
         """(bucket middle, mean) in time order."""
-        half = self.step_s / 2
-        return [
-            (self.origin + timedelta(seconds=i * self.step_s + half), total / count)
-            for i, (total, count) in sorted(self.buckets.items())
-        ]
+        return [(self.origin + timedelta(seconds=s), v) for s, v in self.offsets()]
+
+    def offsets(self, group: int = 1) -> list[tuple[float, float]]:
+        """(seconds from `origin` to the middle, mean) in time order; `group` > 1 merges
+        that many buckets into one point (for drawing: no more points than pixels)."""
+        if group <= 1:
+            half = self.step_s / 2
+            return [
+                (i * self.step_s + half, total / count)
+                for i, (total, count) in sorted(self.buckets.items())
+            ]
+        merged: dict[int, tuple[float, int]] = {}
+        for i, (total, count) in self.buckets.items():
+            g = i // group
+            t, c = merged.get(g, (0.0, 0))
+            merged[g] = (t + total, c + count)
+        width = self.step_s * group
+        return [(g * width + width / 2, t / c) for g, (t, c) in sorted(merged.items())]
 
     def latest(self) -> float | None:
         if not self.buckets:

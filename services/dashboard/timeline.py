@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from html import escape
 from zoneinfo import ZoneInfo
 
-from services.dashboard.state import CAUSES, LiveState, Span, on_blocks, socket_rows
+from services.dashboard.state import CAUSES, LiveState, Series, Span, on_blocks, socket_rows
 
 __all__ = ["WIDTH", "render_timeline"]
 
@@ -47,18 +47,24 @@ GAP = 14
 LEGEND_H = 22
 
 
-@dataclass(frozen=True)
-class _Axis:
-    start: datetime
-    end: datetime
+#: The measured history is drawn with at most this many points (about one per 2 px).
+MAX_POINTS = 480
 
-    @property
-    def seconds(self) -> float:
-        return max(1.0, (self.end - self.start).total_seconds())
+
+class _Axis:
+    def __init__(self, start: datetime, end: datetime) -> None:
+        self.start = start
+        self.end = end
+        self.seconds = max(1.0, (end - start).total_seconds())
+        self._t0 = start.timestamp()
 
     def x(self, when: datetime) -> float:
-        frac = (when - self.start).total_seconds() / self.seconds
-        return LEFT + min(1.0, max(0.0, frac)) * INNER
+        return self.x_at(when.timestamp() - self._t0)
+
+    def x_at(self, offset_s: float) -> float:
+        """x of a time given in seconds from the day's start."""
+        frac = offset_s / self.seconds
+        return LEFT + (0.0 if frac < 0 else 1.0 if frac > 1 else frac) * INNER
 
     def clip(self, a: datetime, b: datetime) -> tuple[datetime, datetime] | None:
         """(a, b) within the day, or None when it lies outside."""
@@ -84,8 +90,7 @@ class _Scale:
 
 def _f(value: float) -> str:
     """A coordinate, short."""
-    text = f"{value:.1f}"
-    return text[:-2] if text.endswith(".0") else text
+    return f"{value:.1f}"
 
 
 def _t(when: datetime, tz: ZoneInfo) -> str:
@@ -148,23 +153,30 @@ def _step_path(
 
 
 def _points_path(
-    axis: _Axis, points: Sequence[tuple[datetime, float]], y: _Scale, gap_s: float
+    axis: _Axis, points: Sequence[tuple[float, float]], y: _Scale, gap_s: float
 ) -> str:
-    """A polyline through `points`, broken where two are more than `gap_s` apart."""
+    """A polyline through `points` ((seconds from the day's start, value)), broken where two
+    are more than `gap_s` apart."""
     parts: list[str] = []
-    last: datetime | None = None
-    for when, value in points:
-        if when < axis.start or when > axis.end:
+    last: float | None = None
+    for offset, value in points:
+        if offset < 0 or offset > axis.seconds:
             continue
-        move = last is None or (when - last).total_seconds() > gap_s
-        parts.append(f"{'M' if move else 'L'}{_f(axis.x(when))} {_f(y(value))}")
-        last = when
+        move = last is None or offset - last > gap_s
+        parts.append(f"{'M' if move else 'L'}{axis.x_at(offset):.1f} {y(value):.1f}")
+        last = offset
     return "".join(parts)
+
+
+def _history(series: Series) -> tuple[list[tuple[float, float]], float]:
+    """A measured series as drawn (at most MAX_POINTS), and the gap that breaks its line."""
+    group = max(1, -(-series.max_buckets // MAX_POINTS))
+    return series.offsets(group), series.step_s * group * 3
 
 
 def _surplus_panel(state: LiveState, axis: _Axis, y0: float) -> list[str]:
     plan, forecast = state.plan, state.forecast
-    measured = state.surplus_history.points()
+    measured, gap = _history(state.surplus_history)
     values = [v for _, v in measured]
     if forecast is not None:
         values += forecast.power_w
@@ -188,7 +200,7 @@ def _surplus_panel(state: LiveState, axis: _Axis, y0: float) -> list[str]:
     if plan is not None:
         d = _step_path(axis, plan.start, plan.step_s, plan.available_power_w, y)
         out.append(_path("line planned-surplus", d, "surplus planned on"))
-    d = _points_path(axis, measured, y, state.history_step_s * 3)
+    d = _points_path(axis, measured, y, gap)
     out += [_path("line measured", d, "measured surplus"), "</g>"]
     return out
 
@@ -295,15 +307,15 @@ def _battery_panel(state: LiveState, axis: _Axis, y0: float) -> list[str]:
         _frame(y0, height),
     ]
     if plan is not None and capacity > 0:
-        step = timedelta(seconds=plan.step_s)
+        first = (plan.start - state.day_start).total_seconds()
         planned = [
-            (plan.start + (i + 1) * step, min(100.0, e / capacity * 100))
+            (first + (i + 1) * plan.step_s, min(100.0, e / capacity * 100))
             for i, e in enumerate(plan.battery_energy_wh)
         ]
         d = _points_path(axis, planned, y, plan.step_s * 1.5)
         out.append(_path("line soc-planned", d, "planned state of charge"))
-    d = _points_path(axis, state.soc_history.points(), y, state.history_step_s * 3)
-    out.append(_path("line soc", d, "state of charge"))
+    measured, gap = _history(state.soc_history)
+    out.append(_path("line soc", _points_path(axis, measured, y, gap), "state of charge"))
     if plan is not None and plan.battery_mode:
         step = timedelta(seconds=plan.step_s)
         modes = plan.battery_mode
@@ -393,6 +405,7 @@ def render_timeline(state: LiveState, now: datetime) -> str:
         grid.append(_path("now", f"M{x} {TOP - 2}V{_f(y0)}", f"now {_t(now, tz)}"))
     height = y0 + LEGEND_H + 6
     made = f' data-plan-made-at="{plan.made_at.isoformat()}"' if plan is not None else ""
+    made += f' data-now-x="{_f(axis.x(now))}"'
     title = f"Today {_t(state.day_start, tz)}–{_t(state.day_end, tz)}"
     return (
         '<svg xmlns="http://www.w3.org/2000/svg" class="timeline" '

@@ -64,11 +64,25 @@
     return [response, data];
   }
 
+  let scrolled = false;
+
+  function showNow() {
+    // On a narrow screen the timeline scrolls sideways: bring "now" into view, once.
+    const wrap = byId("sec-timeline");
+    const svg = wrap.querySelector("svg");
+    if (scrolled || !svg || wrap.scrollWidth <= wrap.clientWidth) return;
+    const box = svg.viewBox.baseVal;
+    const x = (Number(svg.dataset.nowX) / box.width) * svg.clientWidth;
+    wrap.scrollLeft = Math.max(0, x - wrap.clientWidth / 2);
+    scrolled = true;
+  }
+
   function swap(sections) {
     for (const [name, html] of Object.entries(sections)) {
       const element = byId("sec-" + name);
       if (element) element.innerHTML = html;
     }
+    if (sections.timeline) showNow();
     applyControls();
   }
 

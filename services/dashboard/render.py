@@ -10,7 +10,7 @@ the state they are made from).
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from html import escape
 from zoneinfo import ZoneInfo
 
@@ -229,7 +229,9 @@ def money(state: LiveState, now: datetime) -> str:
     tz = state.tz
     imp, exp, since = state.grid_today_kwh()
     items = []
-    label = "today" if since is None or since <= state.day_start else f"since {_t(since, tz)}"
+    # from the boundary's first reading (a poll interval late) is the whole day
+    whole_day = since is None or since - state.day_start <= timedelta(minutes=5)
+    label = "today" if whole_day else f"since {_t(since, tz)}"
     items.append((f"Import {label}", "—" if imp is None else f"{imp:.2f} kWh"))
     items.append((f"Export {label}", "—" if exp is None else f"{exp:.2f} kWh"))
     c = state.cost

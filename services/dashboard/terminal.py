@@ -122,8 +122,9 @@ def format_status(state: LiveState, now: datetime, *, dropped: int = 0) -> str:
     if soc is not None:
         mode = state.batteries.mode if state.batteries is not None else None
         facts.append(f"battery {soc:.0f} %" + (f" ({mode})" if mode else ""))
-    imp, exp, _ = state.grid_today_kwh()
-    if imp is not None or exp is not None:
+    imp, exp, since = state.grid_today_kwh()
+    # the day's figures only: a baseline this command took itself just now says nothing
+    if since == state.day_start and (imp is not None or exp is not None):
         facts.append(f"grid today: import {imp or 0:.2f} kWh, export {exp or 0:.2f} kWh")
     cost = state.cost
     if cost is not None and cost.day_start == state.day_start and cost.cost_today_eur is not None:

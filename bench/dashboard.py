@@ -106,7 +106,7 @@ def busy_state() -> tuple[LiveState, datetime]:
         step_s=900,
         sockets={
             name: SocketPlan(
-                states=[(j // (3 + i)) % 2 for j in range(n)],  # type: ignore[misc]
+                states=[(j // (3 + i)) % 2 for j in range(n)],
                 energy_wh=[250.0] * n,
             )
             for i, name in enumerate(NAMES)

@@ -44,6 +44,7 @@ from shared.messages import (
     EnergyBooks,
     Forecast,
     HouseSurplus,
+    Message,
     MessageError,
     OverrideState,
     PlanMessage,
@@ -90,6 +91,24 @@ CAUSES: dict[str, str] = {
     "manual": "by hand",
     "fallback": "fallback",
     "unknown": "unknown",
+}
+
+
+#: The JSON topics the dashboard reads, and their models.
+_MODELS: dict[str, type[Message]] = {
+    "status": ServiceStatus,
+    "plan": PlanMessage,
+    "forecast": Forecast,
+    "surplus": HouseSurplus,
+    "books": EnergyBooks,
+    "prices": Prices,
+    "cost": CostSummary,
+    "batteries": BatteryState,
+    "measurement": DeviceMeasurement,
+    "socket_state": SocketState,
+    "override": OverrideState,
+    "next_on": SocketNextOn,
+    "switched": SwitchEvent,
 }
 
 
@@ -296,76 +315,112 @@ class LiveState:
     # --- messages -------------------------------------------------------------------------
 
     def ingest(self, topic: str, payload: bytes, now: datetime) -> bool:
-        """Take one message; True when it changed what is shown. MessageError: a bad payload."""
+        """Take one message; True when it changed what is shown.
+
+        MessageError for a payload that is not what its topic carries (or is stamped in the
+        future, or names another socket than its topic): nothing is changed then, not even
+        the day rolled over."""
         found = self.topics.match(topic)
         if found is None:
             return False
         spec, params = found
-        self.roll(now)
         name = spec.name
-        if name == "availability":
-            self._service(params["service"]).availability = parse_availability(payload)
-        elif name == "device_availability":
-            self.device_availability[params["device"]] = parse_availability(payload)
-        elif name == "status":
-            status = parse_message(ServiceStatus, payload)
-            self._service(params["service"]).status = status
-        elif name == "plan":
-            return self._take_plan(parse_message(PlanMessage, payload), now)
-        elif name == "forecast":
-            self.forecast = parse_message(Forecast, payload)
-        elif name == "surplus":
-            surplus = parse_message(HouseSurplus, payload)
-            _not_ahead(surplus.timestamp, now, "timestamp")
-            if self.surplus is None or surplus.timestamp >= self.surplus.timestamp:
-                self.surplus = surplus
-            self.surplus_history.add(min(surplus.timestamp, now), surplus.surplus_w)
-        elif name == "books":
-            self.books = parse_message(EnergyBooks, payload)
-        elif name == "prices":
-            self.prices = parse_message(Prices, payload)
-        elif name == "cost":
-            self.cost = parse_message(CostSummary, payload)
-        elif name == "batteries":
-            self.batteries = parse_message(BatteryState, payload)
-        elif name == "measurement":
-            self._take_measurement(parse_message(DeviceMeasurement, payload), now)
-        elif name == "socket_state":
-            state = parse_message(SocketState, payload)
-            _not_ahead(state.timestamp, now, "timestamp")
-            sock = self._socket(params["socket"], state.socket)
-            sock.state = state
-            self._observe(sock, state.timestamp, state.power_on, now)
-        elif name == "override":
-            override = parse_message(OverrideState, payload)
-            self._socket(params["socket"], override.socket).override = override
-        elif name == "next_on":
-            next_on = parse_message(SocketNextOn, payload)
-            self._socket(params["socket"], next_on.socket).next_on = next_on
-        elif name == "switched":
-            event = parse_message(SwitchEvent, payload)
-            self._socket(params["socket"], event.socket).last_switch = event
+        message: Message | Availability
+        if name in ("availability", "device_availability"):
+            message = parse_availability(payload)
+        elif name in _MODELS:
+            message = parse_message(_MODELS[name], payload)
         else:  # commands and requests (…/set, request/…, response/…): not state
             return False
+        self._check(name, params, message, now)
+        self.roll(now)
+        held = self.plan
+        if isinstance(message, PlanMessage) and held is not None and message.made_at < held.made_at:
+            return False  # an older plan (a retained copy replayed late)
+        self._apply(name, params, message, now)
         self.version += 1
         return True
 
-    def _service(self, name: str) -> ServiceLive:
-        if name not in self.services and len(self.services) >= MAX_DEVICES:
-            raise MessageError(f"(topic): more than {MAX_DEVICES} services")
-        return self.services.setdefault(name, ServiceLive())
+    def _check(
+        self, name: str, params: dict[str, str], message: Message | Availability, now: datetime
+    ) -> None:
+        """What makes a well-formed message unusable here (MessageError), before any change."""
+        if isinstance(message, str):
+            if name == "availability" and params["service"] not in self.services:
+                self._room(len(self.services), "services")
+            return
+        for stamp in ("made_at",) if isinstance(message, PlanMessage) else ("timestamp",):
+            if name in ("plan", "surplus", "socket_state", "measurement"):
+                _not_ahead(getattr(message, stamp), now, stamp)
+        if name == "status" and params["service"] not in self.services:
+            self._room(len(self.services), "services")
+        names: list[str] = []
+        if isinstance(message, PlanMessage):
+            names = list(message.sockets)
+        elif isinstance(message, DeviceMeasurement) and message.device_type == "HWE-SKT":
+            names = [message.device]
+        new = {_slug(n) for n in names} - set(self.sockets)
+        if len(self.sockets) + len(new) > MAX_DEVICES:
+            raise MessageError(f"(payload): more than {MAX_DEVICES} sockets")
+        if isinstance(message, SocketState | OverrideState | SocketNextOn | SwitchEvent):
+            slug = params["socket"]
+            if _slug(message.socket) != slug:
+                raise MessageError(
+                    f"socket: {message.socket[:60]!r} is not the socket of this topic", "socket"
+                )
+            if slug not in self.sockets:
+                self._room(len(self.sockets), "sockets")
+
+    @staticmethod
+    def _room(count: int, what: str) -> None:
+        if count >= MAX_DEVICES:
+            raise MessageError(f"(topic): more than {MAX_DEVICES} {what}")
+
+    def _apply(
+        self, name: str, params: dict[str, str], message: Message | Availability, now: datetime
+    ) -> None:
+        if isinstance(message, str):
+            if name == "availability":
+                self.services.setdefault(params["service"], ServiceLive()).availability = message
+            else:
+                self.device_availability[params["device"]] = message
+        elif isinstance(message, ServiceStatus):
+            self.services.setdefault(params["service"], ServiceLive()).status = message
+        elif isinstance(message, PlanMessage):
+            self._take_plan(message, now)
+        elif isinstance(message, Forecast):
+            self.forecast = message
+        elif isinstance(message, HouseSurplus):
+            if self.surplus is None or message.timestamp >= self.surplus.timestamp:
+                self.surplus = message
+            self.surplus_history.add(min(message.timestamp, now), message.surplus_w)
+        elif isinstance(message, EnergyBooks):
+            self.books = message
+        elif isinstance(message, Prices):
+            self.prices = message
+        elif isinstance(message, CostSummary):
+            self.cost = message
+        elif isinstance(message, BatteryState):
+            self.batteries = message
+        elif isinstance(message, DeviceMeasurement):
+            self._take_measurement(message, now)
+        elif isinstance(message, SocketState):
+            sock = self._socket(params["socket"], message.socket)
+            sock.state = message
+            self._observe(sock, message.timestamp, message.power_on, now)
+        elif isinstance(message, OverrideState):
+            self._socket(params["socket"], message.socket).override = message
+        elif isinstance(message, SocketNextOn):
+            self._socket(params["socket"], message.socket).next_on = message
+        elif isinstance(message, SwitchEvent):
+            self._socket(params["socket"], message.socket).last_switch = message
 
     def _socket(self, slug: str, name: str | None = None) -> SocketLive:
+        """The socket of `slug`, made on first sight (`_check` has made sure it may be)."""
         sock = self.sockets.get(slug)
         if sock is None:
-            if len(self.sockets) >= MAX_DEVICES:
-                raise MessageError(f"(topic): more than {MAX_DEVICES} sockets")
-            if name is not None and _slug(name) != slug:
-                raise MessageError(f"socket: {name!r} is not the socket of this topic", "socket")
             sock = SocketLive(slug, name or slug)
             self.sockets[slug] = sock
-        elif name is not None and sock.name != name and _slug(name) != slug:
-            raise MessageError(f"socket: {name!r} is not the socket of this topic", "socket")
         return sock
 
     def socket_by_name(self, name: str) -> SocketLive | None:
@@ -375,18 +430,13 @@ class LiveState:
             return None
         return self.sockets.get(slug)
 
-    def _take_plan(self, plan: PlanMessage, now: datetime) -> bool:
-        _not_ahead(plan.made_at, now, "made_at")
+    def _take_plan(self, plan: PlanMessage, now: datetime) -> None:
         old = self.plan
-        if old is not None and plan.made_at < old.made_at:
-            return False  # an older plan (a retained copy replayed late)
         if old is not None:
             self._keep_planned_past(old, until=min(plan.start, now))
         for name in plan.sockets:
             self._socket(_slug(name), name)
         self.plan = plan
-        self.version += 1
-        return True
 
     def _keep_planned_past(self, old: PlanMessage, until: datetime) -> None:
         """The old plan's on-blocks before `until` (the part the new plan no longer covers)."""
@@ -400,7 +450,6 @@ class LiveState:
                     _add_span(sock.planned_past, Span(start, end, "plan"))
 
     def _take_measurement(self, m: DeviceMeasurement, now: datetime) -> None:
-        _not_ahead(m.timestamp, now, "timestamp")
         self.measurements[m.device] = m
         at = min(m.timestamp, now)
         if m.device_type == "HWE-SKT":

@@ -157,8 +157,8 @@ def format_status(state: LiveState, now: datetime, *, dropped: int = 0) -> str:
         table = []
         for s in services:
             problems = ", ".join(f"{k} {v}" for k, v in sorted(s.problems.items())[:3])
-            since = _t(s.started_at, tz, now) if s.health == "online" else _t(s.status_at, tz, now)
-            table.append([s.name, s.health, s.version or "-", since, problems])
+            up = _t(s.started_at, tz, now) if s.health == "online" else _t(s.status_at, tz, now)
+            table.append([s.name, s.health, s.version or "-", up, problems])
         lines += format_table(["service", "health", "version", "since", "problems"], table)
     else:
         lines.append("no service heard of yet")

@@ -191,6 +191,8 @@ class Dashboard:
         self._saved_version = -1
         self.url: str | None = None
         self.runner: web.AppRunner | None = None
+        #: How long the last render of every section took, ms.
+        self.last_render_ms = 0.0
 
     # --- MQTT -------------------------------------------------------------------------------
 
@@ -231,12 +233,12 @@ class Dashboard:
             if update:
                 for page in list(self.pages):
                     page.offer(update)
-            await asyncio.sleep(interval)
+            await sleep_for_work(self.clock, interval)  # real seconds on a simulated clock
 
     async def _connection_watch(self) -> None:
         """Re-render when the broker connection comes or goes (the page says so)."""
         while True:
-            await asyncio.sleep(1.0)
+            await sleep_for_work(self.clock, 1.0)
             if self.service.connected != self._rendered_connected:
                 self._changed.set()
 

@@ -419,14 +419,14 @@ def slim_debian(rootfs: Path) -> None:
 
 
 def image_locks() -> list[Path]:
-    """The locks the images install: requirements/<service>.lock of every service built by
-    docker/Dockerfile (found by name: the services' directories), and the island's."""
-    out = []
-    for path in sorted((ROOT / "requirements").glob("*.lock")):
-        if path.stem in ("dev", "runtime"):
-            continue
-        out.append(path)
-    return out
+    """The locks images install: requirements/<service>.lock (and <service>-service.lock) of
+    every service package (services/<name>/__main__.py); the forecaster's is its island."""
+    services = {p.parent.name for p in (ROOT / "services").glob("*/__main__.py")}
+    return [
+        path
+        for path in sorted((ROOT / "requirements").glob("*.lock"))
+        if path.stem in services or path.stem.removesuffix("-service") in services
+    ]
 
 
 def read_pins(path: Path, *, runtime_only: bool = True) -> dict[str, str]:
@@ -492,8 +492,7 @@ def arm64(options: argparse.Namespace) -> int:
                     "download",
                     "--quiet",
                     "--no-deps",
-                    "--no-binary=:all:",
-                    "--no-build-isolation",
+                    f"--no-binary={name}",  # its own source; its build tools as wheels
                     "--dest",
                     str(Path(tmp) / "sdist"),
                     f"{name}=={version}",

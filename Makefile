@@ -129,7 +129,7 @@ arm64-check: $(STAMP)
 ## is started for it if none runs (and stopped after); base images are stand-ins built from
 ## Debian's packages unless COMPOSE_TEST_BASES=official. CI runs it after `make test`.
 test-compose: $(STAMP) docker-tools arm64-check
-	TEST_BROKER=docker $(BIN)/pytest -p no:cacheprovider -m "compose or not soak" \
+	TEST_BROKER=docker $(BIN)/pytest -s -p no:cacheprovider -m "compose or not soak" \
 		tests/test_broker_fixture.py tests/test_compose.py tests/test_actuator_service.py
 
 ## Measurement-to-command latency (p50/p99, 1000 cycles) and each service's peak memory,

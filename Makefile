@@ -67,7 +67,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy shared services bench
+	$(BIN)/mypy shared services bench docker
 
 pytest: $(STAMP)
 	$(BIN)/pytest

@@ -56,6 +56,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parents[1]
 STANDINS = ROOT / "docker" / "standins"
@@ -82,22 +83,26 @@ def log(text: str) -> None:
 
 
 def run(
-    argv: Sequence[str], *, env: dict[str, str] | None = None, quiet: bool = False, **kw: object
-) -> subprocess.CompletedProcess[str]:
-    """Run a command; ImagesError with its output's tail when it fails."""
+    argv: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    quiet: bool = False,
+    stdin: IO[bytes] | None = None,
+) -> None:
+    """Run a command; ImagesError with its output's tail when it fails (quiet: its output
+    is shown only then)."""
     done = subprocess.run(
         list(argv),
         env=env,
-        text=True,
+        stdin=stdin,
         stdout=subprocess.PIPE if quiet else None,
         stderr=subprocess.STDOUT if quiet else None,
+        text=True,
         check=False,
-        **kw,  # type: ignore[arg-type]
     )
     if done.returncode != 0:
         tail = "\n".join((done.stdout or "").splitlines()[-40:])
         raise ImagesError(f"{' '.join(argv[:4])} ... failed (exit {done.returncode})\n{tail}")
-    return done
 
 
 def output(argv: Sequence[str], *, env: dict[str, str] | None = None) -> str:

@@ -171,7 +171,7 @@ class DockerMosquitto(MqttBroker):
                 str(self._workdir), "/mosquitto/config", "ro"
             )
             # on 127.0.0.1 only (with_bind_ports takes no address; docker's API does)
-            container.ports["1883/tcp"] = (self.host, self.port)
+            container.ports["1883/tcp"] = (self.host, self.port)  # type: ignore[assignment]
             container.start()
             self._container = container
         self._wait_ready(self._running)

@@ -456,7 +456,7 @@ def test_a_user_sees_the_house_on_the_broker(stack: Stack) -> None:
     assert forecast["source"] == "open-meteo-compatible simulator:18080", forecast
     assert sum(forecast["power_w"]) > 0
     plan = _json(got[f"{BASE}/plan"])
-    assert set(plan["sockets"]) == set(sockets), plan["sockets"].keys()
+    assert set(plan["sockets"]) == {s.device_name for s in devices.sockets}, plan["sockets"]
     assert plan["forecast_made_at"] == forecast["made_at"]
     for s in sockets:
         state = _json(got[f"{BASE}/{s}"])

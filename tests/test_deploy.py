@@ -733,10 +733,10 @@ def test_the_forecaster_island_holds_the_worker_and_quartz() -> None:
         dists = {canonicalize_name(d) for d in module_dists.get(module, [])}
         assert dists & island.keys(), f"the worker imports {module}, not in forecaster.lock"
     stages = dockerfile_stages(DOCKERFILE)
-    island = " ".join(args for _, args in stages["island"][1])
-    assert "ARG ISLAND_LOCK=forecaster" in " ".join(f"{i} {a}" for i, a in stages["island"][1])
-    assert "requirements/${ISLAND_LOCK}.lock" in island
-    assert "--no-deps" in island
+    stage = " ".join(f"{i} {a}" for i, a in stages["island"][1])
+    assert "ARG ISLAND_LOCK=forecaster" in stage
+    assert "requirements/${ISLAND_LOCK}.lock" in stage
+    assert "--no-deps" in stage
     env = dockerfile_env(DOCKERFILE, "forecaster")
     assert env["HWSCHED_FORECAST__WORKER_PYTHON"].startswith("/opt/forecaster/")
     assert "HWSCHED_FORECAST__WORKER_PYTHON" not in dockerfile_env(DOCKERFILE, "service")

@@ -12,6 +12,7 @@ the lock in a venv with quartz's full resolution: see the lock's header).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import re
@@ -50,9 +51,7 @@ def forecast_imports() -> dict[str, str]:
     from services.forecaster.protocol import WorkerRequest
     from tests.forecaster.fake_weather import FakeOpenMeteo, serve
 
-    server = serve(FakeOpenMeteo())
-    weather = next(server)
-    try:
+    with contextlib.contextmanager(serve)(FakeOpenMeteo()) as weather:
         request = WorkerRequest.model_validate(
             {
                 "ts": datetime(2026, 6, 21, 4, tzinfo=UTC).isoformat(),
@@ -71,8 +70,6 @@ def forecast_imports() -> dict[str, str]:
         )
         answer = worker.run(request)
         assert answer.ok, answer
-    finally:
-        server.close()
     by_module = importlib.metadata.packages_distributions()
     found: dict[str, str] = {}
     for module in list(sys.modules):

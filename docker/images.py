@@ -63,6 +63,7 @@ STANDINS = ROOT / "docker" / "standins"
 COMPOSE_FILES = ("compose.yaml", "compose.sim.yaml")
 PROFILE = "sim"
 SUITE = "bookworm"
+VARIANT = "minbase"
 #: Official base images (the defaults in compose.yaml and docker/Dockerfile).
 PYTHON_IMAGE = "python:3.11.14-slim-bookworm"
 MOSQUITTO_IMAGE = "eclipse-mosquitto:2.0.22"
@@ -269,7 +270,8 @@ def describe(image: str, took: float, size: int, base: int | None, base_ref: str
 
 
 def recipe_hash(*paths: Path) -> str:
-    digest = hashlib.sha256()
+    """What the stand-ins are made from: their Dockerfiles and the Debian tree's making."""
+    digest = hashlib.sha256(repr((SUITE, VARIANT, SLIM_FILES, SLIM_DIRS)).encode())
     for path in paths:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
@@ -315,7 +317,7 @@ def standins(options: argparse.Namespace) -> int:
 
 def ensure_standins(*, rebuild: bool = False, network: str | None = "host") -> dict[str, str]:
     """Build (or reuse) the stand-in base images; {"PYTHON_IMAGE": ref, "MOSQUITTO_IMAGE": ref}."""
-    recipe = recipe_hash(Path(__file__), *sorted(STANDINS.iterdir()))
+    recipe = recipe_hash(*sorted(STANDINS.iterdir()))
     debian = f"hwsched-standin/debian:{SUITE}-{recipe}"
     python = f"hwsched-standin/python:3.11-{SUITE}-{recipe}"
     mosquitto = f"hwsched-standin/mosquitto:2.0-{SUITE}-{recipe}"
@@ -342,7 +344,17 @@ def ensure_standins(*, rebuild: bool = False, network: str | None = "host") -> d
             f"stand-in {ref}: built in {time.monotonic() - began:.1f} s, "
             f"{(image_size(ref) or 0) / MB:.1f} MB"
         )
+    remove_superseded(recipe)
     return wanted
+
+
+def remove_superseded(recipe: str) -> None:
+    """Remove the stand-ins of older recipes (their layers stay while an image uses them)."""
+    listed = output(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"])
+    for ref in listed.split():
+        if ref.startswith("hwsched-standin/") and not ref.endswith(f"-{recipe}"):
+            subprocess.run(["docker", "image", "rm", ref], capture_output=True, check=False)
+            log(f"removed the superseded stand-in {ref}")
 
 
 def import_debian(ref: str) -> None:
@@ -357,7 +369,7 @@ def import_debian(ref: str) -> None:
     with tempfile.TemporaryDirectory(prefix="hwsched-rootfs-") as tmp:
         rootfs = Path(tmp) / "rootfs"
         log(f"debootstrap --variant=minbase {SUITE} (mirror from the apt sources)")
-        run(["debootstrap", "--variant=minbase", SUITE, str(rootfs), mirror], quiet=True)
+        run(["debootstrap", f"--variant={VARIANT}", SUITE, str(rootfs), mirror], quiet=True)
         slim_debian(rootfs)
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
         try:

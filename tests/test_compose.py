@@ -458,9 +458,9 @@ def test_a_user_sees_the_house_on_the_broker(stack: Stack) -> None:
     plan = _json(got[f"{BASE}/plan"])
     assert set(plan["sockets"]) == {s.device_name for s in devices.sockets}, plan["sockets"]
     assert plan["forecast_made_at"] == forecast["made_at"]
-    for s in sockets:
-        state = _json(got[f"{BASE}/{s}"])
-        assert state["socket"] == s
+    for s in devices.sockets:
+        state = _json(got[f"{BASE}/{s.slug}"])
+        assert state["socket"] == s.device_name
         assert state["power_on"] in (True, False)
     configs = {t: _json(p) for t, p in got.items() if t.startswith(f"{HA_PREFIX}/device/")}
     assert len(configs) >= len(sockets)
@@ -475,7 +475,7 @@ def test_a_user_sees_the_house_on_the_broker(stack: Stack) -> None:
         topic, payload, retain = next(m for m in ha.messages if m[0].endswith("/set"))
     assert not retain
     command = _json(payload)
-    assert topic == f"{BASE}/{command['socket']}/set"
+    assert topic == f"{BASE}/{slugify(command['socket'])}/set"
     assert command["state"] in ("on", "off")
 
 

@@ -10,6 +10,10 @@ defines (or only those of the SERVICEs named), each with `docker build` from its
 `build:` (context, dockerfile, target, args), one after the other, printing for each
 `image <name>: built in <s> s, <MB> MB (base <MB> MB + hwsched <MB> MB)` and the totals at
 the end. The legacy builder and BuildKit both work (CI here: DOCKER_BUILDKIT=0, no buildx).
+The stages before each target are tagged `hwsched-cache/<image>:<stage>-<tag>`, so their layers
+(the locked dependencies) stay as the next build's cache, and the untagged images earlier
+builds left behind (docker/Dockerfile's label only) are pruned: a machine that builds on
+every CI run keeps one set, not one per run.
 
 * `--network host`: builds use the host's network (a machine whose containers cannot route
   out, as CI here: dockerd --ip-forward=false).
@@ -227,6 +231,41 @@ def build_argv(spec: ImageBuild, *, network: str | None, extra_args: dict[str, s
     return [*argv, spec.context]
 
 
+#: The label docker/Dockerfile puts on its stages: which untagged images are ours.
+BUILD_LABEL = "org.hwsched.build=hwsched"
+#: Where the build stages are tagged, so their layers stay as the next build's cache.
+CACHE_REPOSITORY = "hwsched-cache"
+
+
+def stages_before(dockerfile: Path, target: str | None) -> list[str]:
+    """The named stages of `dockerfile` before `target` (all of them without one)."""
+    names = re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", dockerfile.read_text(), re.M | re.I)
+    return names[: names.index(target)] if target in names else names
+
+
+def keep_build_stages(spec: ImageBuild, argv: list[str]) -> None:
+    """Tag the stages before the image's target (a rebuild from the cache: seconds), so that
+    they stay as the next build's cache while `prune_superseded` removes older ones."""
+    dockerfile = Path(argv[argv.index("--file") + 1])
+    name, _, tag = spec.image.rpartition(":")
+    for stage in stages_before(dockerfile, spec.target):
+        ref = f"{CACHE_REPOSITORY}/{name.rsplit('/', 1)[-1]}:{stage}-{tag}"
+        again = list(argv)
+        again[again.index("--tag") + 1] = ref
+        if "--target" in again:
+            again[again.index("--target") + 1] = stage
+        else:
+            again[-1:-1] = ["--target", stage]
+        run(again, quiet=True)
+
+
+def prune_superseded() -> None:
+    """Remove the untagged images of earlier builds (this Dockerfile's label only)."""
+    done = output(["docker", "image", "prune", "--force", "--filter", f"label={BUILD_LABEL}"])
+    freed = done.strip().splitlines()[-1] if done.strip() else ""
+    log(f"pruned the images earlier builds left untagged: {freed or 'none'}")
+
+
 def build(options: argparse.Namespace) -> int:
     compose = compose_command()
     project = Path(options.project_directory).resolve()
@@ -242,13 +281,16 @@ def build(options: argparse.Namespace) -> int:
     for spec in builds:
         log(f"building {spec.image} (for {', '.join(spec.services)})")
         began = time.monotonic()
-        run(build_argv(spec, network=options.network, extra_args=extra), quiet=options.quiet)
+        argv = build_argv(spec, network=options.network, extra_args=extra)
+        run(argv, quiet=options.quiet)
         took = time.monotonic() - began
+        keep_build_stages(spec, argv)
         total_s += took
         size = image_size(spec.image) or 0
         base = image_size(spec.base) if spec.base else None
         rows.append((spec.image, took, size, base))
         log(describe(spec.image, took, size, base, spec.base))
+    prune_superseded()
     together = sum(r[2] for r in rows) / MB
     log(f"built {len(rows)} images in {total_s:.1f} s; together {together:.0f} MB")
     for image, took, size, base in rows:

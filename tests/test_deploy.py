@@ -7,8 +7,11 @@
   compose.yaml: the same host name, ports and state directory, the `sim` volume read-only in
   every service, and the files a simulator started with that command writes load as the
   services' devices file and CA;
-* every Dockerfile passes hadolint; multi-stage, pinned base, non-root, a HEALTHCHECK; its
-  entry point is a real module; the lock it installs covers every import of its service;
+* docker/Dockerfile (every service's image: build argument SERVICE) and the stand-ins' pass
+  hadolint; multi-stage, the base an argument whose default is the pinned official image,
+  non-root, a HEALTHCHECK, nothing of one service in it; each compose service's image runs
+  `services.<SERVICE>` (docker/service.py), and the lock it installs covers every import of
+  its service;
 * the broker: the shipped mosquitto.conf started with the real `mosquitto` binary (only the
   listener's port and the /mosquitto/... paths are changed, to a free 127.0.0.1 port and a
   temporary directory), with the password file and ACL that mosquitto/broker_setup.py makes:
@@ -66,7 +69,10 @@ ENV_EXAMPLE = ROOT / ".env.example"
 MOSQUITTO_CONF = ROOT / "mosquitto" / "mosquitto.conf"
 EXAMPLE_DEVICES = ROOT / "config" / "config_devices.example.json"
 BASE_IMAGE = re.compile(r"^python:3\.11\.\d+-slim-bookworm$")
-BROKER_IMAGE = re.compile(r"^eclipse-mosquitto:2\.0\.\d+$")
+BROKER_IMAGE = re.compile(r"^\$\{MOSQUITTO_IMAGE:-eclipse-mosquitto:2\.0\.\d+\}$")
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+#: The Dockerfile's stages that are images (compose `target`s).
+IMAGE_TARGETS = ("service", "forecaster")
 #: The images' own paths that are not the repository's.
 LOCAL = ("shared", "services")
 
@@ -83,6 +89,7 @@ def _load(name: str, path: Path) -> ModuleType:
 
 broker_setup = _load("hwsched_broker_setup", ROOT / "mosquitto" / "broker_setup.py")
 healthcheck = _load("hwsched_healthcheck", ROOT / "docker" / "healthcheck.py")
+service_entry = _load("hwsched_service_entry", ROOT / "docker" / "service.py")
 
 
 def _tool(name: str) -> str:
@@ -114,13 +121,25 @@ def env_example() -> dict[str, str]:
 
 
 def hwsched_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The compose services built from services/<name>/Dockerfile, by that name."""
+    """The compose services whose image is docker/Dockerfile's for themselves (SERVICE = their
+    name; not broker-setup, which runs the poller's image)."""
     out = {}
     for name, svc in compose["services"].items():
-        dockerfile = svc.get("build", {}).get("dockerfile", "")
-        if dockerfile == f"services/{name}/Dockerfile":
+        build = svc.get("build", {})
+        if build.get("dockerfile") == "docker/Dockerfile" and build_args(svc)["SERVICE"] == name:
             out[name] = svc
     return out
+
+
+def build_args(svc: dict[str, Any]) -> dict[str, str]:
+    """A service's build arguments as compose passes them (defaults of .env.example)."""
+    example = env_example()
+    return {k: interpolate(str(v), example) for k, v in svc["build"].get("args", {}).items()}
+
+
+def image_env(svc: dict[str, Any]) -> dict[str, str]:
+    """The environment docker/Dockerfile gives the service's image (its target stage)."""
+    return dockerfile_env(DOCKERFILE, svc["build"]["target"], build_args(svc))
 
 
 # --- compose.yaml ---------------------------------------------------------------------------
@@ -159,6 +178,7 @@ def test_compose_has_every_service_with_restart_healthcheck_and_bounded_logs(
     assert sorted(hwsched_services(compose)) == mains
     assert services["simulator"]["profiles"] == ["sim"]
     assert BROKER_IMAGE.match(services["mosquitto"]["image"])
+    assert interpolate(services["mosquitto"]["image"], {}) == env_example()["MOSQUITTO_IMAGE"]
     for name, svc in services.items():
         logging = svc["logging"]
         assert logging["driver"] == "json-file", name
@@ -167,10 +187,19 @@ def test_compose_has_every_service_with_restart_healthcheck_and_bounded_logs(
         if name != "broker-setup":
             assert svc["restart"] == "unless-stopped", name
     for name, svc in hwsched_services(compose).items():
-        # the image's HEALTHCHECK is used (not switched off), config is mounted read-only
-        assert "healthcheck" not in svc, name
+        # the image's HEALTHCHECK is used (its timing may be tuned, its test not replaced
+        # nor switched off), config is mounted read-only
+        assert not {"test", "disable"} & set(svc.get("healthcheck", {})), name
         assert "./config:/app/config:ro" in svc["volumes"], name
         assert svc["image"].startswith(f"hwsched/{name}:"), name
+        assert svc["build"]["context"] == "."
+        assert svc["build"]["target"] in IMAGE_TARGETS, name
+        # no container runs as root: the images' users, and compose's own where it sets one
+        assert svc.get("user", "10001").split(":")[0] not in ("0", "root"), name
+    for name in ("mosquitto", "broker-setup"):
+        assert services[name]["user"] == "1883:1883", name  # the broker's user, not root
+    # the broker image's /mosquitto/log: a tmpfs, never an anonymous volume left by `down`
+    assert "/mosquitto/log" in services["mosquitto"]["tmpfs"]
     broker = services["mosquitto"]
     assert "test" in broker["healthcheck"]
     assert any(v.endswith(":/mosquitto/data") for v in broker["volumes"])
@@ -183,9 +212,9 @@ def test_no_secret_is_written_into_compose(
     for name, svc in [*compose["services"].items(), *compose_sim["services"].items()]:
         for key, value in (svc.get("environment") or {}).items():
             if "PASSWORD" in key and value:
-                assert re.fullmatch(r"\$\{MQTT_[A-Z]+_PASSWORD(:\?[^}]*|:-)?\}", value), (
-                    f"{name}: {key} must come from .env, not be written here"
-                )
+                assert re.fullmatch(
+                    r"\$\{(MQTT_[A-Z]+|DASHBOARD)_PASSWORD(:\?[^}]*|:-)?\}", value
+                ), f"{name}: {key} must come from .env, not be written here"
 
 
 def test_each_service_has_its_own_broker_user(compose: dict[str, Any]) -> None:
@@ -243,12 +272,36 @@ def is_setting(var: str) -> bool:
     return bool(rest) and _settings_field(rest.split(ENV_NESTED_DELIMITER), Settings)
 
 
-def dockerfile_env(path: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
+def dockerfile_stages(path: Path) -> dict[str, tuple[str, list[tuple[str, str]]]]:
+    """Stage name -> (what it is FROM, its instructions)."""
+    stages: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+    current: list[tuple[str, str]] = []
     for instr, args in dockerfile_instructions(path):
-        if instr == "ENV":
-            for item in re.findall(r"(\w+)=(\S+)", args):
-                out[item[0]] = item[1]
+        if instr == "FROM":
+            words = args.split()
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else str(len(stages))
+            current = []
+            stages[name] = (words[0], current)
+        elif stages:
+            current.append((instr, args))
+    return stages
+
+
+def dockerfile_env(path: Path, target: str, args: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment `target`'s image has: ENV of its stage and the stages it is FROM
+    (`${ARG}` of the build arguments given; unknown ones stay as they are)."""
+    stages = dockerfile_stages(path)
+    chain = [target]
+    while stages[chain[-1]][0] in stages:
+        chain.append(stages[chain[-1]][0])
+    out: dict[str, str] = {}
+    for stage in reversed(chain):
+        for instr, text in stages[stage][1]:
+            if instr == "ENV":
+                for key, value in re.findall(r"(\w+)=(\S+)", text):
+                    out[key] = re.sub(
+                        r"\$\{(\w+)\}", lambda m: (args or {}).get(m.group(1), m.group(0)), value
+                    )
     return out
 
 
@@ -257,8 +310,8 @@ def test_every_hwsched_variable_is_a_setting(compose: dict[str, Any]) -> None:
     for path in COMPOSE_FILES:
         names |= set(re.findall(r"\b(HWSCHED_[A-Z0-9_]+)", path.read_text()))
     names |= {k for k in env_example() if k.startswith(ENV_PREFIX)}
-    for dockerfile in (ROOT / "services").glob("*/Dockerfile"):
-        names |= {k for k in dockerfile_env(dockerfile) if k.startswith(ENV_PREFIX)}
+    for target in IMAGE_TARGETS:
+        names |= {k for k in dockerfile_env(DOCKERFILE, target) if k.startswith(ENV_PREFIX)}
     assert names, "no HWSCHED_ variable found"
     assert {n for n in names if not is_setting(n)} == set()
     # the check itself knows a wrong one when it sees it
@@ -280,8 +333,7 @@ def test_every_service_environment_loads_as_settings(
     for name, svc in compose["services"].items():
         env = {k: interpolate(str(v), example) for k, v in (svc.get("environment") or {}).items()}
         if name in hwsched_services(compose):
-            image_env = dockerfile_env(ROOT / "services" / name / "Dockerfile")
-            env = {**{k: v for k, v in image_env.items() if k.startswith(ENV_PREFIX)}, **env}
+            env = {**{k: v for k, v in image_env(svc).items() if k.startswith(ENV_PREFIX)}, **env}
         hwsched = {k: v for k, v in env.items() if k.startswith(ENV_PREFIX)}
         for key, value in hwsched.items():
             monkeypatch.setenv(key, value)
@@ -323,7 +375,7 @@ def overlay_env(compose: dict[str, Any], compose_sim: dict[str, Any], name: str)
     """A service's environment as `docker compose -f compose.yaml -f compose.sim.yaml` gives
     it: the image's HWSCHED_* variables, then compose.yaml's, then the overlay's."""
     example = env_example()
-    image = dockerfile_env(ROOT / "services" / name / "Dockerfile")
+    image = image_env(compose["services"][name])
     env = {k: v for k, v in image.items() if k.startswith(ENV_PREFIX)}
     for data in (compose, compose_sim):
         svc_env = data["services"].get(name, {}).get("environment") or {}
@@ -438,7 +490,8 @@ def test_dockerignore_keeps_secrets_and_config_out_of_images() -> None:
 
 
 def dockerfiles() -> list[Path]:
-    return sorted((ROOT / "services").glob("*/Dockerfile"))
+    """docker/Dockerfile (every service) and the stand-in base images' recipes."""
+    return [DOCKERFILE, *sorted((ROOT / "docker" / "standins").glob("*.Dockerfile"))]
 
 
 def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
@@ -461,7 +514,7 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
     return out
 
 
-@pytest.mark.parametrize("path", dockerfiles(), ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("path", dockerfiles(), ids=lambda p: p.name)
 def test_hadolint(path: Path) -> None:
     done = subprocess.run(
         [_tool("hadolint"), "--no-color", str(path)],
@@ -473,49 +526,83 @@ def test_hadolint(path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("path", dockerfiles(), ids=lambda p: p.parent.name)
-def test_dockerfile_is_slim_multistage_pinned_and_non_root(path: Path) -> None:
-    instructions = dockerfile_instructions(path)
-    froms = [args.split()[0] for instr, args in instructions if instr == "FROM"]
-    assert len(froms) >= 2, "multi-stage: build, then run"
-    assert all(BASE_IMAGE.match(f) for f in froms), froms
-    final = instructions[max(i for i, (instr, _) in enumerate(instructions) if instr == "FROM") :]
-    users = [args for instr, args in final if instr == "USER"]
-    assert users, "no USER in the final stage"
-    assert users[-1].split(":")[0] not in ("0", "root"), "runs as a user without rights"
-    assert any(instr == "HEALTHCHECK" for instr, _ in final)
+def test_dockerfile_is_slim_multistage_pinned_and_non_root() -> None:
+    instructions = dockerfile_instructions(DOCKERFILE)
+    # the base: an argument, by default the official image pinned by exact tag
+    first = instructions[0]
+    assert first[0] == "ARG"
+    name, _, default = first[1].partition("=")
+    assert name == "PYTHON_IMAGE"
+    assert BASE_IMAGE.match(default), default
+    stages = dockerfile_stages(DOCKERFILE)
+    for stage, (base, _) in stages.items():
+        assert base == "${PYTHON_IMAGE}" or base in stages, f"{stage} is FROM {base}"
+    assert list(stages)[-len(IMAGE_TARGETS) - 1 :] == ["service", "island", "forecaster"], (
+        "the legacy builder builds every stage before its target: the forecaster's last"
+    )
+    for target in IMAGE_TARGETS:
+        chain = [target]
+        while stages[chain[-1]][0] in stages:
+            chain.append(stages[chain[-1]][0])
+        assert "build" not in chain, f"{target} carries the build stage"
+        inherited = [i for stage in reversed(chain) for i in stages[stage][1]]
+        users = [args for instr, args in inherited if instr == "USER"]
+        assert users, f"{target}: no USER"
+        assert users[-1].split(":")[0] not in ("0", "root"), "runs as a user without rights"
+        assert any(instr == "HEALTHCHECK" for instr, _ in inherited), target
+        entry = [json.loads(args) for instr, args in inherited if instr == "ENTRYPOINT"]
+        assert entry[-1] == ["python", "/app/service.py"], entry
+        # the build-time CA and index never reach an image
+        words = " ".join(args for _, args in inherited)
+        assert "EXTRA_CA_CERTS" not in words
+        assert "INDEX_URL" not in words
+        assert "PIP_CONFIG_FILE" not in words
     copies = " ".join(args for instr, args in instructions if instr in ("COPY", "ADD"))
     assert "config" not in copies.split()
     assert ".env" not in copies
 
 
-def entry_module(path: Path) -> str:
-    instructions = dockerfile_instructions(path)
-    entry = [json.loads(args) for instr, args in instructions if instr == "ENTRYPOINT"]
-    assert entry, "no ENTRYPOINT"
-    argv = entry[-1]
-    assert argv[:2] == ["python", "-m"], argv
-    return str(argv[2])
+def test_the_dockerfile_names_no_service_but_the_forecaster() -> None:
+    """One Dockerfile for all: a new service needs nothing here (its compose entry and lock)."""
+    services = {p.parent.name for p in (ROOT / "services").glob("*/__main__.py")}
+    text = " ".join(f"{i} {a}" for i, a in dockerfile_instructions(DOCKERFILE))
+    named = {s for s in services if re.search(rf"\b{s}\b", text)}
+    assert named == {"forecaster"}  # its island: a stage of its own
 
 
-@pytest.mark.parametrize("path", dockerfiles(), ids=lambda p: p.parent.name)
-def test_entry_point_is_a_real_module(path: Path) -> None:
-    module = entry_module(path)
-    assert module == f"services.{path.parent.name}"
-    main = importlib.util.find_spec(module + ".__main__")
-    assert main is not None
-    assert main.origin is not None
-    # `__main__` runs the service when imported: import what it calls instead.
-    tree = ast.parse(Path(main.origin).read_text())
-    calls = [
-        (node.module, alias.name)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(module)
-        for alias in node.names
-    ]
-    assert calls, f"{main.origin} imports nothing of {module}"
-    for target, attr in calls:
-        assert callable(getattr(importlib.import_module(target), attr)), f"{target}.{attr}"
+def test_every_service_image_runs_its_service(compose: dict[str, Any]) -> None:
+    """docker/service.py: SERVICE names the package; every module of it imports (the build's
+    check); and it runs `services.<SERVICE>`'s __main__ as `python -m` would."""
+    for name in hwsched_services(compose):
+        modules = service_entry.check(name)
+        assert f"services.{name}" in modules
+        assert importlib.util.find_spec(f"services.{name}.__main__") is not None
+    os.environ.pop("SERVICE", None)
+    with pytest.raises(SystemExit, match="SERVICE"):
+        service_entry.service_name()
+
+
+def test_the_service_entry_point_runs_the_package_main(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "services" / "demo"
+    package.mkdir(parents=True)
+    (tmp_path / "services" / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(
+        "import sys\nprint('demo ran as', __name__, 'with', sys.argv[1:])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "docker" / "service.py"), "--flag", "x"],
+        cwd=tmp_path,
+        env={**os.environ, "SERVICE": "demo", "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "demo ran as __main__ with ['--flag', 'x']"
 
 
 # --- per-service dependencies ---------------------------------------------------------------
@@ -598,14 +685,10 @@ def dependencies(dist: str) -> set[str]:
     return out
 
 
-def image_lock(dockerfile: Path) -> Path:
-    """The lock the image installs its service's dependencies from (the first one copied)."""
-    for instr, args in dockerfile_instructions(dockerfile):
-        if instr == "COPY":
-            found = re.search(r"requirements/([\w.-]+\.lock)", args)
-            if found:
-                return ROOT / "requirements" / found.group(1)
-    raise AssertionError(f"{dockerfile}: copies no requirements/*.lock")
+def image_lock(svc: dict[str, Any]) -> Path:
+    """The lock the service's image installs (docker/Dockerfile: LOCK, by default SERVICE)."""
+    args = build_args(svc)
+    return ROOT / "requirements" / f"{args.get('LOCK', args['SERVICE'])}.lock"
 
 
 def _declared_dependencies() -> set[str]:
@@ -613,17 +696,19 @@ def _declared_dependencies() -> set[str]:
     return {canonicalize_name(Requirement(r).name) for r in project["dependencies"]}
 
 
-@pytest.mark.parametrize("path", dockerfiles(), ids=lambda p: p.parent.name)
-def test_image_lock_covers_every_import_of_its_service(path: Path) -> None:
-    name = path.parent.name
-    lock = image_lock(path)
+def test_image_lock_covers_every_import_of_its_service(compose: dict[str, Any]) -> None:
+    for name, svc in hwsched_services(compose).items():
+        check_image_lock(name, svc)
+
+
+def check_image_lock(name: str, svc: dict[str, Any]) -> None:
+    lock = image_lock(svc)
     assert lock.name in (f"{name}.lock", f"{name}-service.lock")
     pins = read_lock(lock)
     runtime = read_lock(ROOT / "requirements" / "runtime.lock")
-    roots: list[Path | str] = [f"services.{name}.__main__"]
-    copies = " ".join(args for instr, args in dockerfile_instructions(path) if instr == "COPY")
-    if "docker/healthcheck.py" in copies:
-        roots.append(ROOT / "docker" / "healthcheck.py")
+    roots: list[Path | str] = [f"services.{name}.__main__", ROOT / "docker" / "service.py"]
+    if "HWSCHED_BROKER__USERNAME" in (svc.get("environment") or {}):
+        roots.append(ROOT / "docker" / "healthcheck.py")  # its MQTT check (not the simulator's)
     if name == "poller":  # compose's broker-setup runs the broker setup in the poller image
         roots.append(ROOT / "mosquitto" / "broker_setup.py")
     module_dists = importlib.metadata.packages_distributions()
@@ -647,11 +732,14 @@ def test_the_forecaster_island_holds_the_worker_and_quartz() -> None:
     for module in third_party_imports("services.forecaster.worker"):
         dists = {canonicalize_name(d) for d in module_dists.get(module, [])}
         assert dists & island.keys(), f"the worker imports {module}, not in forecaster.lock"
-    text = (ROOT / "services" / "forecaster" / "Dockerfile").read_text()
-    assert "requirements/forecaster.lock" in text
-    assert dockerfile_env(ROOT / "services" / "forecaster" / "Dockerfile")[
-        "HWSCHED_FORECAST__WORKER_PYTHON"
-    ].startswith("/opt/forecaster/")
+    stages = dockerfile_stages(DOCKERFILE)
+    stage = " ".join(f"{i} {a}" for i, a in stages["island"][1])
+    assert "ARG ISLAND_LOCK=forecaster" in stage
+    assert "requirements/${ISLAND_LOCK}.lock" in stage
+    assert "--no-deps" in stage
+    env = dockerfile_env(DOCKERFILE, "forecaster")
+    assert env["HWSCHED_FORECAST__WORKER_PYTHON"].startswith("/opt/forecaster/")
+    assert "HWSCHED_FORECAST__WORKER_PYTHON" not in dockerfile_env(DOCKERFILE, "service")
 
 
 def test_the_import_scan_sees_lazy_and_relative_imports() -> None:
@@ -663,7 +751,10 @@ def test_the_import_scan_sees_lazy_and_relative_imports() -> None:
 
 # --- the broker -----------------------------------------------------------------------------
 
-PASSWORDS = {user: f"{user}-pw-{uuid.uuid4().hex[:12]}" for user in broker_setup.SERVICE_USERS}
+PASSWORDS = {
+    user: f"{user}-pw-{uuid.uuid4().hex[:12]}"
+    for user in (*broker_setup.SERVICE_USERS, *broker_setup.OPTIONAL_SERVICE_USERS)
+}
 PASSWORDS[broker_setup.HA_USER] = f"ha-pw-{uuid.uuid4().hex[:12]}"
 
 
@@ -850,7 +941,11 @@ def _topic(spec: TopicSpec, own: str) -> str:
 def test_each_user_publishes_exactly_its_own_topics(broker: Broker) -> None:
     """For every user and every topic of the registry (and a few more): allowed or not, as
     the registry says; a forbidden message never reaches a subscriber that reads everything."""
-    users = [*broker_setup.SERVICE_USERS, broker_setup.HA_USER]
+    users = [
+        *broker_setup.SERVICE_USERS,
+        *broker_setup.OPTIONAL_SERVICE_USERS,
+        broker_setup.HA_USER,
+    ]
     # `ha` reads both trees (and the sentinels tell when a publisher's messages are all in)
     with client(broker, "ha", PASSWORDS["ha"]) as watcher:
         assert watcher.accepted
@@ -1038,3 +1133,35 @@ def test_healthcheck_reads_the_services_liveness(
     assert "no availability" in (check("actuator", max_age_s=180, timeout_s=0.5) or "")
     monkeypatch.setenv("HWSCHED_BROKER__PASSWORD", "wrong-password")
     assert "refused" in (check("bridge", max_age_s=180, timeout_s=5) or "")
+
+
+def test_healthcheck_of_the_simulator_asks_its_control_api(tmp_path: Path) -> None:
+    import http.server
+
+    class Control(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            ok = self.path == "/control/state"
+            body = b'{"house": {}}' if ok else b"{}"
+            self.send_response(200 if ok else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    info = tmp_path / "simulator.json"
+    assert "no control URL" in (healthcheck.check_simulator(timeout_s=2, info=info) or "")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Control)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/control"
+        info.write_text(json.dumps({"control_url": url}))
+        assert healthcheck.check_simulator(timeout_s=2, info=info) is None
+        info.write_text(json.dumps({"control_url": url + "/nothing-here"}))
+        assert "does not answer" in (healthcheck.check_simulator(timeout_s=2, info=info) or "")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "does not answer" in (healthcheck.check_simulator(timeout_s=2, info=info) or "")

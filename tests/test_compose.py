@@ -34,6 +34,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -68,9 +69,18 @@ PROJECT_FILES = (
     "docker",
     "mosquitto",
 )
-USERS = ("poller", "forecaster", "scheduler", "actuator", "bridge", "ha")
+USERS = ("poller", "forecaster", "scheduler", "actuator", "bridge", "dashboard", "ha")
 #: Long-running services (broker-setup runs once and exits).
-SERVICES = ("mosquitto", "simulator", "poller", "forecaster", "scheduler", "actuator", "bridge")
+SERVICES = (
+    "mosquitto",
+    "simulator",
+    "poller",
+    "forecaster",
+    "scheduler",
+    "actuator",
+    "bridge",
+    "dashboard",
+)
 #: How long `up` may take until every container is healthy (a busy 2-core machine; the
 #: services' first health probe comes 30 s after their start on Docker Engine 20.10).
 HEALTHY_WITHIN_S = 300.0
@@ -153,6 +163,7 @@ class Stack:
     env: dict[str, str]
     mqtt_port: int
     control_port: int
+    dashboard_port: int
     passwords: dict[str, str]
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -295,12 +306,13 @@ def stack(docker_engine: Engine, base_images: dict[str, str]) -> Iterator[Stack]
     directory = Path(tempfile.mkdtemp(prefix="hwsched-compose-"))
     project = f"hwsched-test-{uuid.uuid4().hex[:6]}"
     passwords = {u: secrets.token_hex(24) for u in USERS}
-    mqtt_port, control_port = _free_port(), _free_port()
+    mqtt_port, control_port, dashboard_port = _free_port(), _free_port(), _free_port()
     try:
         _copy_project(directory)
         env_lines = [f"MQTT_{u.upper()}_PASSWORD={pw}" for u, pw in passwords.items()]
         env_lines += [f"{k}={v}" for k, v in base_images.items()]
         env_lines += ["IMAGE_TAG=compose-test", f"MQTT_PORT={mqtt_port}", "HWSCHED_LOG_LEVEL=INFO"]
+        env_lines += [f"DASHBOARD_PASSWORD={secrets.token_hex(12)}"]
         (directory / ".env").write_text("\n".join(env_lines) + "\n")
         (directory / ".env").chmod(0o600)
         (directory / "compose.test.yaml").write_text(
@@ -310,10 +322,14 @@ def stack(docker_engine: Engine, base_images: dict[str, str]) -> Iterator[Stack]
             f"    ports: !override ['127.0.0.1:{mqtt_port}:1883']\n"
             "  simulator:\n"
             f"    ports: ['127.0.0.1:{control_port}:18081']\n"
+            "  dashboard:\n"
+            f"    ports: !override ['127.0.0.1:{dashboard_port}:8080']\n"
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HWSCHED_", "MQTT_"))}
         env["DOCKER_BUILDKIT"] = env.get("DOCKER_BUILDKIT", "0")
-        st = Stack(directory, project, compose, env, mqtt_port, control_port, passwords)
+        st = Stack(
+            directory, project, compose, env, mqtt_port, control_port, dashboard_port, passwords
+        )
         argv = ["build", "--network", "host", "--project-directory", str(directory)]
         for ca in _ca_files():
             argv += ["--ca-file", ca]
@@ -465,7 +481,7 @@ def test_a_user_sees_the_house_on_the_broker(stack: Stack) -> None:
     configs = {t: _json(p) for t, p in got.items() if t.startswith(f"{HA_PREFIX}/device/")}
     assert len(configs) >= len(sockets)
     assert all("cmps" in c or "components" in c for c in configs.values()), configs
-    for service in ("poller", "forecaster", "scheduler", "actuator", "bridge"):
+    for service in ("poller", "forecaster", "scheduler", "actuator", "bridge", "dashboard"):
         assert got[f"{BASE}/service/{service}/availability"] == b"online"
     # commands: the scheduler's, not retained, as they go by
     with stack.as_user() as ha:
@@ -477,6 +493,33 @@ def test_a_user_sees_the_house_on_the_broker(stack: Stack) -> None:
     command = _json(payload)
     assert topic == f"{BASE}/{slugify(command['socket'])}/set"
     assert command["state"] in ("on", "off")
+
+
+def test_the_dashboard_shows_the_house_read_only(stack: Stack) -> None:
+    """The page on its published port: served, live state with every socket, no buttons
+    without a login (a control call is refused)."""
+    base = f"http://127.0.0.1:{stack.dashboard_port}"
+    with urllib.request.urlopen(f"{base}/", timeout=10) as answer:
+        assert answer.status == 200
+        assert "hwsched" in answer.read().decode()
+    deadline = time.monotonic() + 120
+    state: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{base}/api/state", timeout=10) as answer:
+            state = dict(json.load(answer))
+        text = json.dumps(state)
+        if all(s.device_name in text for s in _devices().sockets):
+            break
+        time.sleep(2)
+    else:
+        raise AssertionError(f"the dashboard never showed every socket: {state}")
+    slug = _devices().sockets[0].slug
+    request = urllib.request.Request(
+        f"{base}/api/sockets/{slug}/override", data=b'{"state": "on"}', method="POST"
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code in (401, 403)
 
 
 #: What mosquitto logs for a client it refuses (its id is `<unknown>` then).

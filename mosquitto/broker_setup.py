@@ -5,11 +5,12 @@
 writes, each atomically and readable by its owner only:
 
 * `OUT_DIR/passwd`: one user per hwsched service (`poller`, `forecaster`, `scheduler`,
-  `actuator`, `bridge`), `ha` for Home Assistant / Node-RED when `MQTT_HA_PASSWORD` is set, and
-  `health` (the broker's own healthcheck: a random password, kept in `OUT_DIR/health` and
-  reused by later runs). Passwords come from `MQTT_<USER>_PASSWORD` (the environment, or
-  `--env-file`); hashed as `mosquitto_passwd` does (PBKDF2-SHA512, `$7$`), so no password is
-  ever on a command line. An empty or placeholder (`change-me…`) password is refused;
+  `actuator`, `bridge`, `prices`), `ha` for Home Assistant / Node-RED when
+  `MQTT_HA_PASSWORD` is set, and `health` (the broker's own healthcheck: a random password,
+  kept in `OUT_DIR/health` and reused by later runs). Passwords come from
+  `MQTT_<USER>_PASSWORD` (the environment, or `--env-file`); hashed as `mosquitto_passwd`
+  does (PBKDF2-SHA512, `$7$`), so no password is ever on a command line. An empty or
+  placeholder (`change-me…`) password is refused;
 * `OUT_DIR/acl`: rendered from `shared.topics.TOPICS` (who publishes what: the part of each
   topic's `direction` before `→`), the settings' `base_topic` and the devices file (see
   `render_acl`). Every user may read `<base>/#` (and `ha` the discovery prefix too); each may
@@ -44,7 +45,7 @@ from shared.config import ConfigError, DevicesConfig, load_devices, load_setting
 from shared.topics import TOPICS, TopicSpec
 
 #: The MQTT users of the hwsched services: a user's name is its service's name.
-SERVICE_USERS = ("poller", "forecaster", "scheduler", "actuator", "bridge")
+SERVICE_USERS = ("poller", "forecaster", "scheduler", "actuator", "bridge", "prices")
 #: Topics outside the registry, under the Home Assistant discovery prefix (`{ha}`): the
 #: bridge publishes device-based discovery configs (and clears stale ones), and reads HA's
 #: birth message and the configs already there.

@@ -9,7 +9,8 @@ and publishes; the scheduler resamples the published prices onto its plan's step
   {value}}`; `base` is the bare day-ahead price), `parse_entsoe` ENTSO-E's A44 price document
   (`Publication_MarketDocument`: `TimeSeries` → `Period` → `Point`s of `price.amount` in
   EUR/MWh; curve type A03 leaves out a point that repeats the one before; an
-  `Acknowledgement_MarketDocument` with reason 999 means "not published yet").
+  `Acknowledgement_MarketDocument` with reason 999 "No matching data found" means "not
+  published yet", any other reason is a refusal).
   `NotPublishedError` (a day not out yet) and `PriceFormatError` (anything unusable) are the
   two ways they fail, each with one line saying why.
 * **The contract** (`Tariff`): a dynamic contract's all-in import per step is
@@ -338,7 +339,7 @@ def parse_entsoe(body: bytes | str) -> PriceSeries:
     if kind == "Acknowledgement_MarketDocument":
         code = _optional_text(root, ("Reason", "code"))
         reason = (_optional_text(root, ("Reason", "text")) or "no reason given")[:200]
-        if code == _NO_DATA_CODE:
+        if code == _NO_DATA_CODE and reason.lower().startswith("no matching data"):
             raise NotPublishedError(f"ENTSO-E: no prices for that period (yet): {reason}")
         raise PriceFormatError(f"ENTSO-E refused the request (reason {code}): {reason}")
     if kind != "Publication_MarketDocument":

@@ -176,6 +176,10 @@ def test_entsoe_no_data_yet_and_refusals() -> None:
     refused = fixture("entsoe_no_data.xml").replace(b"<code>999</code>", b"<code>401</code>")
     with pytest.raises(PriceFormatError, match="reason 401"):
         parse_entsoe(refused)
+    # 999 is the platform's code for most refusals: only "No matching data" is "not yet"
+    other = fixture("entsoe_no_data.xml").replace(b"No matching data found", b"Invalid query")
+    with pytest.raises(PriceFormatError, match="reason 999"):
+        parse_entsoe(other)
 
 
 def test_entsoe_refuses_entity_expansion_and_broken_xml() -> None:

@@ -932,6 +932,8 @@ class Simulator:
             return _v2_error(400, "json:parameter-invalid-type:charge_to_full")
         if (mode == "to_full" or to_full is True) and "permissions" in body:
             return _v2_error(400, "json:parameter-not-exclusive")
+        if "permissions" in body and mode is None and self.house.control.mode == "to_full":
+            return _v2_error(400, "json:parameter-read-only:permissions")
         if to_full is True and mode not in (None, "to_full"):
             return _v2_error(400, "json:parameter-not-exclusive")
         if to_full is True:

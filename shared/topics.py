@@ -35,6 +35,7 @@ from pydantic.fields import FieldInfo
 
 from shared.messages import (
     BatteryCommand,
+    BatteryOverrideRequest,
     BatteryState,
     CostSummary,
     DeviceMeasurement,
@@ -334,12 +335,12 @@ TOPICS: list[TopicSpec] = [
     TopicSpec(
         "batteries_override_set",
         "batteries/override/set",
-        OverrideRequest,
+        BatteryOverrideRequest,
         "HA, Node-RED, user → actuator",
         False,
         1,
         'After a mode set in the HomeWizard app: {"state": "auto"} hands the batteries back '
-        "to the plan (on/off are for sockets).",
+        "to the plan.",
     ),
     TopicSpec(
         "batteries",

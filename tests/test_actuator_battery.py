@@ -25,7 +25,14 @@ from services.simulator.server import Simulator
 from services.simulator.settings import SimulatorSettings
 from shared.clock import ManualClock
 from shared.homewizard import BatteriesState, V2Client
-from shared.messages import BatteryCommand, BatteryState, Message, MessageError, OverrideRequest
+from shared.messages import (
+    BatteryCommand,
+    BatteryOverrideRequest,
+    BatteryState,
+    Message,
+    MessageError,
+    parse_message,
+)
 from shared.planning.problem import BATTERY_MODES, BatteryMode
 from shared.service import Counters, RateLimitedLog
 from shared.topics import Topics
@@ -152,9 +159,9 @@ def test_a_mode_set_in_the_app_is_held_until_the_boundary_or_auto() -> None:
         "to_full",
         core.hold.until,
     )
-    with pytest.raises(MessageError, match="auto"):
-        core.on_override(OverrideRequest(state="on"), at)
-    core.on_override(OverrideRequest(state="auto"), at)
+    with pytest.raises(MessageError, match="state"):
+        parse_message(BatteryOverrideRequest, b'{"state": "on"}')
+    core.on_override(parse_message(BatteryOverrideRequest, b'{"state": "auto"}'), at)
     d = core.decide(at + timedelta(minutes=5))
     assert (d.desire.controlled_by, d.switch_to) == ("plan", "zero")
 
@@ -296,7 +303,7 @@ async def test_app_change_is_held_and_shutdown_puts_zero_back(sim: Simulator) ->
         await shell._cycle(client)
         assert pub.states()[-1].controlled_by == "app"
         assert sim.house.control.mode == "standby"  # respected
-        core.on_override(OverrideRequest(state="auto"), clock.now())
+        core.on_override(BatteryOverrideRequest(state="auto"), clock.now())
         clock.advance(400)
         await shell._cycle(client)
         assert sim.house.control.permissions == frozenset({"discharge_allowed"})

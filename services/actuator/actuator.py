@@ -51,6 +51,7 @@ from shared.homewizard import SocketState as RelayState
 from shared.homewizard import SwitchLockedError, client_for
 from shared.messages import (
     BatteryCommand,
+    BatteryOverrideRequest,
     BatteryState,
     DeviceMeasurement,
     EnergyBooks,
@@ -331,7 +332,8 @@ class Actuator:
 
     def _on_battery_override(self, _slug: str, payload: bytes) -> None:
         assert self.battery is not None
-        self.battery.core.on_override(parse_message(OverrideRequest, payload), self.clock.now())
+        request = parse_message(BatteryOverrideRequest, payload)
+        self.battery.core.on_override(request, self.clock.now())
         self.battery.wake.set()
 
     def _on_own_battery(self, _slug: str, payload: bytes) -> None:

@@ -55,7 +55,7 @@ from shared.clock import Clock
 from shared.config import P1Config, Settings
 from shared.daytime import next_boundary
 from shared.homewizard import BatteriesState, V2Client
-from shared.messages import BatteryCommand, BatteryState, MessageError, OverrideRequest
+from shared.messages import BatteryCommand, BatteryOverrideRequest, BatteryState, MessageError
 from shared.planning.problem import BatteryMode
 from shared.service import Counters, Publisher, RateLimitedLog, with_timeout
 from shared.topics import Topics
@@ -236,12 +236,8 @@ class BatteryCore:
         self._counters.inc("battery_commands")
         return True
 
-    def on_override(self, request: OverrideRequest, now: datetime) -> None:
+    def on_override(self, request: BatteryOverrideRequest, now: datetime) -> None:
         """`<base>/batteries/override/set`: `auto` hands the batteries back to the plan."""
-        if request.state != "auto":
-            raise MessageError(
-                'state: the batteries take {"state": "auto"} only (back to the plan)', "state"
-            )
         if self.hold is not None:
             self._counters.inc("battery_holds_cleared")
             self._log.info("batteries: back to the plan (auto), were %s", self.hold.seen)

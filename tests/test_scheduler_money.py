@@ -212,8 +212,12 @@ def test_the_meter_counts_and_prices_stretch_by_stretch() -> None:
         for i, share in ((0, 5 / 20), (1, 15 / 20))
     )
     assert meter.cost_eur == pytest.approx(want)
-    # an older reading changes nothing; a counter going back starts over
+    # an older reading (or one of a day gone) changes nothing; a counter going back starts over
     assert meter_sample(meter, at, 0.0, 0.0, prices, DAY0).meter == meter
+    yesterday = DAY0 - timedelta(days=1)
+    assert (
+        meter_sample(meter, later + timedelta(hours=1), 0.0, 0.0, prices, yesterday).meter == meter
+    )
     back = meter_sample(meter, later + timedelta(minutes=1), 10.0, 500.5, prices, DAY0)
     assert back.reset == "counter went back"
     assert back.meter.import_kwh == pytest.approx(1.0)

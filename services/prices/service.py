@@ -39,6 +39,7 @@ from shared.clock import Clock
 from shared.config import DevicesConfig, Settings
 from shared.messages import Message, MessageError, Prices, parse_message
 from shared.prices import (
+    MAX_ABS_EUR_KWH,
     NotPublishedError,
     PriceSeries,
     Tariff,
@@ -290,22 +291,21 @@ class PriceKeeper:
     # --- the retained message (the last known prices) ---------------------------------------
 
     async def on_retained(self, topic: str, payload: bytes) -> None:
-        """Our own retained prices: read back once at start as the last known."""
+        """Our own retained prices: read back once at start as the last known.
+
+        An unusable payload is a `MessageError`: a counted, logged drop (by the runtime).
+        """
+        if len(payload) > MAX_RETAINED_BYTES:
+            raise MessageError(f"(payload): larger than {MAX_RETAINED_BYTES} bytes")
+        message = parse_message(Prices, payload)
+        ahead = (message.made_at - self._clock.now()).total_seconds()
+        if ahead > MAX_FUTURE_S:
+            raise MessageError(f"made_at: {ahead:.0f} s in the future", "made_at")
+        values = message.day_ahead_eur_kwh or []
+        if any(abs(v) > MAX_ABS_EUR_KWH for v in values):
+            raise MessageError("day_ahead_eur_kwh: a price out of range", "day_ahead_eur_kwh")
         if self._restored.is_set():
-            return
-        try:
-            if len(payload) > MAX_RETAINED_BYTES:
-                raise MessageError(f"(payload): larger than {MAX_RETAINED_BYTES} bytes")
-            message = parse_message(Prices, payload)
-            ahead = (message.made_at - self._clock.now()).total_seconds()
-            if ahead > MAX_FUTURE_S:
-                raise MessageError(f"made_at: {ahead:.0f} s in the future", "made_at")
-        except MessageError as err:
-            self._counters.inc("messages_dropped")
-            self._counters.inc("messages_dropped_prices")
-            self._log.warning("dropped the retained prices on %s: %s", topic, err)
-            self._restored.set()
-            return
+            return  # our own message coming back
         source = self._source
         if (
             source is not None

@@ -27,6 +27,7 @@ publishes the `CostSummary`.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -47,7 +48,7 @@ from shared.messages import (
 )
 from shared.planning.problem import BatteryMode, Plan
 from shared.planning.reference import plan_reference
-from shared.prices import price_at
+from shared.prices import MAX_ABS_EUR_KWH, price_at
 from shared.service import Counters, Handler, Publisher, RateLimitedLog
 from shared.topics import Topics
 
@@ -71,6 +72,8 @@ class Subscriber(Protocol):
 
 #: A message time this far ahead of the clock is refused (clock skew), s.
 MAX_FUTURE_S = 120.0
+#: Larger than any house's day: a kWh or EUR figure beyond this read back is refused.
+MAX_DAY_FIGURE = 1e6
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,8 @@ class PlanMoney:
 
 
 def _r(value: float | None, digits: int = 4) -> float | None:
-    return None if value is None else round(value, digits)
+    """Rounded, or None when absent or not finite (a figure never breaks a message)."""
+    return None if value is None or not math.isfinite(value) else round(value, digits)
 
 
 class Money:
@@ -157,6 +161,9 @@ class Money:
     async def on_prices(self, topic: str, payload: bytes) -> None:
         prices = parse_message(Prices, payload)
         self._not_future(prices.made_at, "made_at")
+        for field in ("import_eur_kwh", "export_eur_kwh"):
+            if any(abs(v) > MAX_ABS_EUR_KWH for v in getattr(prices, field)):
+                raise MessageError(f"{field}: a price beyond {MAX_ABS_EUR_KWH:g} EUR/kWh", field)
         old = self.prices
         if old is not None and prices.made_at < old.made_at and not old.fallback:
             self._counters.inc("prices_older_ignored")
@@ -178,6 +185,10 @@ class Money:
         self._not_future(summary.timestamp, "timestamp")
         if summary.meter_read_at is not None:
             self._not_future(summary.meter_read_at, "meter_read_at")
+        for field in ("import_today_kwh", "export_today_kwh", "cost_today_eur"):
+            value = getattr(summary, field)
+            if value is not None and abs(value) > MAX_DAY_FIGURE:
+                raise MessageError(f"{field}: {value:g} is not a day's figure", field)
         if self._restored:
             return  # our own copy coming back
         self._restored = True
@@ -304,9 +315,9 @@ class Money:
     ) -> PlanMessage:
         problem = prepared.problem
         extra: dict[str, object] = {
-            "expected_import_wh": round(ours.import_wh, 1),
-            "expected_export_wh": round(ours.export_wh, 1),
-            "reference_import_wh": round(reference.import_wh, 1),
+            "expected_import_wh": _r(ours.import_wh, 1),
+            "expected_export_wh": _r(ours.export_wh, 1),
+            "reference_import_wh": _r(reference.import_wh, 1),
         }
         if priced:
             extra |= {
@@ -315,7 +326,8 @@ class Money:
                 "expected_cost_eur": _r(ours.cost_eur),
                 "reference_cost_eur": _r(reference.cost_eur),
             }
-        if any(m != "zero" for m in modes):
+        trajectory = [*ours.battery_power_w, *ours.battery_energy_wh]
+        if any(m != "zero" for m in modes) and all(math.isfinite(v) for v in trajectory):
             dt_h = problem.dt_h
             extra["battery_mode"] = list(modes)
             extra["battery_power_w"] = [round(p, 3) for p in ours.battery_power_w]

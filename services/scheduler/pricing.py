@@ -264,10 +264,10 @@ def meter_sample(
 ) -> MeterResult:
     """`meter` after one more P1 reading at `at` (its counters), today starting at `day_start`.
 
-    A reading not after the last one changes nothing.
+    A reading not after the last one, or of an earlier day, changes nothing.
     """
-    if meter.read_at is not None and at <= meter.read_at:
-        return MeterResult(meter)
+    if (meter.read_at is not None and at <= meter.read_at) or day_start < meter.day_start:
+        return MeterResult(meter)  # older than what is counted, or of a day gone
     if day_start > meter.day_start:
         fresh = Meter(day_start=day_start)
         if meter.read_at is None or meter.meter_import_kwh is None:

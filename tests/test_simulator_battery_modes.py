@@ -3,6 +3,7 @@ P1 meter's `/api/batteries` (mode + permissions, HomeWizard's docs/v2/batteries 
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -14,6 +15,7 @@ from services.simulator.house import House
 from services.simulator.server import Simulator
 from services.simulator.settings import SimulatorSettings
 from shared.clock import ManualClock
+from shared.config import DevicesConfig
 from shared.homewizard import BatteriesState
 from shared.planning.problem import BATTERY_MODES, BatteryMode
 from tests.test_simulator import NIGHT, NOON, V2, devices, house
@@ -137,3 +139,13 @@ async def test_put_batteries_follows_the_documented_rules(sim: Simulator) -> Non
         "PUT", "/api/batteries", json={"mode": "zero", "permissions": ["charge_allowed"]}
     )
     assert leave.json()["mode"] == "zero"
+
+
+async def test_the_simulated_p1_is_paired(sim: Simulator) -> None:
+    assert sim.state_dir is not None
+    data = json.loads((sim.state_dir / "devices.sim.json").read_text())
+    token = next(d for d in data["devices"] if d["device_type"] == "HWE-P1")["user_info"]["token"]
+    assert DevicesConfig.model_validate(data).p1.battery_token == token
+    assert (await V2(sim, "P1 meter", token).request("GET", "/api/batteries")).status_code == 200
+    wrong = await V2(sim, "P1 meter", "AB12" * 8).request("GET", "/api/batteries")
+    assert wrong.status_code == 401

@@ -15,7 +15,10 @@ every interface), e.g. `simulator` on a Compose network:
 API v2 answers only with `Authorization: Bearer <token>` (else 401 `user:unauthorized`):
 a device accepts the tokens of its pairings (`POST /api/user` after a simulated button
 press), the `user_info.token` of a battery in the devices file (the P1 accepts every
-battery's, as the devices file has no P1 token), and `tokens` from the simulator settings.
+battery's too), and `tokens` from the simulator settings. The P1 meter is paired as it
+were: its own `user_info` from the devices file, or else a token of its own that
+`devices.sim.json` carries (user `local/hwsched-sim`), so the services control the
+batteries on the simulated house as on a paired one.
 Its TLS certificate is issued by the simulator's own CA for `appliance/<type>/<serial>`
 (see `tls.py`).
 
@@ -119,6 +122,15 @@ PRODUCTS = {
     "HWE-SKT": Product("HWE-SKT", "Energy Socket", "4.07", "energysocket", v1=True, v2=False),
     "HWE-BAT": Product("HWE-BAT", "Plug-In Battery", "2.0.1", "battery", v1=False, v2=True),
 }
+
+
+#: The API v2 user the simulated P1 meter is paired with when the devices file names none.
+P1_USER = "local/hwsched-sim"
+
+
+def _p1_token(serial: str, seed: int) -> str:
+    """The simulated P1's own token: the same for the same house (32 hex)."""
+    return hashlib.sha256(f"p1-token:{serial}:{seed}".encode()).hexdigest()[:32].upper()
 
 
 def serial_for(name: str) -> str:
@@ -304,6 +316,8 @@ class Simulator:
         self.ca_path: Path | None = None
         self._ca: CertificateAuthority | None = None
         self.devices: dict[str, SimDevice] = {}
+        #: The simulated P1 meter's token when the devices file gives it none (or a placeholder).
+        self.p1_token: str | None = None
         battery_tokens = {
             b.user_info.token.get_secret_value().upper(): b.user_info.name
             for b in devices.batteries
@@ -323,8 +337,11 @@ class Simulator:
                 sim.tokens[token] = dev.user_info.name
             elif isinstance(dev, P1Config):
                 sim.tokens.update(battery_tokens)
-                if dev.user_info is not None:
+                if dev.user_info is not None and not dev.user_info.token_is_placeholder:
                     sim.tokens[dev.user_info.token.get_secret_value().upper()] = dev.user_info.name
+                else:  # paired, as it were: devices.sim.json gets this token (battery control)
+                    self.p1_token = _p1_token(sim.serial, self.settings.seed)
+                    sim.tokens[self.p1_token] = P1_USER
             sim.tokens.update({t.upper(): "local/configured" for t in s.tokens})
             self.devices[dev.slug] = sim
         self.weather_port: int | None = None
@@ -562,7 +579,9 @@ class Simulator:
             item["ip_address"] = self.host
             item["port"] = dev.primary_port
             user_info = getattr(dev.config, "user_info", None)
-            if user_info is not None:  # the dump masks secrets: write the real token
+            if isinstance(dev.config, P1Config) and self.p1_token is not None:
+                item["user_info"] = {"name": P1_USER, "token": self.p1_token}
+            elif user_info is not None:  # the dump masks secrets: write the real token
                 item["user_info"] = {
                     "name": user_info.name,
                     "token": user_info.token.get_secret_value(),

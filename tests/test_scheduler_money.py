@@ -430,3 +430,16 @@ async def test_prices_newer_win_and_a_fallback_gives_way(settings: Settings) -> 
     await handler("t/prices", dump_message(day_prices(made_at=T0 + timedelta(hours=1))))
     assert counters["messages_dropped_prices"] == 1
     assert s.money.prices == real
+
+
+async def test_edge_of_the_calendar_is_a_counted_drop(settings: Settings) -> None:
+    s, _, counters, _ = make(settings, DEVICES)
+    year_one = datetime(1, 1, 1, tzinfo=T0.tzinfo)
+    await s.on_measurement("t/p1_meter/measurement", p1_reading(year_one, 1.0, 1.0))
+    assert counters["messages_dropped_measurement"] == 1
+    assert s.money.meter.read_at is None
+    end = datetime(9999, 12, 31, 23, 30, tzinfo=T0.tzinfo)
+    late = day_prices(made_at=T0).model_copy(update={"start": end})
+    await s.money.guard("prices", s.money.on_prices)("t/prices", dump_message(late))
+    assert counters["messages_dropped_prices"] == 1
+    assert s.money.prices is None

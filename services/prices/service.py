@@ -304,6 +304,10 @@ class PriceKeeper:
         values = message.day_ahead_eur_kwh or []
         if any(abs(v) > MAX_ABS_EUR_KWH for v in values):
             raise MessageError("day_ahead_eur_kwh: a price out of range", "day_ahead_eur_kwh")
+        try:
+            _ = message.end
+        except OverflowError:  # a time at the edge of the calendar (year 1 or 9999)
+            raise MessageError("start: the prices run out of the calendar", "start") from None
         if self._restored.is_set():
             return  # our own message coming back
         source = self._source

@@ -161,6 +161,10 @@ class Money:
     async def on_prices(self, topic: str, payload: bytes) -> None:
         prices = parse_message(Prices, payload)
         self._not_future(prices.made_at, "made_at")
+        try:
+            _ = prices.end
+        except OverflowError:  # a time at the edge of the calendar (year 1 or 9999)
+            raise MessageError("start: the prices run out of the calendar", "start") from None
         for field in ("import_eur_kwh", "export_eur_kwh"):
             if any(abs(v) > MAX_ABS_EUR_KWH for v in getattr(prices, field)):
                 raise MessageError(f"{field}: a price beyond {MAX_ABS_EUR_KWH:g} EUR/kWh", field)
@@ -228,14 +232,25 @@ class Money:
         """A P1 meter reading (validated by the scheduler): today's energy and cost."""
         if m.energy_import_kwh is None or m.energy_export_kwh is None:
             return
-        result = meter_sample(
-            self.meter,
-            m.timestamp,
-            m.energy_import_kwh,
-            m.energy_export_kwh,
-            self.prices,
-            self._today(m.timestamp),
-        )
+        try:
+            result = meter_sample(
+                self.meter,
+                m.timestamp,
+                m.energy_import_kwh,
+                m.energy_export_kwh,
+                self.prices,
+                self._today(m.timestamp),
+            )
+        except OverflowError:  # a reading stamped at the edge of the calendar (year 1)
+            self._counters.inc("messages_dropped")
+            self._counters.inc("messages_dropped_measurement")
+            self._rate_log.log(
+                "drop:measurement",
+                logging.WARNING,
+                "dropped a P1 meter reading: timestamp %s out of range",
+                m.timestamp.isoformat(),
+            )
+            return
         if result.reset is not None:
             self._counters.inc("meter_resets")
             self._log.warning("P1 meter counters: %s: counting on from this reading", result.reset)

@@ -5,7 +5,7 @@
 writes, each atomically and readable by its owner only:
 
 * `OUT_DIR/passwd`: one user per hwsched service (`poller`, `forecaster`, `scheduler`,
-  `actuator`, `bridge`, `prices`), `ha` for Home Assistant / Node-RED when
+  `actuator`, `bridge`, `prices`, `dashboard`), `ha` for Home Assistant / Node-RED when
   `MQTT_HA_PASSWORD` is set, and `health` (the broker's own healthcheck: a random password,
   kept in `OUT_DIR/health` and reused by later runs). Passwords come from
   `MQTT_<USER>_PASSWORD` (the environment, or `--env-file`); hashed as `mosquitto_passwd`
@@ -45,7 +45,15 @@ from shared.config import ConfigError, DevicesConfig, load_devices, load_setting
 from shared.topics import TOPICS, TopicSpec
 
 #: The MQTT users of the hwsched services: a user's name is its service's name.
-SERVICE_USERS = ("poller", "forecaster", "scheduler", "actuator", "bridge", "prices")
+SERVICE_USERS = (
+    "poller",
+    "forecaster",
+    "scheduler",
+    "actuator",
+    "bridge",
+    "prices",
+    "dashboard",
+)
 #: Topics outside the registry, under the Home Assistant discovery prefix (`{ha}`): the
 #: bridge publishes device-based discovery configs (and clears stale ones), and reads HA's
 #: birth message and the configs already there.

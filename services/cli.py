@@ -4,6 +4,7 @@
     hwsched check-config [--settings FILE] [--devices FILE]
     hwsched simulate [--config FILE] [--speed X] [--start ISO] [--seed N] [--base-port N] ...
     hwsched pair HOST [--name local/NAME] [--port N] [--timeout S] [--ca-file FILE]
+    hwsched status [--watch [S]] [--run-dir DIR] [--settings FILE] [--timeout S]
 
 Bad input is one line on stderr and exit status 2, never a traceback.
 """
@@ -228,6 +229,95 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         raise CliError(str(err)) from None
 
 
+def _stack_broker(run_dir: Path) -> dict[str, object]:
+    """Where `hwsched run --run-dir DIR` put its broker, clock and devices (its stack.json)."""
+    path = run_dir / "stack.json"
+    try:
+        info = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CliError(
+            f"{path}: no such file (is `hwsched run --run-dir {run_dir}` running?)"
+        ) from None
+    except (OSError, ValueError) as err:
+        raise CliError(f"{path}: cannot read: {err}") from None
+    broker = info.get("broker") if isinstance(info, dict) else None
+    if not isinstance(broker, dict) or not isinstance(broker.get("port"), int):
+        raise CliError(f"{path}: no broker port in it")
+    if info.get("state") != "running":
+        raise CliError(f"{path}: the stack is {info.get('state')!r}, not running")
+    return dict(info)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """The live state from the broker as tables: once, or every S seconds (--watch)."""
+    import aiomqtt
+
+    from services.dashboard.state import LiveState
+    from services.dashboard.terminal import client_id, gather
+    from shared.clock import shared_scaled_clock
+    from shared.service import clock_for
+    from shared.topics import Topics
+
+    if args.watch is not None and not 0.1 <= args.watch <= 3600:
+        raise CliError("--watch: between 0.1 and 3600 seconds")
+    if not 0 < args.timeout <= 300:
+        raise CliError("--timeout: between 0 and 300 seconds")
+    settings = load_settings(Path(args.settings) if args.settings else None)
+    broker = settings.broker
+    host, port, base = broker.host, broker.port, settings.base_topic
+    username = broker.username
+    password = broker.password.get_secret_value() if broker.password is not None else None
+    clock = clock_for(settings)
+    devices_file: Path | None = settings.devices_file
+    if args.run_dir:
+        info = _stack_broker(Path(args.run_dir))
+        stack_broker = info["broker"]
+        assert isinstance(stack_broker, dict)
+        host, port = str(stack_broker.get("host", "127.0.0.1")), int(stack_broker["port"])
+        base = str(info.get("base_topic") or base)
+        sim = info.get("clock")
+        if isinstance(sim, dict):  # the stack's simulated time
+            clock = shared_scaled_clock(
+                float(sim["speed"]), datetime.fromisoformat(str(sim["start"])), float(sim["origin"])
+            )
+        simulator = info.get("simulator")
+        found = simulator.get("devices_file") if isinstance(simulator, dict) else None
+        devices_file = Path(found) if isinstance(found, str) else None
+        secrets_file = Path(args.run_dir) / "broker" / "passwords.env"
+        if secrets_file.exists():  # a --secure stack: watch as the read-only user
+            for line in secrets_file.read_text().splitlines():
+                if line.startswith("MQTT_HA_PASSWORD="):
+                    username, password = "ha", line.partition("=")[2]
+    devices = None
+    if devices_file is not None:
+        try:
+            devices = load_devices(devices_file)
+        except ConfigError:
+            devices = None  # the broker's own messages still say what there is
+    state = LiveState(
+        Topics(base), settings.tz, settings.daily_boundary, clock.now(), devices=devices
+    )
+
+    def connect() -> aiomqtt.Client:
+        return aiomqtt.Client(
+            host,
+            port,
+            username=username,
+            password=password,
+            identifier=client_id(broker.client_id_prefix),
+            timeout=args.timeout,
+            tls_params=aiomqtt.TLSParameters() if broker.tls else None,
+        )
+
+    try:
+        asyncio.run(gather(connect, state, clock.now, sys.stdout, watch_s=args.watch))
+    except aiomqtt.MqttError as err:
+        raise CliError(f"cannot read the broker {host}:{port}: {err}") from None
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hwsched", description="Solar-surplus energy scheduler for HomeWizard devices."
@@ -279,6 +369,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="CA certificate to trust instead of HomeWizard's (e.g. the simulator's)",
     )
     pr.set_defaults(func=cmd_pair)
+    st = sub.add_parser(
+        "status",
+        help="the live state from the broker: sockets, surplus, forecast, services",
+        description="Read what the broker holds (settings: broker host, port, credentials, "
+        "as the services) and print each socket (who controls it, on/off, stored Wh of its "
+        "capacity, the next planned switch), the surplus, the forecast's energy left today and "
+        "each service's health.",
+    )
+    st.add_argument(
+        "--watch",
+        nargs="?",
+        const=5.0,
+        type=float,
+        metavar="S",
+        help="print it again every S seconds (default 5) until Ctrl-C",
+    )
+    st.add_argument(
+        "--run-dir",
+        metavar="DIR",
+        help="the broker, clock and devices of `hwsched run --run-dir DIR` (e.g. run)",
+    )
+    st.add_argument("--settings", metavar="FILE", help="settings TOML (default: as services)")
+    st.add_argument(
+        "--timeout", type=float, default=10.0, metavar="S", help="broker time-out (10 s)"
+    )
+    st.set_defaults(func=cmd_status)
     sim = sub.add_parser(
         "simulate",
         help="run the simulated house: devices, solar panels and weather on 127.0.0.1",

@@ -8,7 +8,9 @@ Starts, as separate processes running their real code:
 - the poller, the prices service (day-ahead prices from the house's own market, EnergyZero-
   shaped unless `HWSCHED_PRICES__SOURCE` says otherwise), the forecaster (quartz's model in
   its own environment, `.venv-forecaster`), the scheduler,
-  the actuator and the Home Assistant bridge, pointed at that broker and that house;
+  the actuator, the Home Assistant bridge and the dashboard (on 127.0.0.1:8080, or a free
+  port, unless the settings say otherwise; a random password for this run in
+  `<run-dir>/dashboard-password` unless one is set), pointed at that broker and that house;
 then prints what to watch and how to publish an override, restarts a service that dies (with
 back-off), and stops everything cleanly on Ctrl-C (SIGTERM to each, SIGKILL to what is left of
 its process group after a grace period).
@@ -136,7 +138,16 @@ def choose_broker(want: str, port: int, run_dir: Path) -> BrokerPlan:
 #: The shipped broker configuration (compose's), used as it is by `--secure`.
 SHIPPED_BROKER_CONF = ROOT / "mosquitto" / "mosquitto.conf"
 #: Users of a secure stack: the services (each its own) and `ha` (read-only, to watch).
-SECURE_USERS = ("poller", "forecaster", "scheduler", "actuator", "bridge", "prices", "ha")
+SECURE_USERS = (
+    "poller",
+    "forecaster",
+    "scheduler",
+    "actuator",
+    "bridge",
+    "prices",
+    "dashboard",
+    "ha",
+)
 
 
 def shipped_broker_conf(port: int, auth_dir: Path, data_dir: Path) -> str:
@@ -224,6 +235,72 @@ def base_topic() -> str:
         if isinstance(value, str) and value:
             return value
     return "hwsched"
+
+
+#: The dashboard's port when neither the environment nor the settings name one.
+DASHBOARD_PORT = 8080
+DASHBOARD_PASSWORD_FILE = "dashboard-password"
+
+
+@dataclass(frozen=True)
+class DashboardPlan:
+    """Where `hwsched run` serves the dashboard, and the variables that say so."""
+
+    url: str
+    env: dict[str, str]
+    #: The generated password's file (None: the password comes from the settings).
+    password_file: Path | None
+    note: str = ""
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def plan_dashboard(run_dir: Path, environ: dict[str, str]) -> DashboardPlan:
+    """The dashboard of `hwsched run`: host and port from the environment or the settings
+    file (default 127.0.0.1:8080; another free port when that one is taken), its history
+    in `<run-dir>/dashboard/`, and, when no password is set, a random one for this run in
+    `<run-dir>/dashboard-password` (mode 0600)."""
+    import secrets
+
+    table: dict[str, Any] = {}
+    path = ROOT / "config" / "settings.toml"
+    with contextlib.suppress(OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        found = tomllib.loads(path.read_text()).get("dashboard")
+        table = found if isinstance(found, dict) else {}
+    host = environ.get("HWSCHED_DASHBOARD__HOST") or str(table.get("host", BROKER_HOST))
+    env: dict[str, str] = {
+        "HWSCHED_DASHBOARD__HOST": host,
+        "HWSCHED_DASHBOARD__HISTORY_FILE": str(run_dir / "dashboard" / "history.json"),
+    }
+    note = ""
+    raw_port = environ.get("HWSCHED_DASHBOARD__PORT")
+    if raw_port is None:
+        port = table.get("port", DASHBOARD_PORT)
+        port = port if isinstance(port, int) else DASHBOARD_PORT
+        if not _port_free(host, port):
+            note = f" (port {port} is taken: another free one)"
+            port = free_port()
+        env["HWSCHED_DASHBOARD__PORT"] = str(port)
+        raw_port = str(port)
+    password_file: Path | None = None
+    if not environ.get("HWSCHED_DASHBOARD__PASSWORD") and not table.get("password"):
+        password = secrets.token_urlsafe(12)
+        password_file = run_dir / DASHBOARD_PASSWORD_FILE
+        password_file.unlink(missing_ok=True)
+        fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(password + "\n")
+        env["HWSCHED_DASHBOARD__PASSWORD"] = password
+    shown = BROKER_HOST if host in ("0.0.0.0", "::") else host
+    shown = f"[{shown}]" if ":" in shown else shown
+    return DashboardPlan(f"http://{shown}:{raw_port}/", env, password_file, note)
 
 
 @dataclass
@@ -363,7 +440,9 @@ def _prices_source_chosen() -> bool:
         return False  # the services will say what is wrong
 
 
-def _print_guide(base: str, port: int, sim: dict[str, Any], run_dir: Path) -> None:
+def _print_guide(
+    base: str, port: int, sim: dict[str, Any], run_dir: Path, dashboard: DashboardPlan | None
+) -> None:
     devices = sim.get("devices")
     sockets = [
         slug
@@ -372,11 +451,23 @@ def _print_guide(base: str, port: int, sim: dict[str, Any], run_dir: Path) -> No
     ]
     example = sockets[0] if sockets else "kitchen_boiler"
     sub = f"mosquitto_sub -h 127.0.0.1 -p {port} -v"
+    page = ""
+    if dashboard is not None:
+        login = (
+            f"password in {dashboard.password_file}"
+            if dashboard.password_file is not None
+            else "the password of your settings"
+        )
+        page = (
+            f"The dashboard:        {dashboard.url}   (buttons: {login}){dashboard.note}\n"
+            f"The state, in short:  hwsched status --run-dir {run_dir}   (--watch: live)\n"
+        )
     print(
         f"""
 hwsched is running on the simulated house.  Logs: {run_dir}/*.log   Stop: Ctrl-C
 Where everything is (JSON): {run_dir / STACK_FILE}
 
+{page}
 Watch everything:      {sub} -t '{base}/#'
 The plan:              {sub} -t '{base}/plan'
 The house surplus:     {sub} -t '{base}/surplus'
@@ -442,6 +533,8 @@ class StackState:
     state: str = "starting"
     #: The shared simulated clock (speed, start, origin), None: real time.
     clock: dict[str, Any] | None = None
+    #: The dashboard's URL and its password file (None before it is planned).
+    dashboard: dict[str, str | None] | None = None
 
     def save(self) -> None:
         data = {
@@ -456,6 +549,7 @@ class StackState:
             "restarts": {c.name: c.total_restarts for c in self.children},
             "clock": self.clock,
             "logs": str(self.path.parent),
+            "dashboard": self.dashboard,
         }
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -554,7 +648,13 @@ async def run_stack(
             ("scheduler", [sys.executable, "-m", "services.scheduler"]),
             ("actuator", [sys.executable, "-m", "services.actuator"]),
             ("bridge", [sys.executable, "-m", "services.bridge"]),
+            ("dashboard", [sys.executable, "-m", "services.dashboard"]),
         ]
+        dashboard = plan_dashboard(run_dir, base_env)
+        state.dashboard = {
+            "url": dashboard.url,
+            "password_file": str(dashboard.password_file) if dashboard.password_file else None,
+        }
         if FORECASTER_PYTHON.exists():
             # The service runs here; quartz's model runs in its island, as a worker process.
             env["HWSCHED_FORECAST__WORKER_PYTHON"] = str(FORECASTER_PYTHON)
@@ -566,10 +666,10 @@ async def run_stack(
                 flush=True,
             )
         for name, argv in services:
-            child_env = env
+            child_env = dict(env, **dashboard.env) if name == "dashboard" else env
             if users:  # each service as its own broker user
                 child_env = dict(
-                    env, HWSCHED_BROKER__USERNAME=name, HWSCHED_BROKER__PASSWORD=users[name]
+                    child_env, HWSCHED_BROKER__USERNAME=name, HWSCHED_BROKER__PASSWORD=users[name]
                 )
             child = Child(name, argv, child_env, run_dir / f"{name}.log")
             await child.start()
@@ -577,7 +677,7 @@ async def run_stack(
             print(f"[stack] started {name} (pid {child.pid or '?'})", flush=True)
         state.state = "running"
         state.save()
-        _print_guide(state.base, port, sim, run_dir)
+        _print_guide(state.base, port, sim, run_dir, dashboard)
         supervisor = asyncio.create_task(supervise(children[2:], stop, state.save))
         while not stop.is_set():
             if simulator.proc is not None and simulator.proc.returncode is not None:

@@ -73,6 +73,8 @@ MAX_FILE_BYTES = 1024 * 1024
 
 #: Field names whose values are never shown in a message.
 _SECRET_FIELDS = frozenset({"token", "password", "user_info", "entsoe_token"})
+#: Tables holding a password: a value given in place of the whole table is not shown either.
+_SECRET_TABLES = frozenset({("broker",), ("dashboard",)})
 _TOKEN = re.compile(r"[0-9a-fA-F]{32}")
 _HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST_NAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
@@ -544,7 +546,7 @@ def describe_error(err: ValidationError) -> str:
         problem = "must be an object"
     value = first.get("input")
     # the broker table itself: a password given in place of the table is not shown either
-    secret = any(part in _SECRET_FIELDS for part in where) or tuple(where) == ("broker",)
+    secret = any(part in _SECRET_FIELDS for part in where) or tuple(where) in _SECRET_TABLES
     scalar = value is None or isinstance(value, str | int | float | bool | time)
     if first["type"] not in _NO_INPUT_TYPES and scalar and not secret:
         problem += f" (got {_shown(value)})"
@@ -619,6 +621,51 @@ class BrokerSettings(BaseModel):
     tls: bool = False
     #: Prefix of the services' MQTT client ids (each service adds its own name).
     client_id_prefix: NonBlank = "hwsched"
+
+
+#: Passwords refused for the dashboard: the placeholders of `.env.example`.
+_PLACEHOLDER_PASSWORDS = ("change-me", "changeme")
+#: Shortest dashboard password.
+DASHBOARD_PASSWORD_MIN = 12
+
+
+def _check_dashboard_password(value: SecretStr | None) -> SecretStr | None:
+    """At least 12 characters and not a placeholder; an empty one means no password."""
+    if value is None:
+        return None
+    text = value.get_secret_value()
+    if not text:
+        return None
+    if text.lower().startswith(_PLACEHOLDER_PASSWORDS):
+        raise ValueError("must not be a placeholder (change-me…): set one of your own, or none")
+    if len(text) < DASHBOARD_PASSWORD_MIN:
+        raise ValueError(f"must be at least {DASHBOARD_PASSWORD_MIN} characters")
+    return value
+
+
+class DashboardSettings(BaseModel):
+    """The dashboard's web page (`services/dashboard`): where it listens, its password."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    #: Address the page is served on: 127.0.0.1 (this machine only) by default; 0.0.0.0 in a
+    #: container or to reach it from the house's network.
+    host: Host = "127.0.0.1"
+    port: Port = 8080
+    #: The password of the control buttons (on for 1 h, off, back to plan); none: read-only.
+    #: From the environment (`HWSCHED_DASHBOARD__PASSWORD`, compose: `.env`), never logged.
+    password: Annotated[SecretStr | None, AfterValidator(_check_dashboard_password)] = None
+    #: Mark the session cookie `Secure` (only sent over HTTPS): set behind a TLS proxy.
+    secure_cookie: bool = False
+    #: A login lasts this long, s.
+    session_ttl_s: Annotated[int, Field(ge=60, le=30 * 86_400)] = 43_200
+    #: Where the day's measured history (surplus, on-times, battery) is kept across a
+    #: restart; none: in memory only.
+    history_file: Path | None = None
+    #: Resolution of the measured history, s.
+    history_step_s: Annotated[int, Field(ge=10, le=900)] = 60
+    #: Live updates reach the browsers at most this often, s.
+    push_interval_s: Annotated[float, Field(ge=0.1, le=60, allow_inf_nan=False)] = 1.0
 
 
 class SimClockSettings(BaseModel):
@@ -827,6 +874,8 @@ class Settings(BaseSettings):
     prices: PriceSettings = PriceSettings()
     #: Simulated time (`HWSCHED_SIM_CLOCK__SPEED`, `__START`, `__ORIGIN`); None = real time.
     sim_clock: SimClockSettings | None = None
+    #: The dashboard (`HWSCHED_DASHBOARD__HOST`, `__PORT`, `__PASSWORD`, ...).
+    dashboard: DashboardSettings = DashboardSettings()
 
     @model_validator(mode="after")
     def _discovery_apart(self) -> Settings:

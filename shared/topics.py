@@ -246,7 +246,7 @@ TOPICS: list[TopicSpec] = [
         "override_set",
         "{socket}/override/set",
         OverrideRequest,
-        "HA, Node-RED, user → actuator",
+        "HA, Node-RED, user, dashboard → actuator",
         False,
         1,
         "Manual override command: on/off for a lease (until or duration_s), or auto to end it.",

@@ -54,6 +54,7 @@ from hypothesis import strategies as st
 
 from services.actuator.actuator import Actuator, ShellOptions
 from services.bridge.bridge import Bridge, BridgeOptions
+from services.dashboard.dashboard import Dashboard
 from services.forecaster.forecaster import REQUEST_LIMIT, RETAINED_LIMIT, Forecaster
 from services.forecaster.protocol import WorkerFailure, WorkerRequest, WorkerResult
 from services.forecaster.settings import ForecastSettings
@@ -729,6 +730,31 @@ async def bridge_rig(
     return rig
 
 
+async def dashboard_rig(settings: Settings, clock: ManualClock) -> Rig:
+    """The dashboard's state as `app()` feeds it (everything under the base topic); every
+    payload it takes is rendered at once (a value it took must not break the page). Its
+    web server is not started: the fuzz is about what comes from the broker."""
+    service = new_service("dashboard", settings, clock, ServiceOptions())
+    dashboard = Dashboard(service, DEVICES)
+    service.subscribe(service.topics.everything(), dashboard.on_message)
+
+    def state() -> object:
+        return dashboard.state.version, dashboard.state.snapshot()
+
+    async def render() -> None:
+        dashboard.render()
+
+    def took(model: type[Message], target: str | None, at: datetime) -> bool | None:
+        live = dashboard.state
+        if model is PlanMessage:
+            return live.plan is not None and live.plan.made_at == at
+        if model is HouseSurplus:
+            return live.surplus is not None and live.surplus.timestamp == at
+        return None
+
+    return Rig(service, state, after_taken=render, took=took)
+
+
 # --- what each topic should do with a payload -------------------------------------------------
 
 
@@ -966,6 +992,31 @@ CASES: tuple[Case, ...] = (
     Case(
         "bridge", "plan", f"{BASE}/plan", _one("plan", PlanMessage),
         by_model(PlanMessage), bridge_rig, follow_up=PlanMessage,
+    ),
+    # the dashboard: everything under the base topic; these carry most of its page (the
+    # forecast, books and the rest are parsed the same way, and fuzzed in
+    # tests/test_dashboard_state.py)
+    Case(
+        "dashboard", "plan", f"{BASE}/#", _one("plan", PlanMessage),
+        by_model(PlanMessage), dashboard_rig, follow_up=PlanMessage,
+    ),
+    Case(
+        "dashboard", "surplus", f"{BASE}/#", _one("surplus", HouseSurplus),
+        by_model(HouseSurplus), dashboard_rig, follow_up=HouseSurplus,
+    ),
+    Case(
+        "dashboard", "measurement", f"{BASE}/#",
+        _topics("{}/measurement", DeviceMeasurement, DEVICE_SLUGS),
+        by_model(DeviceMeasurement), dashboard_rig, follow_up=DeviceMeasurement,
+    ),
+    Case(
+        "dashboard", "socket_state", f"{BASE}/#", _topics("{}", SocketState, SOCKET_SLUGS),
+        by_model(SocketState), dashboard_rig, follow_up=SocketState,
+    ),
+    Case(
+        "dashboard", "override", f"{BASE}/#",
+        _topics("{}/override", OverrideState, OVERRIDE_SLUGS),
+        by_model(OverrideState), dashboard_rig, follow_up=OverrideState,
     ),
 )  # fmt: skip
 

@@ -341,3 +341,51 @@ async def test_an_unreachable_p1_is_counted_and_nothing_breaks(sim: Simulator) -
         await shell._cycle(client)
     assert rt.counters.get("battery_reads_failed") == 1
     assert pub.states()[-1].mode is None
+
+
+def test_a_p1_without_permissions_runs_charge_only_as_zero() -> None:
+    core, _ = core_at(T0)
+    core.observe(device("standby"), T0)  # API 2.1: no permissions field
+    core.on_command(command("charge_only", T0), T0)
+    assert core.decide(T0).switch_to == "zero"
+    core.observe(device("zero"), T0)
+    assert core.decide(T0).switch_to is None  # zero stands in: nothing more to do
+
+
+class OldP1:
+    """A P1 meter of API 2.1: modes, no permissions."""
+
+    def __init__(self) -> None:
+        self.state = BatteriesState(mode="standby")
+        self.bodies: list[dict[str, Any]] = []
+
+    async def batteries(self) -> BatteriesState:
+        return self.state
+
+    async def set_batteries(
+        self, *, mode: str | None = None, permissions: Any = None
+    ) -> BatteriesState:
+        self.bodies.append({"mode": mode, "permissions": permissions})
+        self.state = BatteriesState(mode=mode or self.state.mode)
+        return self.state
+
+
+async def test_the_shell_on_an_old_p1_counts_the_unsupported_mode() -> None:
+    clock = ManualClock(T0)
+    rt = Runtime(clock)
+    core = BatteryCore(
+        Publisher(),
+        topics=Topics("t"),
+        counters=rt.counters,
+        tz=AMS,
+        boundary=datetime.strptime("06:00", "%H:%M").time(),
+        started_at=T0,
+        has_token=True,
+    )
+    core.finish_restore()
+    old = OldP1()
+    shell = BatteryShell(core, rt, None)
+    core.on_command(command("discharge_only", T0), T0)
+    await shell._cycle(old)
+    assert old.bodies == [{"mode": "zero", "permissions": None}]
+    assert rt.counters.get("battery_mode_unsupported") == 1

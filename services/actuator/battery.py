@@ -589,9 +589,9 @@ class BatteryShell:
         core = self.core
         device = core.device
         assert device is not None
-        if supported(target, device) != target:
-            core.unsupported(target)
-            target = "zero"
+        wanted = desire.mode
+        if wanted is not None and supported(wanted, device) != wanted:
+            core.unsupported(wanted)  # decide() made it zero
         try:
             for _ in range(3):  # mode, then permissions; at most one more
                 if plan_mode(device) == target:

@@ -223,11 +223,16 @@ def test_the_meter_counts_and_prices_stretch_by_stretch() -> None:
     assert back.meter.import_kwh == pytest.approx(1.0)
     jump = meter_sample(meter, later + timedelta(seconds=30), 1100.0, 500.5, prices, DAY0)
     assert jump.reset == "implausible jump"
-    # without prices: counted, not priced
-    free = meter_sample(meter, later + timedelta(minutes=5), 1002.0, 500.5, None, DAY0).meter
+    # without prices: counted, waiting for a price; priced when prices come
+    five = later + timedelta(minutes=5)
+    free = meter_sample(meter, five, 1002.0, 500.5, None, DAY0).meter
     assert free.import_kwh == pytest.approx(2.0)
     assert free.unpriced_kwh == pytest.approx(1.0)
     assert free.cost_eur == meter.cost_eur
+    priced = meter_sample(free, five + timedelta(seconds=30), 1002.0, 500.5, prices, DAY0).meter
+    assert priced.unpriced_kwh == 0
+    k = (later - DAY0) // timedelta(minutes=15)  # 12:30..12:35: one quarter-hour
+    assert priced.cost_eur == pytest.approx(meter.cost_eur + prices.import_eur_kwh[k])  # type: ignore[operator]
 
 
 def test_the_meter_starts_a_new_day_at_the_boundary() -> None:
@@ -443,3 +448,17 @@ async def test_edge_of_the_calendar_is_a_counted_drop(settings: Settings) -> Non
     await s.money.guard("prices", s.money.on_prices)("t/prices", dump_message(late))
     assert counters["messages_dropped_prices"] == 1
     assert s.money.prices is None
+
+
+def test_energy_without_prices_waits_per_quarter_hour_for_them() -> None:
+    prices = day_prices(DAY0)
+    a = DAY0 + timedelta(hours=6, minutes=10)
+    meter = meter_sample(Meter(day_start=DAY0), a, 10.0, 0.0, None, DAY0).meter
+    meter = meter_sample(meter, a + timedelta(minutes=30), 13.0, 0.0, None, DAY0).meter
+    assert [round(i, 6) for _, i, _ in meter.pending] == [0.5, 1.5, 1.0]  # 5, 15, 10 min
+    meter = meter_sample(meter, a + timedelta(minutes=31), 13.0, 0.0, prices, DAY0).meter
+    k = 24  # 12:00 local: the 24th quarter-hour from 06:00
+    want = 0.5 * prices.import_eur_kwh[k] + 1.5 * prices.import_eur_kwh[k + 1]
+    want += 1.0 * prices.import_eur_kwh[k + 2]
+    assert meter.cost_eur == pytest.approx(want)
+    assert meter.pending == ()

@@ -11,9 +11,11 @@
   mean import price), as the planning README counts them.
 * **The meter** (`Meter`, `meter_sample`): today's import and export from the P1 meter's
   counters, sample by sample, and their cost at the price in force over each stretch
-  (a stretch across price steps is split in time); the daily boundary starts a new day (a
-  stretch across it is split too); a counter that goes back or jumps implausibly starts over
-  from the new reading (counted by the caller through `MeterResult.reset`).
+  (a stretch across price steps is split in time; one no known price covers waits per
+  quarter-hour and is priced once prices covering it come, e.g. when the prices service
+  starts after the scheduler); the daily boundary starts a new day (a stretch across it is
+  split too); a counter that goes back or jumps implausibly starts over from the new reading
+  (counted by the caller through `MeterResult.reset`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from shared.messages import Prices
@@ -216,12 +218,68 @@ class Meter:
     #: Import cost − export earnings of the energy counted while prices were known, EUR
     #: (None: no stretch of today had prices yet).
     cost_eur: float | None = None
-    #: Energy counted without a price (before the first prices of the day), kWh.
-    unpriced_kwh: float = 0.0
+    #: Energy counted while no prices covered it, per quarter-hour (its start, import kWh,
+    #: export kWh): priced as soon as prices that cover it are known.
+    pending: tuple[tuple[datetime, float, float], ...] = ()
     #: The last reading: its time and the counters (kWh).
     read_at: datetime | None = None
     meter_import_kwh: float | None = None
     meter_export_kwh: float | None = None
+
+    @property
+    def unpriced_kwh(self) -> float:
+        """Energy counted today that no known price covers yet, kWh."""
+        return sum(i + e for _, i, e in self.pending)
+
+
+#: The slots energy waiting for a price is kept in, s (prices come per 15 min or hour).
+PENDING_SLOT_S = 900
+_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def _slot(when: datetime) -> datetime:
+    seconds = (when - _EPOCH).total_seconds()
+    return _EPOCH + timedelta(seconds=math.floor(seconds / PENDING_SLOT_S) * PENDING_SLOT_S)
+
+
+def _spread(
+    pending: tuple[tuple[datetime, float, float], ...],
+    a: datetime,
+    b: datetime,
+    imp: float,
+    exp: float,
+) -> tuple[tuple[datetime, float, float], ...]:
+    """`pending` with `imp`/`exp` spread evenly over `[a, b]` into quarter-hour slots."""
+    slots = {start: (i, e) for start, i, e in pending}
+    span = (b - a).total_seconds()
+    t = a
+    while True:
+        start = _slot(t)
+        end = min(b, start + timedelta(seconds=PENDING_SLOT_S))
+        share = (end - t).total_seconds() / span if span > 0 else 1.0
+        i, e = slots.get(start, (0.0, 0.0))
+        slots[start] = (i + share * imp, e + share * exp)
+        if end >= b:
+            break
+        t = end
+    return tuple((start, i, e) for start, (i, e) in sorted(slots.items()))
+
+
+def _price_pending(meter: Meter, prices: Prices | None) -> Meter:
+    """`meter` with the waiting slots that `prices` cover priced (the price at the slot's
+    middle)."""
+    if prices is None or not meter.pending:
+        return meter
+    left: list[tuple[datetime, float, float]] = []
+    cost = meter.cost_eur
+    for start, imp, exp in meter.pending:
+        mid = start + timedelta(seconds=PENDING_SLOT_S / 2)
+        got = _cost(prices, mid, mid, imp, exp)
+        if got is None:
+            left.append((start, imp, exp))
+        else:
+            cost = (cost or 0.0) + got
+    return replace(meter, cost_eur=cost, pending=tuple(left))
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,16 +366,17 @@ def meter_sample(
         return MeterResult(restarted, "implausible jump")
     d_imp, d_exp = max(0.0, d_imp), max(0.0, d_exp)
     cost = _cost(prices, meter.read_at, at, d_imp, d_exp)
-    if cost is None:
-        total, unpriced = meter.cost_eur, meter.unpriced_kwh + d_imp + d_exp
+    pending = meter.pending
+    if cost is None:  # no price known for it yet: kept per quarter-hour until there is
+        total = meter.cost_eur
+        pending = _spread(pending, meter.read_at, at, d_imp, d_exp)
     else:
-        total, unpriced = (meter.cost_eur or 0.0) + cost, meter.unpriced_kwh
-    return MeterResult(
-        replace(
-            restarted,
-            import_kwh=meter.import_kwh + d_imp,
-            export_kwh=meter.export_kwh + d_exp,
-            cost_eur=total,
-            unpriced_kwh=unpriced,
-        )
+        total = (meter.cost_eur or 0.0) + cost
+    counted = replace(
+        restarted,
+        import_kwh=meter.import_kwh + d_imp,
+        export_kwh=meter.export_kwh + d_exp,
+        cost_eur=total,
+        pending=pending,
     )
+    return MeterResult(_price_pending(counted, prices))

@@ -64,7 +64,7 @@ from shared.messages import (
     OverrideState,
     parse_message,
 )
-from shared.planning.optimal import Options, default_time_limit, plan_optimal
+from shared.planning.optimal import Options, plan_optimal, plan_quick
 from shared.planning.problem import Plan, PlanningProblem
 from shared.planning.reference import plan_reference
 from shared.service import (
@@ -226,22 +226,12 @@ class Scheduler:
     def _default_planner(self, problem: PlanningProblem) -> Plan:
         if self._planner_name == "reference":
             return plan_reference(problem)
-        # The planner's own budget for the problem's size (0.15 s for 96 steps x 5 sockets),
-        # never more than the configured limit.
-        budget = min(default_time_limit(problem), self.time_limit_s)
         warm = self._warm_rows
         if warm is not None:
-            return plan_optimal(
-                problem,
-                Options(
-                    time_limit_s=budget,
-                    milp_share=0.0,
-                    max_evals=self.options.warm_evals,
-                    warm_start=warm,
-                ),
-            )
-        # The MILP runs in a short-lived worker: HiGHS and numpy never stay in memory here.
-        return plan_optimal(problem, Options(time_limit_s=budget, milp_worker=True))
+            # The quick tier: local search from the previous plan (a count of evaluations).
+            return plan_quick(problem, warm, Options(quick_evals=self.options.warm_evals))
+        # The full tier in a short-lived worker: HiGHS and numpy never stay in memory here.
+        return plan_optimal(problem, Options(milp_worker=True))
 
     def _warm_start(self, prepared: Prepared, now: datetime) -> dict[str, list[int]] | None:
         """The previous plan moved on to this problem's first step, when a quick re-plan will

@@ -11,7 +11,6 @@ import pytest
 
 from services.scheduler.pricing import (
     Meter,
-    evaluate,
     meter_sample,
     modes_of,
     priced_problem,
@@ -31,6 +30,7 @@ from shared.messages import (
 )
 from shared.planning.problem import BatteryMode, Plan, PlanningProblem
 from shared.planning.reference import plan_reference
+from shared.planning.simulate import simulate
 from shared.service import Counters
 from shared.topics import Topics
 from tests.test_scheduler import (
@@ -142,14 +142,15 @@ def test_priced_problem_and_the_battery_inputs() -> None:
         ("to_full", [800, 800, 800, 800]),
     ],
 )
-def test_evaluate_follows_each_mode(mode: BatteryMode, power: list[float]) -> None:
+def test_the_plans_figures_follow_each_mode(mode: BatteryMode, power: list[float]) -> None:
+    """What the plan message reports comes from the shared simulator under the modes."""
     p = problem(import_price=[0.1, 0.1, 0.4, 0.4], export_price=[0.0, 0.0, 0.1, 0.1])
-    e = evaluate(p, {}, [mode] * 4)
+    e = simulate(p, {}, [mode] * 4)
     got = [round(b) for b in e.battery_power_w]
     # capacity 2000 Wh, 1000 stored: charging 800 W for 15 min is 200 Wh a step
     assert got == power
     grid = [b - a for a, b in zip(p.available_power_w, e.battery_power_w, strict=True)]
-    assert e.import_wh == pytest.approx(sum(max(0, g) for g in grid) * 0.25)
+    assert e.grid_import_wh == pytest.approx(sum(max(0, g) for g in grid) * 0.25)
     assert e.export_wh == pytest.approx(sum(max(0, -g) for g in grid) * 0.25)
     prices_i, prices_e = [0.1, 0.1, 0.4, 0.4], [0.0, 0.0, 0.1, 0.1]
     cost = sum(
@@ -160,37 +161,7 @@ def test_evaluate_follows_each_mode(mode: BatteryMode, power: list[float]) -> No
     assert e.switches == 0
 
 
-def test_evaluate_sockets_the_optional_value_and_switches() -> None:
-    p = PlanningProblem.model_validate(
-        {
-            "start": T0,
-            "step_s": 900,
-            "available_power_w": [500.0] * 4,
-            "sockets": [
-                {
-                    "name": "bike",
-                    "max_power_usage": 300,
-                    "energy_capacity": 150,
-                    "value_eur_kwh": 0.5,
-                },
-                {
-                    "name": "boiler",
-                    "max_power_usage": 2000,
-                    "energy_capacity": 400,
-                    "daily_need": True,
-                },
-            ],
-            "import_price": 0.3,
-            "export_price": 0.05,
-        }
-    )
-    e = evaluate(
-        p, {"bike": [1, 1, 1, 0], "boiler": [0, 1, 0, 0]}, ["zero", "zero", "standby", "zero"]
-    )
-    assert e.optional_value_eur == pytest.approx(0.150 * 0.5)  # the bike took its 150 Wh
-    assert e.unmet_need_wh == 0
-    assert e.switches == 1 + 2 + 2  # bike off, boiler on and off, two mode changes
-    assert e.net_cost_eur == pytest.approx(e.cost_eur - 0.075)  # type: ignore[operator]
+def test_the_plans_modes_where_there_are_none_or_they_are_not_allowed() -> None:
     plan = Plan(sockets={}, battery_power_w=[], planner="x", solve_s=0, battery_mode=["to_full"])
     assert modes_of(plan, 3) == ["to_full", "zero", "zero"]
     assert modes_of(plan, 3, allowed=False) == ["zero"] * 3

@@ -48,20 +48,13 @@ from shared.messages import (
 )
 from shared.planning.problem import BatteryMode, Plan
 from shared.planning.reference import plan_reference
+from shared.planning.simulate import DayOutcome, simulate
 from shared.prices import MAX_ABS_EUR_KWH, price_at
 from shared.service import Counters, Handler, Publisher, RateLimitedLog
 from shared.topics import Topics
 
 from .logic import Prepared
-from .pricing import (
-    Evaluation,
-    Meter,
-    evaluate,
-    meter_sample,
-    modes_of,
-    priced_problem,
-    prices_usable,
-)
+from .pricing import Meter, meter_sample, modes_of, priced_problem, prices_usable
 
 __all__ = ["Money", "PlanMoney"]
 
@@ -81,8 +74,8 @@ class PlanMoney:
     """What the last plan comes to, and its reference's."""
 
     made_at: datetime
-    plan: Evaluation
-    reference: Evaluation
+    plan: DayOutcome
+    reference: DayOutcome
     priced: bool
     estimated_steps: int = 0
 
@@ -310,9 +303,8 @@ class Money:
         problem = prepared.problem
         modes = modes_of(plan, problem.n_steps, allowed=problem.battery_modes)
         if prepared.fallback_reason is None:
-            ours = evaluate(problem, plan.sockets, modes)
-            zero: list[BatteryMode] = ["zero"] * problem.n_steps
-            reference = evaluate(problem, plan_reference(problem).sockets, zero)
+            ours = simulate(problem, plan.sockets, modes)
+            reference = simulate(problem, plan_reference(problem).sockets)
             self.last = PlanMoney(now, ours, reference, problem.priced, self._estimated)
             message = self._with_figures(message, problem.priced, ours, reference, modes, prepared)
         self._command(modes[0] if prepared.fallback_reason is None else "zero", plan, now, valid_s)
@@ -323,16 +315,16 @@ class Money:
         self,
         message: PlanMessage,
         priced: bool,
-        ours: Evaluation,
-        reference: Evaluation,
+        ours: DayOutcome,
+        reference: DayOutcome,
         modes: Sequence[BatteryMode],
         prepared: Prepared,
     ) -> PlanMessage:
         problem = prepared.problem
         extra: dict[str, object] = {
-            "expected_import_wh": _r(ours.import_wh, 1),
+            "expected_import_wh": _r(ours.grid_import_wh, 1),
             "expected_export_wh": _r(ours.export_wh, 1),
-            "reference_import_wh": _r(reference.import_wh, 1),
+            "reference_import_wh": _r(reference.grid_import_wh, 1),
         }
         if priced:
             extra |= {

@@ -5,10 +5,8 @@
   fill `import_price` / `export_price`, with `optional_grid_price_max`; `battery_modes` says
   whether the batteries can take the plan's modes (the P1 meter's token), and
   `initial_battery_mode` what they are in now.
-* **What a plan does** (`evaluate`): the day simulated under the plan's socket rows *and* its
-  battery modes (`zero` where it has none), with its grid import, export, cost and the value
-  of the energy put into optional stores (a socket's `value_eur_kwh`, else the horizon's
-  mean import price), as the planning README counts them.
+* **The plan's modes** (`modes_of`): one per step, `zero` where it gives none or where the
+  batteries cannot take modes (what the plan does under them is `shared.planning.simulate`'s).
 * **The meter** (`Meter`, `meter_sample`): today's import and export from the P1 meter's
   counters, sample by sample, and their cost at the price in force over each stretch
   (a stretch across price steps is split in time; one no known price covers waits per
@@ -20,25 +18,21 @@
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from shared.messages import Prices
 from shared.planning.problem import BatteryMode, Plan, PlanningProblem
-from shared.planning.simulate import UNMET_TOLERANCE_WH, count_switches, zero_mode_step
 from shared.prices import StepPrices, price_steps
 
 __all__ = [
     "MAX_METER_POWER_W",
-    "Evaluation",
     "Meter",
     "MeterResult",
-    "evaluate",
     "meter_sample",
+    "modes_of",
     "priced_problem",
     "prices_usable",
 ]
@@ -82,127 +76,11 @@ def priced_problem(
 # --- what a plan does --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Evaluation:
-    """A plan's day: energies, money, and the trajectories a plan message shows."""
-
-    import_wh: float
-    export_wh: float
-    unmet_need_wh: float
-    switches: int
-    #: With prices: import cost − export earnings, and the value of the optional stores' energy.
-    cost_eur: float | None = None
-    optional_value_eur: float | None = None
-    socket_power_w: dict[str, list[float]] = field(default_factory=dict)
-    battery_power_w: list[float] = field(default_factory=list)
-    battery_energy_wh: list[float] = field(default_factory=list)
-    modes: list[BatteryMode] = field(default_factory=list)
-
-    @property
-    def net_cost_eur(self) -> float | None:
-        if self.cost_eur is None or self.optional_value_eur is None:
-            return None
-        return self.cost_eur - self.optional_value_eur
-
-
-def _battery_step(
-    net_w: float, mode: BatteryMode, soc: float, cap: float, pmax: float, dt_h: float
-) -> float:
-    """The batteries' power in one step under `mode` (W, + charging)."""
-    if cap <= 0 or pmax <= 0:
-        return 0.0
-    if mode == "to_full":
-        return min(pmax, max(0.0, (cap - soc) / dt_h))
-    power = zero_mode_step(net_w, soc, cap, pmax, dt_h)
-    if mode == "standby" or (mode == "charge_only" and power < 0):
-        return 0.0
-    if mode == "discharge_only" and power > 0:
-        return 0.0
-    return power
-
-
 def modes_of(plan: Plan, n_steps: int, allowed: bool = True) -> list[BatteryMode]:
     """The plan's battery mode per step (`zero` where it gives none, or where not `allowed`)."""
     modes: list[BatteryMode] = list(plan.battery_mode or []) if allowed else []
     modes = modes[:n_steps]
     return modes + ["zero"] * (n_steps - len(modes))
-
-
-def evaluate(
-    problem: PlanningProblem, states: Mapping[str, Sequence[int]], modes: Sequence[BatteryMode]
-) -> Evaluation:
-    """Simulate the horizon under socket `states` and battery `modes` (the planning README's
-    physics: an 'on' socket draws its power until its store is full; the batteries, together,
-    follow the mode; the rest is grid)."""
-    n = problem.n_steps
-    dt = problem.dt_h
-    cap, pmax, soc = problem.battery_capacity_wh, problem.battery_power_w, problem.battery_stored_wh
-    energy = {s.name: s.energy_stored for s in problem.sockets}
-    rows = {
-        s.name: ([int(bool(v)) for v in list(states.get(s.name, []))[:n]] + [0] * n)[:n]
-        for s in problem.sockets
-    }
-    imports = problem.import_prices()
-    exports = problem.export_prices()
-    socket_power: dict[str, list[float]] = {s.name: [] for s in problem.sockets}
-    optional_wh: dict[str, float] = {s.name: 0.0 for s in problem.sockets if not s.daily_need}
-    batt_p: list[float] = []
-    batt_e: list[float] = []
-    imp = exp = cost = 0.0
-    for t in range(n):
-        load = 0.0
-        for s in problem.sockets:
-            draw = 0.0
-            if rows[s.name][t]:
-                draw = min(s.max_power_usage, max(0.0, s.energy_capacity - energy[s.name]) / dt)
-                energy[s.name] += draw * dt
-                if not s.daily_need:
-                    optional_wh[s.name] += draw * dt
-            load += draw
-            socket_power[s.name].append(draw)
-        net = problem.available_power_w[t] - load
-        b = _battery_step(net, modes[t], soc, cap, pmax, dt)
-        soc = min(cap, max(0.0, soc + b * dt))
-        grid = b - net  # + import
-        step_imp, step_exp = max(0.0, grid) * dt, max(0.0, -grid) * dt
-        imp += step_imp
-        exp += step_exp
-        if imports is not None and exports is not None:
-            cost += (step_imp * imports[t] - step_exp * exports[t]) / 1000.0
-        batt_p.append(b)
-        batt_e.append(soc)
-    unmet = sum(
-        max(0.0, s.energy_capacity - energy[s.name] - UNMET_TOLERANCE_WH)
-        for s in problem.sockets
-        if s.daily_need
-    )
-    switches = sum(
-        count_switches(rows[s.name], problem.initial_on.get(s.name)) for s in problem.sockets
-    )
-    switches += sum(1 for a, b in itertools.pairwise(modes) if a != b)
-    cost_eur = value = None
-    if imports is not None:
-        mean = sum(imports) / len(imports)
-        value = sum(
-            optional_wh[s.name]
-            / 1000.0
-            * (s.value_eur_kwh if s.value_eur_kwh is not None else mean)
-            for s in problem.sockets
-            if not s.daily_need
-        )
-        cost_eur = cost
-    return Evaluation(
-        import_wh=imp,
-        export_wh=exp,
-        unmet_need_wh=unmet,
-        switches=switches,
-        cost_eur=cost_eur,
-        optional_value_eur=value,
-        socket_power_w=socket_power,
-        battery_power_w=batt_p,
-        battery_energy_wh=batt_e,
-        modes=list(modes),
-    )
 
 
 # --- the meter ---------------------------------------------------------------------------------

@@ -336,7 +336,7 @@ TOPICS: list[TopicSpec] = [
         "batteries_override_set",
         "batteries/override/set",
         BatteryOverrideRequest,
-        "HA, Node-RED, user → actuator",
+        "HA, Node-RED, user, dashboard → actuator",
         False,
         1,
         'After a mode set in the HomeWizard app: {"state": "auto"} hands the batteries back '

@@ -633,17 +633,24 @@ class Solver:
         start: dict[str, list[int]] | None,
         budget: Budget,
         fewest_switches_within: float | None = None,
+        fixed: dict[str, list[int]] | None = None,
     ) -> MilpResult:
         """Solve from `start` (a plan whose socket rows HiGHS completes to a first solution).
 
         With `fewest_switches_within` = c: the plan with the fewest switches among those whose
         objective is at most c (a second, lexicographic stage: c is the best objective found
-        plus a tolerance)."""
+        plus a tolerance). `fixed`: sockets whose on/off rows stay as given."""
         import highspy
         import numpy as np
 
         model, b = self.model, self.model.b
         lo, hi = self._lo, self._hi
+        if fixed:
+            lo, hi = lo.copy(), hi.copy()
+            for name, row in fixed.items():
+                for t, j in enumerate(model.x[name]):
+                    v = min(float(row[t]) if t < len(row) else 0.0, float(self._hi[j]))
+                    lo[j] = hi[j] = v
         h = new_highs()
         for name, value in (
             ("threads", 1),

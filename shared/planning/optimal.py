@@ -388,11 +388,19 @@ def _fewer_switches(
     and keep every minimum on / off time."""
     if best.score[0] > 0 or best.score[2] > 0:
         return best, 0
+    # A socket with at most two switches is one run already: it stays as it is (a much
+    # smaller problem); with none left to change the stage is skipped.
+    counts = [s[2] for s in best.stats]
+    fixed = {
+        sock.name: best.rows[i] for i, sock in enumerate(ctx.socks) if counts[i] <= 2
+    }
+    if len(fixed) == len(ctx.socks):
+        return best, 0
     value = best.score[3]
     if not ctx.priced:
         value += opts.weights.optional_wh * best.score[4]
     budget = replace(_budget(opts, clock, opts.switch_checkpoints), mip_abs_gap=0.5)
-    result = solver.solve(best.plan(), budget, fewest_switches_within=value + 1e-6)
+    result = solver.solve(best.plan(), budget, fewest_switches_within=value + 1e-6, fixed=fixed)
     info["switch_stage"] = result.status
     if result.status == "ceiling":
         raise CeilingReachedError

@@ -690,6 +690,21 @@ def _candidates(state: DayState, i: int) -> Iterator[list[int]]:
             for t in range(lo, hi + 1):
                 r[t] = 0
             yield r
+    if runs:
+        # Stay on to the horizon's end, or from its start (one switch fewer, where a full
+        # socket may stay on).
+        lo, hi = runs[-1]
+        if hi < n - 1:
+            r = list(row)
+            for t in range(hi + 1, n):
+                r[t] = 1
+            yield r
+        lo, hi = runs[0]
+        if lo > 0 and s.init is not False:
+            r = list(row)
+            for t in range(lo):
+                r[t] = 1
+            yield r
     for (lo1, hi1), (lo2, hi2) in pairwise(runs):
         # Merge: move the second run against the first, or the first against the second,
         # or fill the gap (a full socket may stay on where the surplus covers it).

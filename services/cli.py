@@ -53,19 +53,26 @@ def plan_to_json(plan: Plan) -> str:
 
 
 def render_plan(problem: PlanningProblem, plan: Plan, out: TextIO) -> None:
-    """Print a plan for people: one row per step, the day's figures at the end."""
-    outcome = simulate(problem, plan.sockets)
+    """Print a plan for people: one row per step, the day's figures at the end (with
+    prices, the prices per step, the batteries' mode and what the day costs)."""
+    outcome = simulate(problem, plan.sockets, plan.battery_mode)
     names = [s.name for s in problem.ordered_sockets()]
     width = max([8, *(len(n) for n in names)])
     title = problem.name or "plan"
+    imp, exp = problem.import_prices(), problem.export_prices()
     out.write(
         f"{title}: {problem.n_steps} steps of {problem.step_s // 60} min from "
         f"{problem.start.isoformat()}  (planner {plan.planner}, {plan.status}, "
         f"{plan.solve_s * 1000:.1f} ms)\n\n"
     )
-    header = f"{'time':>5}  {'surplus W':>9}  " + "  ".join(f"{n[:width]:^{width}}" for n in names)
+    header = f"{'time':>5}  {'surplus W':>9}  "
+    if imp is not None:
+        header += f"{'import':>7} {'export':>7}  "
+    header += "  ".join(f"{n[:width]:^{width}}" for n in names)
     if problem.batteries:
         header += f"  {'battery W':>9}  {'stored Wh':>9}"
+        if plan.battery_mode is not None:
+            header += f"  {'mode':<14}"
     header += f"  {'grid W':>7}"
     out.write(header + "\n")
     for t in range(problem.n_steps):
@@ -76,11 +83,16 @@ def render_plan(problem: PlanningProblem, plan: Plan, out: TextIO) -> None:
             drawn = outcome.socket_power_w[n][t]
             cell = f"ON {drawn:4.0f}W" if on and drawn > 0 else ("on (full)" if on else ".")
             cells.append(f"{cell:^{width}}")
-        line = f"{when:>5}  {problem.available_power_w[t]:9.0f}  " + "  ".join(cells)
+        line = f"{when:>5}  {problem.available_power_w[t]:9.0f}  "
+        if imp is not None and exp is not None:
+            line += f"{imp[t]:7.3f} {exp[t]:7.3f}  "
+        line += "  ".join(cells)
         if problem.batteries:
             line += (
                 f"  {outcome.battery_power_w[t] + 0.0:9.0f}  {outcome.battery_energy_wh[t]:9.0f}"
             )
+            if plan.battery_mode is not None:
+                line += f"  {plan.battery_mode[t]:<14}"
         line += f"  {outcome.grid_power_w[t] + 0.0:7.0f}"
         out.write(line + "\n")
     out.write("\n")
@@ -96,6 +108,21 @@ def render_plan(problem: PlanningProblem, plan: Plan, out: TextIO) -> None:
         f"{outcome.grid_import_wh:.0f} Wh, export {outcome.export_wh:.0f} Wh, into optional "
         f"stores {outcome.optional_wh:.0f} Wh, {outcome.switches} switches\n"
     )
+    if outcome.cost_eur is not None and outcome.net_cost_eur is not None:
+        out.write(
+            f"  cost {outcome.cost_eur:.2f} EUR (import - export), value put into optional "
+            f"stores {outcome.optional_value_eur or 0.0:.2f} EUR, net cost "
+            f"{outcome.net_cost_eur:.2f} EUR\n"
+        )
+        ref = plan.info.get("reference_net_cost_eur")
+        if isinstance(ref, float):
+            out.write(
+                f"  the reference plan (batteries in zero mode): net cost {ref:.2f} EUR; "
+                f"this plan saves {ref - outcome.net_cost_eur:.2f} EUR\n"
+            )
+    if plan.battery_mode is not None:
+        used = sorted(set(plan.battery_mode))
+        out.write(f"  battery modes: {', '.join(used)}\n")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

@@ -5,8 +5,9 @@ Starts, as separate processes running their real code:
   it is installed, else an embedded Python broker (amqtt, `python -m services.stack
   --port N`); `$HWSCHED_RUN_BROKER` (or `main(broker=...)`) = auto | mosquitto | embedded;
 - the simulated house (its devices, its CA, its weather) for the devices file;
-- the poller, the forecaster (quartz's model in its own environment, `.venv-forecaster`),
-  the scheduler,
+- the poller, the prices service (day-ahead prices from the house's own market, EnergyZero-
+  shaped unless `HWSCHED_PRICES__SOURCE` says otherwise), the forecaster (quartz's model in
+  its own environment, `.venv-forecaster`), the scheduler,
   the actuator, the Home Assistant bridge and the dashboard (on 127.0.0.1:8080, or a free
   port, unless the settings say otherwise; a random password for this run in
   `<run-dir>/dashboard-password` unless one is set), pointed at that broker and that house;
@@ -137,7 +138,16 @@ def choose_broker(want: str, port: int, run_dir: Path) -> BrokerPlan:
 #: The shipped broker configuration (compose's), used as it is by `--secure`.
 SHIPPED_BROKER_CONF = ROOT / "mosquitto" / "mosquitto.conf"
 #: Users of a secure stack: the services (each its own) and `ha` (read-only, to watch).
-SECURE_USERS = ("poller", "forecaster", "scheduler", "actuator", "bridge", "dashboard", "ha")
+SECURE_USERS = (
+    "poller",
+    "forecaster",
+    "scheduler",
+    "actuator",
+    "bridge",
+    "prices",
+    "dashboard",
+    "ha",
+)
 
 
 def shipped_broker_conf(port: int, auth_dir: Path, data_dir: Path) -> str:
@@ -420,6 +430,16 @@ async def supervise(
             await asyncio.wait_for(stop.wait(), max(0.01, min([0.5, *waits])))
 
 
+def _prices_source_chosen() -> bool:
+    """Whether the settings file names a price source (else the stack shows dynamic prices)."""
+    from shared.config import ConfigError, load_settings
+
+    try:
+        return "source" in load_settings().prices.model_fields_set
+    except ConfigError:
+        return False  # the services will say what is wrong
+
+
 def _print_guide(
     base: str, port: int, sim: dict[str, Any], run_dir: Path, dashboard: DashboardPlan | None
 ) -> None:
@@ -451,6 +471,7 @@ Where everything is (JSON): {run_dir / STACK_FILE}
 Watch everything:      {sub} -t '{base}/#'
 The plan:              {sub} -t '{base}/plan'
 The house surplus:     {sub} -t '{base}/surplus'
+Prices, money today:   {sub} -t '{base}/prices' -t '{base}/cost'
 Socket states:         {sub} -t '{base}/+' -t '{base}/+/override'
 Override a socket:     mosquitto_pub -h 127.0.0.1 -p {port} -t '{base}/{example}/override/set' \\
                          -m '{{"state": "on", "duration_s": 1800}}'
@@ -614,8 +635,16 @@ async def run_stack(
         weather = sim.get("weather_url")
         if isinstance(weather, str):
             env["HWSCHED_FORECAST__WEATHER_URL"] = weather.rstrip("/")
+        # day-ahead prices from the house's own market (its days, offline): EnergyZero-shaped
+        # unless the environment names another source (entsoe: the house serves that too)
+        for key, var in (("energyzero_url", "ENERGYZERO_URL"), ("entsoe_url", "ENTSOE_URL")):
+            if isinstance(sim.get(key), str):
+                env[f"HWSCHED_PRICES__{var}"] = sim[key]
+        if "HWSCHED_PRICES__SOURCE" not in env and not _prices_source_chosen():
+            env["HWSCHED_PRICES__SOURCE"] = "energyzero"
         services = [
             ("poller", [sys.executable, "-m", "services.poller"]),
+            ("prices", [sys.executable, "-m", "services.prices"]),
             ("scheduler", [sys.executable, "-m", "services.scheduler"]),
             ("actuator", [sys.executable, "-m", "services.actuator"]),
             ("bridge", [sys.executable, "-m", "services.bridge"]),

@@ -72,7 +72,7 @@ OTHER_ENV_PREFIXES = ("HWSCHED_FORECAST__",)
 MAX_FILE_BYTES = 1024 * 1024
 
 #: Field names whose values are never shown in a message.
-_SECRET_FIELDS = frozenset({"token", "password", "user_info"})
+_SECRET_FIELDS = frozenset({"token", "password", "user_info", "entsoe_token"})
 #: Tables holding a password: a value given in place of the whole table is not shown either.
 _SECRET_TABLES = frozenset({("broker",), ("dashboard",)})
 _TOKEN = re.compile(r"[0-9a-fA-F]{32}")
@@ -271,6 +271,15 @@ class P1Config(_Device):
     #: The P1 meter's own API v2 user (optional: only battery control needs it).
     user_info: UserInfo | None = None
 
+    @property
+    def battery_token(self) -> str | None:
+        """The token that controls the batteries (`/api/batteries`), or None when there is
+        none to use (absent, or the example file's all-zero placeholder)."""
+        info = self.user_info
+        if info is None or info.token_is_placeholder:
+            return None
+        return info.token.get_secret_value()
+
 
 class SocketConfig(_Device):
     """An Energy Socket (HWE-SKT) with an energy-storing load behind it."""
@@ -281,6 +290,10 @@ class SocketConfig(_Device):
     priority: int = 1  # lower first
     daily_need: bool = False  # needed: filled every day, from the grid if need be
     min_battery_charge: Ratio = 0.0  # optional: waits until the battery holds this ratio
+    #: hwsched's addition, optional sockets with prices: what a kWh in this store is worth
+    #: to its owner, EUR (e.g. the gas a boiler saves); absent: the day's mean import price.
+    #: Ignored on a socket with `daily_need` (a need is met whatever it costs).
+    value_eur_kwh: Annotated[float, Field(ge=-10, le=10, allow_inf_nan=False)] | None = None
 
     def spec(self, energy_stored: float = 0.0) -> SocketSpec:
         """The planner's view of this socket (stored energy below 0 counts as 0)."""
@@ -292,6 +305,7 @@ class SocketConfig(_Device):
             priority=self.priority,
             daily_need=self.daily_need,
             min_battery_charge=self.min_battery_charge,
+            value_eur_kwh=None if self.daily_need else self.value_eur_kwh,
         )
 
 
@@ -670,6 +684,136 @@ class SimClockSettings(BaseModel):
     origin: Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
+# --- prices -------------------------------------------------------------------------
+
+PriceSource = Literal["fixed", "energyzero", "entsoe"]
+#: Bidding zones by their short name → ENTSO-E EIC code (any other zone: give its EIC code).
+BIDDING_ZONES: dict[str, str] = {
+    "NL": "10YNL----------L",
+    "BE": "10YBE----------2",
+    "DE-LU": "10Y1001A1001A82H",
+    "FR": "10YFR-RTE------C",
+    "AT": "10YAT-APG------L",
+    "CH": "10YCH-SWISSGRIDZ",
+    "DK1": "10YDK-1--------W",
+    "DK2": "10YDK-2--------M",
+    "PL": "10YPL-AREA-----S",
+    "CZ": "10YCZ-CEPS-----N",
+    "ES": "10YES-REE------0",
+    "PT": "10YPT-REN------W",
+    "FI": "10YFI-1--------U",
+    "SE3": "10Y1001A1001A46L",
+    "SE4": "10Y1001A1001A47J",
+    "NO1": "10YNO-1--------2",
+    "NO2": "10YNO-2--------T",
+    "EE": "10Y1001A1001A39I",
+    "IT-NORTH": "10Y1001A1001A73I",
+}
+_EIC = re.compile(r"[0-9]{2}Y[A-Z0-9-]{13}")
+EurKwh = Annotated[float, Field(ge=-10, le=10, allow_inf_nan=False)]
+
+
+def _check_area(value: str) -> str:
+    """A bidding zone: a short name of `BIDDING_ZONES` (any case) or an EIC area code."""
+    upper = value.strip().upper()
+    if upper in BIDDING_ZONES or _EIC.fullmatch(upper):
+        return upper
+    names = ", ".join(BIDDING_ZONES)
+    raise ValueError(f"unknown bidding zone {_shown(value)}: one of {names}, or an EIC code")
+
+
+def _check_url(value: str) -> str:
+    """An http(s) URL without credentials, query or fragment (shown without credentials)."""
+    scheme, sep, rest = value.partition("://")
+    netloc = rest.partition("/")[0]
+    if scheme not in ("http", "https") or not sep or not netloc or "@" in netloc:
+        raise ValueError("must be an http(s) URL like https://host/path, without credentials")
+    if "?" in rest or "#" in rest or any(c.isspace() for c in value):
+        raise ValueError(f"must be a URL without query, fragment or spaces (got {_shown(value)})")
+    return value.rstrip("/")
+
+
+def _check_api_token(token: SecretStr | None) -> SecretStr | None:
+    if token is None:
+        return None
+    value = token.get_secret_value()
+    if not value or len(value) > 200 or any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError("must be the security token of your ENTSO-E account (no spaces)")
+    return token
+
+
+Url = Annotated[str, Field(max_length=500), AfterValidator(_check_url)]
+
+
+class PriceSettings(BaseModel):
+    """Energy prices (`[prices]`, `HWSCHED_PRICES__*`): where they come from, the contract.
+
+    A dynamic contract's all-in import price per step is
+    `(day-ahead + supplier_markup + energy_tax) x (1 + vat_pct / 100)`; export earns
+    `day-ahead − feed_in_fee`. A fixed tariff: `fixed_import` all in, export
+    `fixed_export − feed_in_fee`. Defaults and their sources: docs/prices.md.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    #: `fixed` (the default), `energyzero` (NL, no key) or `entsoe` (any EU zone, token).
+    source: PriceSource = "fixed"
+    #: Bidding zone of the day-ahead prices (ENTSO-E; EnergyZero is NL only).
+    area: Annotated[str, Field(max_length=40), AfterValidator(_check_area)] = "NL"
+    energyzero_url: Url = "https://public.api.energyzero.nl"
+    entsoe_url: Url = "https://web-api.tp.entsoe.eu/api"
+    #: The security token of your ENTSO-E transparency account (secret, never shown).
+    entsoe_token: Annotated[SecretStr | None, AfterValidator(_check_api_token)] = None
+    #: Dynamic contract: the supplier's markup on the day-ahead price, EUR/kWh excl. VAT.
+    supplier_markup_eur_kwh: EurKwh = 0.02
+    #: Energy tax (energiebelasting) on electricity, EUR/kWh excl. VAT.
+    energy_tax_eur_kwh: EurKwh = 0.0916
+    vat_pct: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 21.0
+    #: What a kWh sent to the grid costs besides: export = day-ahead (or fixed_export) − this.
+    feed_in_fee_eur_kwh: EurKwh = 0.02
+    #: Fixed tariff (and the flagged fallback): all-in import and the export compensation.
+    fixed_import_eur_kwh: EurKwh = 0.27
+    fixed_export_eur_kwh: EurKwh = 0.07
+    #: Scheduler: optional sockets may also draw from grid or battery in steps whose import
+    #: price is at or below this, EUR/kWh (e.g. 0: when you are paid to consume). None: never.
+    optional_grid_price_max_eur_kwh: EurKwh | None = None
+    #: Prices service: tomorrow's day-ahead prices are asked for from this local time on
+    #: (they are published ~12:45-13:00 CET), until they come.
+    tomorrow_from: Annotated[
+        time, BeforeValidator(_time_not_number), AfterValidator(_check_local_time)
+    ] = time(13, 0)
+    #: Prices service: after a failed fetch, again after this, doubling up to the maximum, s.
+    retry_min_s: Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)] = 60.0
+    retry_max_s: Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)] = 1800.0
+    #: Prices service: while tomorrow's prices are not out yet, ask again this often, s.
+    tomorrow_poll_s: Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)] = 900.0
+    http_timeout_s: Annotated[float, Field(gt=0, le=300, allow_inf_nan=False)] = 20.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PriceSettings:
+        if self.source == "entsoe" and self.entsoe_token is None:
+            raise _FieldError(
+                ("entsoe_token",),
+                'is required with source = "entsoe" (your ENTSO-E transparency token; '
+                "or HWSCHED_PRICES__ENTSOE_TOKEN)",
+            )
+        if self.source == "energyzero" and self.area != "NL":
+            raise _FieldError(
+                ("area",), f"EnergyZero has NL prices only (got {_shown(self.area)}): use entsoe"
+            )
+        if self.retry_max_s < self.retry_min_s:
+            raise _FieldError(
+                ("retry_max_s",),
+                f"must be >= retry_min_s ({self.retry_min_s:g}) (got {self.retry_max_s:g})",
+            )
+        return self
+
+    @property
+    def eic(self) -> str:
+        """The bidding zone's ENTSO-E EIC code."""
+        return BIDDING_ZONES.get(self.area, self.area)
+
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
@@ -726,6 +870,8 @@ class Settings(BaseSettings):
     #: Time constant of the mean offset (measured − forecast) the fading shift tends to, s.
     forecast_shift_baseline_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 43_200.0
     log_level: Annotated[LogLevel, BeforeValidator(_upper)] = "INFO"
+    #: Energy prices: the source and the contract (`[prices]`, see docs/prices.md).
+    prices: PriceSettings = PriceSettings()
     #: Simulated time (`HWSCHED_SIM_CLOCK__SPEED`, `__START`, `__ORIGIN`); None = real time.
     sim_clock: SimClockSettings | None = None
     #: The dashboard (`HWSCHED_DASHBOARD__HOST`, `__PORT`, `__PASSWORD`, ...).

@@ -6,7 +6,12 @@ Device-based discovery: one retained config per Home Assistant *device* on
 `<discovery prefix>/device/<device id>/config`, its entities in a `components` map:
 
 * the hub, id `<node>` (the base topic's slug, `hwsched` by default), named "hwsched":
-  house surplus (W) and one connectivity binary sensor per service;
+  house surplus (W), one connectivity binary sensor per service, and money (from the
+  scheduler's `<base>/cost`): the import and export price now (EUR/kWh; the summary as
+  attributes: source, fallback), today's grid import and export (kWh) and cost so far (EUR),
+  the plan's expected cost, the original's (reference) plan's cost and the savings, to the
+  next boundary; with batteries (from the actuator's `<base>/batteries`): their planned mode,
+  the mode they are in, who controls them, and a "Batteries back to plan" button;
 * each Energy Socket, id `<node>_<socket slug>`, named as in the devices file, linked to the
   hub (`via_device`): a switch (state: the relay as the actuator reports it; on/off publish
   an override), a "Back to plan" button (override `auto`), power (W), energy stored today
@@ -37,6 +42,7 @@ from typing import Any
 from shared.config import BatteryConfig, DevicesConfig, Settings, SocketConfig
 from shared.messages import AVAILABILITY_OFFLINE, AVAILABILITY_ONLINE, PlanMessage, SocketNextOn
 from shared.naming import slugify
+from shared.planning.problem import BATTERY_MODES
 from shared.topics import Topics
 
 __all__ = [
@@ -56,7 +62,14 @@ __all__ = [
 ORIGIN_NAME = "hwsched"
 BRIDGE_SERVICE = "bridge"
 #: The services whose availability Home Assistant shows (each publishes its own, with a Will).
-SERVICES: tuple[str, ...] = ("poller", "forecaster", "scheduler", "actuator", BRIDGE_SERVICE)
+SERVICES: tuple[str, ...] = (
+    "poller",
+    "forecaster",
+    "prices",
+    "scheduler",
+    "actuator",
+    BRIDGE_SERVICE,
+)
 
 _ID = re.compile(r"^[a-zA-Z0-9_-]+$")
 _FALLBACK_NODE = "hwsched"
@@ -196,6 +209,7 @@ def _hub(ctx: _Context, devices: DevicesConfig) -> DiscoveryConfig:
             ),
         )
     }
+    components |= _money(ctx, devices)
     for service in SERVICES:
         topic = topics.availability(service)
         components[f"service_{service}"] = _component(
@@ -221,6 +235,98 @@ def _hub(ctx: _Context, devices: DevicesConfig) -> DiscoveryConfig:
             availability_mode="all",
         )
     return ctx.config(node, device, components)
+
+
+def _money(ctx: _Context, devices: DevicesConfig) -> dict[str, dict[str, Any]]:
+    """The hub's money entities (from `<base>/cost`) and, with batteries, their mode."""
+    topics, node = ctx.topics, ctx.node
+    cost = topics.cost()
+    scheduler = _availability(topics.availability("scheduler"))
+
+    def money(key: str, name: str, field: str, unit: str, **options: Any) -> dict[str, Any]:
+        return _component(
+            "sensor",
+            f"{node}_{key}",
+            name,
+            state_topic=cost,
+            value_template=_or_none(f"value_json.{field}"),
+            unit_of_measurement=unit,
+            **options,
+            **scheduler,
+        )
+
+    price = {"state_class": "measurement", "icon": "mdi:cash", "suggested_display_precision": 3}
+    eur = {"device_class": "monetary", "suggested_display_precision": 2}
+    out = {
+        "import_price": money(
+            "import_price", "Import price now", "import_now_eur_kwh", "EUR/kWh",
+            json_attributes_topic=cost, **price,
+        ),
+        "export_price": money(
+            "export_price", "Export price now", "export_now_eur_kwh", "EUR/kWh", **price
+        ),
+        "import_today": money(
+            "import_today", "Grid import today", "import_today_kwh", "kWh",
+            device_class="energy", state_class="total_increasing",
+        ),
+        "export_today": money(
+            "export_today", "Grid export today", "export_today_kwh", "kWh",
+            device_class="energy", state_class="total_increasing",
+        ),
+        "cost_today": money(
+            "cost_today", "Cost today", "cost_today_eur", "EUR",
+            state_class="total", last_reset_value_template="{{ value_json.day_start }}", **eur,
+        ),
+        "plan_cost": money(
+            "plan_cost", "Plan's expected cost to the boundary", "plan_cost_eur", "EUR", **eur
+        ),
+        "reference_cost": money(
+            "reference_cost", "Original plan's cost to the boundary", "reference_cost_eur", "EUR",
+            entity_category="diagnostic", **eur,
+        ),
+        "savings": money(
+            "savings", "Savings to the boundary", "savings_eur", "EUR", icon="mdi:piggy-bank", **eur
+        ),
+    }  # fmt: skip
+    if not devices.batteries:
+        return out
+    state = topics.batteries()
+    actuator = _availability(topics.availability("actuator"))
+    modes = list(BATTERY_MODES)
+    for key, name, field, options in (
+        ("battery_mode_planned", "Battery mode planned", "desired", modes),
+        ("battery_mode", "Battery mode", "mode", modes),
+        (
+            "battery_control",
+            "Battery control",
+            "controlled_by",
+            ["plan", "app", "fallback", "none"],
+        ),
+    ):
+        out[key] = _component(
+            "sensor",
+            f"{node}_{key}",
+            name,
+            state_topic=state,
+            value_template=_or_none(f"value_json.{field}"),
+            device_class="enum",
+            options=options,
+            icon="mdi:home-battery",
+            **({"json_attributes_topic": state} if key == "battery_mode" else {}),
+            **({"entity_category": "diagnostic"} if key == "battery_control" else {}),
+            **actuator,
+        )
+    out["battery_auto"] = _component(
+        "button",
+        f"{node}_battery_auto",
+        "Batteries back to plan",
+        command_topic=topics.batteries_override_set(),
+        payload_press=_command("auto"),
+        retain=False,
+        icon="mdi:autorenew",
+        **actuator,
+    )
+    return out
 
 
 def _socket(ctx: _Context, socket: SocketConfig) -> DiscoveryConfig:

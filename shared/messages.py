@@ -54,6 +54,7 @@ __all__ = [
     "Availability",
     "BatteryBook",
     "BatteryCommand",
+    "BatteryOverrideRequest",
     "BatteryState",
     "CostSummary",
     "DeviceMeasurement",
@@ -647,6 +648,17 @@ class BatteryCommand(Message):
     valid_until: AwareDatetime | None = None
 
 
+class BatteryOverrideRequest(Message):
+    """`{"state": "auto"}`: hand the batteries back to the plan after a mode someone set in the
+    HomeWizard app (which the actuator respects until the next daily boundary)."""
+
+    wire_version_required: ClassVar[bool] = False
+
+    schema_version: Literal[1] = 1
+    timestamp: AwareDatetime | None = None
+    state: Literal["auto"]
+
+
 class BatteryState(Message):
     """The batteries' mode as the actuator last saw it on the P1 meter, and who controls it."""
 
@@ -691,8 +703,16 @@ class CostSummary(Message):
     plan_cost_eur: FiniteFloat | None = None
     #: The same for the original's (reference) plan on the same problem, EUR.
     reference_cost_eur: FiniteFloat | None = None
-    #: reference_cost_eur − plan_cost_eur: what the plan saves on the rest of the day, EUR.
+    #: What the plan saves on the rest of the day against the reference plan, EUR: the
+    #: difference of their net costs (cost − the value of the energy put into optional
+    #: stores, as the planner counts it); without optional sockets that is
+    #: reference_cost_eur − plan_cost_eur.
     savings_eur: FiniteFloat | None = None
+    #: The P1 meter's counters at its last reading taken into today's figures (total import
+    #: and export, kWh), so a restarted scheduler counts on from there without a gap.
+    meter_import_kwh: NonNegativeFloat | None = None
+    meter_export_kwh: NonNegativeFloat | None = None
+    meter_read_at: AwareDatetime | None = None
 
 
 # --- energy books -------------------------------------------------------------------------
@@ -788,6 +808,7 @@ MESSAGE_MODELS: tuple[type[Message], ...] = (
     EnergyBooks,
     Prices,
     BatteryCommand,
+    BatteryOverrideRequest,
     BatteryState,
     CostSummary,
 )

@@ -35,6 +35,7 @@ from pydantic.fields import FieldInfo
 
 from shared.messages import (
     BatteryCommand,
+    BatteryOverrideRequest,
     BatteryState,
     CostSummary,
     DeviceMeasurement,
@@ -332,6 +333,16 @@ TOPICS: list[TopicSpec] = [
         "Desired mode of the batteries from the plan (not retained: never replayed stale).",
     ),
     TopicSpec(
+        "batteries_override_set",
+        "batteries/override/set",
+        BatteryOverrideRequest,
+        "HA, Node-RED, user, dashboard → actuator",
+        False,
+        1,
+        'After a mode set in the HomeWizard app: {"state": "auto"} hands the batteries back '
+        "to the plan.",
+    ),
+    TopicSpec(
         "batteries",
         "batteries",
         BatteryState,
@@ -441,6 +452,9 @@ class Topics:
 
     def batteries_set(self) -> str:
         return self._build("batteries_set")
+
+    def batteries_override_set(self) -> str:
+        return self._build("batteries_override_set")
 
     def cost(self) -> str:
         return self._build("cost")

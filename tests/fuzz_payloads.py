@@ -42,6 +42,10 @@ from hypothesis import strategies as st
 from shared.daytime import day_start
 from shared.messages import (
     MAX_PAYLOAD_BYTES,
+    BatteryCommand,
+    BatteryOverrideRequest,
+    BatteryState,
+    CostSummary,
     DeviceMeasurement,
     EnergyBooks,
     Forecast,
@@ -51,9 +55,11 @@ from shared.messages import (
     OverrideRequest,
     OverrideState,
     PlanMessage,
+    Prices,
     SocketCommand,
     SocketState,
 )
+from shared.planning.problem import BATTERY_MODES
 
 __all__ = [
     "At",
@@ -694,6 +700,88 @@ def books_doc(g: _Gen, target: str | None) -> dict[str, Doc]:
     return doc
 
 
+def prices_doc(g: _Gen, target: str | None) -> dict[str, Doc]:
+    n = 96 if g.sane else g.steps(1, 300)
+    doc: dict[str, Doc] = {
+        "schema_version": 1,
+        "timestamp": g.ts(),
+        "start": At(-3 * 3600.0, align_s=900) if g.sane else g.ts(-2 * 86_400.0, 86_400.0),
+        "step_s": 900 if g.sane else g.pick((900, 3600, 300, 1, 86_400)),
+        "import_eur_kwh": g.series(n, -0.6, 1.2),
+        "export_eur_kwh": g.series(n, -0.6, 1.0),
+        "source": "entsoe" if g.sane else g.pick(("fixed", "energyzero", "entsoe")),
+        "fallback": False if g.sane else g.pick((True, False)),
+        "made_at": g.ts(-60.0, 0.0),
+    }
+    if g.sane or g.roll() < 70:
+        doc["day_ahead_eur_kwh"] = g.series(n, -0.5, 1.0)
+        doc["area"] = "NL" if g.sane else g.text("NL")
+    return doc
+
+
+def battery_command_doc(g: _Gen, target: str | None) -> dict[str, Doc]:
+    doc: dict[str, Doc] = {
+        "schema_version": 1,
+        "timestamp": g.ts(-30.0, 0.0),
+        "mode": g.pick(BATTERY_MODES),
+        "reason": g.text(),
+        "valid_until": At(900.0) if g.sane else g.ts(-600.0, 3600.0),
+    }
+    if g.roll() < 50:
+        doc["plan_made_at"] = g.ts(-600.0, 0.0)
+    return doc
+
+
+def battery_override_doc(g: _Gen, target: str | None) -> dict[str, Doc]:
+    doc: dict[str, Doc] = {"state": "auto"}
+    if g.roll() < 40:
+        doc["schema_version"] = 1
+        doc["timestamp"] = g.ts()
+    return doc
+
+
+def battery_state_doc(g: _Gen, target: str | None) -> dict[str, Doc]:
+    doc: dict[str, Doc] = {
+        "schema_version": 1,
+        "timestamp": g.ts(),
+        "controlled_by": g.pick(("plan", "app", "fallback", "none")),
+        "mode": g.pick((*BATTERY_MODES, None)),
+        "desired": g.pick((*BATTERY_MODES, None)),
+    }
+    if g.roll() < 60:
+        doc["device_mode"] = g.pick(("zero", "to_full", "standby", "predictive"))
+        doc["permissions"] = g.pick(
+            ([], ["charge_allowed"], ["charge_allowed", "discharge_allowed"])
+        )
+        doc["last_change_at"] = g.ts(-3600.0, 0.0)
+        doc["last_change_reason"] = g.text()
+        doc["held_until"] = g.ts(0.0, 86_400.0)
+    return doc
+
+
+def cost_doc(g: _Gen, target: str | None) -> dict[str, Doc]:
+    day = 0 if g.sane or g.roll() < 85 else g.rnd.randint(-3, 3)
+    doc: dict[str, Doc] = {
+        "schema_version": 1,
+        "timestamp": g.ts(),
+        "day_start": DayStart(day),
+        "prices_fallback": g.pick((True, False)),
+    }
+    if g.sane or g.roll() < 70:
+        doc |= {
+            "import_now_eur_kwh": round(g.rnd.uniform(-0.5, 1.0), 4),
+            "export_now_eur_kwh": round(g.rnd.uniform(-0.5, 1.0), 4),
+            "prices_source": "entsoe",
+            "import_today_kwh": g.nonneg(50.0),
+            "export_today_kwh": g.nonneg(50.0),
+            "cost_today_eur": round(g.rnd.uniform(-5, 20), 4) if g.sane else g.power(-20, 20),
+            "meter_import_kwh": g.nonneg(100_000.0),
+            "meter_export_kwh": g.nonneg(100_000.0),
+            "meter_read_at": g.ts(-600.0, 0.0),
+        }
+    return doc
+
+
 VALID_DOCS: dict[type[Message], Callable[[_Gen, str | None], dict[str, Doc]]] = {
     DeviceMeasurement: measurement_doc,
     HouseSurplus: surplus_doc,
@@ -705,6 +793,11 @@ VALID_DOCS: dict[type[Message], Callable[[_Gen, str | None], dict[str, Doc]]] = 
     OverrideState: override_state_doc,
     SocketState: socket_state_doc,
     EnergyBooks: books_doc,
+    Prices: prices_doc,
+    BatteryCommand: battery_command_doc,
+    BatteryOverrideRequest: battery_override_doc,
+    BatteryState: battery_state_doc,
+    CostSummary: cost_doc,
 }
 
 
@@ -915,7 +1008,20 @@ def payloads(
 
 
 #: Topics about no device or socket (their sane messages need no target).
-_NO_TARGET = frozenset({HouseSurplus, Forecast, ForecastRequest, PlanMessage, EnergyBooks})
+_NO_TARGET = frozenset(
+    {
+        HouseSurplus,
+        Forecast,
+        ForecastRequest,
+        PlanMessage,
+        EnergyBooks,
+        Prices,
+        BatteryCommand,
+        BatteryOverrideRequest,
+        BatteryState,
+        CostSummary,
+    }
+)
 
 
 # --- topics without a message model ---------------------------------------------------------

@@ -69,7 +69,7 @@ PROJECT_FILES = (
     "docker",
     "mosquitto",
 )
-USERS = ("poller", "forecaster", "scheduler", "actuator", "bridge", "dashboard", "ha")
+USERS = ("poller", "forecaster", "scheduler", "actuator", "bridge", "prices", "dashboard", "ha")
 #: Long-running services (broker-setup runs once and exits).
 SERVICES = (
     "mosquitto",
@@ -79,6 +79,7 @@ SERVICES = (
     "scheduler",
     "actuator",
     "bridge",
+    "prices",
     "dashboard",
 )
 #: How long `up` may take until every container is healthy (a busy 2-core machine; the
@@ -454,6 +455,7 @@ def test_a_user_sees_the_house_on_the_broker(stack: Stack) -> None:
 
     def complete(got: dict[str, bytes]) -> bool:
         wanted = [f"{BASE}/surplus", f"{BASE}/forecast", f"{BASE}/plan", f"{BASE}/books"]
+        wanted += [f"{BASE}/prices", f"{BASE}/cost", f"{BASE}/batteries"]
         wanted += [f"{BASE}/{d}/measurement" for d in device_slugs]
         wanted += [f"{BASE}/{s}" for s in sockets]
         configs = [t for t in got if t.startswith(f"{HA_PREFIX}/device/")]
@@ -481,8 +483,12 @@ def test_a_user_sees_the_house_on_the_broker(stack: Stack) -> None:
     configs = {t: _json(p) for t, p in got.items() if t.startswith(f"{HA_PREFIX}/device/")}
     assert len(configs) >= len(sockets)
     assert all("cmps" in c or "components" in c for c in configs.values()), configs
-    for service in ("poller", "forecaster", "scheduler", "actuator", "bridge", "dashboard"):
+    for service in USERS[:-1]:
         assert got[f"{BASE}/service/{service}/availability"] == b"online"
+    # the prices: the simulated house's day-ahead market through the EnergyZero client
+    prices = _json(got[f"{BASE}/prices"])
+    assert (prices["source"], prices["fallback"]) == ("energyzero", False), prices
+    assert len(prices["import_eur_kwh"]) >= 92
     # commands: the scheduler's, not retained, as they go by
     with stack.as_user() as ha:
         ha.subscribe(f"{BASE}/+/set")

@@ -751,10 +751,7 @@ def test_the_import_scan_sees_lazy_and_relative_imports() -> None:
 
 # --- the broker -----------------------------------------------------------------------------
 
-PASSWORDS = {
-    user: f"{user}-pw-{uuid.uuid4().hex[:12]}"
-    for user in (*broker_setup.SERVICE_USERS, *broker_setup.OPTIONAL_SERVICE_USERS)
-}
+PASSWORDS = {user: f"{user}-pw-{uuid.uuid4().hex[:12]}" for user in broker_setup.SERVICE_USERS}
 PASSWORDS[broker_setup.HA_USER] = f"ha-pw-{uuid.uuid4().hex[:12]}"
 
 
@@ -943,7 +940,6 @@ def test_each_user_publishes_exactly_its_own_topics(broker: Broker) -> None:
     the registry says; a forbidden message never reaches a subscriber that reads everything."""
     users = [
         *broker_setup.SERVICE_USERS,
-        *broker_setup.OPTIONAL_SERVICE_USERS,
         broker_setup.HA_USER,
     ]
     # `ha` reads both trees (and the sentinels tell when a publisher's messages are all in)

@@ -42,7 +42,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -59,13 +59,18 @@ from services.forecaster.forecaster import REQUEST_LIMIT, RETAINED_LIMIT, Foreca
 from services.forecaster.protocol import WorkerFailure, WorkerRequest, WorkerResult
 from services.forecaster.settings import ForecastSettings
 from services.poller.poller import make_poller
+from services.prices.service import MAX_RETAINED_BYTES, PriceKeeper
 from services.scheduler.scheduler import Scheduler, SchedulerOptions
 from shared.clock import Clock, ManualClock, SystemClock
 from shared.config import BrokerSettings, DevicesConfig, Settings
 from shared.homeassistant import discovery_configs, is_stale_config, node_id
-from shared.homewizard import DeviceUnreachableError
+from shared.homewizard import BatteriesState, DeviceUnreachableError
 from shared.homewizard import SocketState as RelayState
 from shared.messages import (
+    BatteryCommand,
+    BatteryOverrideRequest,
+    BatteryState,
+    CostSummary,
     DeviceMeasurement,
     EnergyBooks,
     Forecast,
@@ -75,12 +80,14 @@ from shared.messages import (
     OverrideRequest,
     OverrideState,
     PlanMessage,
+    Prices,
     ServiceStatus,
     SocketCommand,
     SocketState,
     parse_message,
 )
 from shared.naming import slugify
+from shared.prices import NotPublishedError
 from shared.service import Service, ServiceOptions
 from shared.topics import Topics
 from tests.conftest import MqttBroker
@@ -126,14 +133,26 @@ LOCKOUT_COUNTERS = frozenset(
 #: Models whose sane message names the topic's own device or socket.
 NEEDS_TARGET = frozenset({DeviceMeasurement, SocketCommand, OverrideState, SocketState})
 #: Errors of a service's own work, which a payload it took must not cause later either.
-BACKGROUND_ERRORS = ("plan_errors", "planner_errors", "actuator_errors", "forecast_errors")
+BACKGROUND_ERRORS = (
+    "plan_errors",
+    "planner_errors",
+    "actuator_errors",
+    "forecast_errors",
+    "battery_errors",
+    "price_errors",
+)
 #: Longest log line a payload may cause, characters.
 MAX_LOG_LINE = 2_000
 
 DEVICES = DevicesConfig.model_validate(
     {
         "devices": [
-            {"device_name": "P1 meter", "device_type": "HWE-P1", "ip_address": "192.0.2.10"},
+            {
+                "device_name": "P1 meter",
+                "device_type": "HWE-P1",
+                "ip_address": "192.0.2.10",
+                "user_info": {"name": "local/hwsched", "token": "fedcba9876543210" * 2},
+            },
             {
                 "device_name": "Boiler",
                 "device_type": "HWE-SKT",
@@ -255,6 +274,47 @@ def relay_factory(relays: dict[str, FakeRelay]) -> Callable[[Any], Any]:
     return make
 
 
+class FakeBatteries:
+    """The P1 meter's `/api/batteries` for the actuator's battery control (no HTTP)."""
+
+    def __init__(self) -> None:
+        self.state = BatteriesState(
+            mode="zero", permissions=["charge_allowed", "discharge_allowed"]
+        )
+
+    async def batteries(self) -> BatteriesState:
+        return self.state
+
+    async def set_batteries(
+        self, *, mode: str | None = None, permissions: Sequence[str] | None = None
+    ) -> BatteriesState:
+        perms = list(permissions) if permissions is not None else self.state.permissions
+        if mode in {"standby", "to_full"}:
+            perms = []
+        elif mode == "zero" and permissions is None:
+            perms = ["charge_allowed", "discharge_allowed"]
+        self.state = BatteriesState(mode=mode or self.state.mode, permissions=perms)
+        return self.state
+
+
+def battery_factory(fake: FakeBatteries) -> Callable[[], Any]:
+    @contextlib.asynccontextmanager
+    async def make() -> AsyncIterator[FakeBatteries]:
+        yield fake
+
+    return make
+
+
+class NoPrices:
+    """A day-ahead source that has nothing (the prices service then stands in the tariff)."""
+
+    name = "entsoe"
+
+    async def fetch(self, day: Any) -> Any:
+        await asyncio.sleep(0)
+        raise NotPublishedError("fuzz: no prices")
+
+
 async def no_weather(request: WorkerRequest) -> WorkerResult | WorkerFailure:
     """The forecaster's worker, offline: its fallbacks (the retained forecast, clear sky)."""
     await asyncio.sleep(0)
@@ -371,6 +431,10 @@ def scheduler_rig(
                 s.last_plan,
                 s._last_rows,
                 s._wake.is_set() if restoring else None,
+                s.money.prices,
+                s.money.battery_state,
+                s.money.meter,
+                s.money._restored,
             )
 
         def took(model: type[Message], target: str | None, at: datetime) -> bool | None:
@@ -388,6 +452,10 @@ def scheduler_rig(
                 held = s.surplus and s.surplus.timestamp
             elif model is OverrideState and target is not None:
                 held = s.overrides[target].timestamp if target in s.overrides else None
+            elif model is Prices:
+                held = s.money.prices and s.money.prices.made_at
+            elif model is BatteryState:
+                held = s.money.battery_state and s.money.battery_state.timestamp
             else:
                 return None
             return bool(held == at)
@@ -397,7 +465,7 @@ def scheduler_rig(
         if restoring:
 
             def renew() -> None:
-                if holder["scheduler"].restored.is_set():
+                if holder["scheduler"].restored.is_set() or holder["scheduler"].money._restored:
                     build()
                     rig.service = holder["service"]
                     rig.renewals += 1
@@ -439,11 +507,18 @@ def actuator_rig(
             read_timeout_s=min(5.0, max(1.0, settings.actuator_read_interval_s)),
         )
         fakes: dict[str, FakeRelay] = relays if relays is not None else {}
+        batteries = FakeBatteries()
         holder: dict[str, Any] = {}
 
         def build() -> None:
             service = new_service("actuator", settings, clock, ServiceOptions())
-            actuator = Actuator(DEVICES, service, shell=shell, client_factory=relay_factory(fakes))
+            actuator = Actuator(
+                DEVICES,
+                service,
+                shell=shell,
+                client_factory=relay_factory(fakes),
+                battery_factory=battery_factory(batteries),
+            )
             holder.update(service=service, actuator=actuator, used=False)
 
         def state() -> object:
@@ -473,6 +548,21 @@ def actuator_rig(
                         c.published,
                     )
                 )
+            assert actuator.battery is not None
+            b = actuator.battery.core
+            battery = (
+                b.command,
+                b.device,
+                b.expected,
+                None if b.hold is None else (b.hold.until, b.hold.seen, b.hold.set_at),
+                b.last_change_at,
+                b.last_change_reason,
+                b.failures,
+                b.retry_at,
+                b.to_full_done,
+                b.restoring,
+                actuator.battery.wake.is_set(),
+            )
             return (
                 tuple(sockets),
                 core.restoring,
@@ -483,6 +573,7 @@ def actuator_rig(
                 core.books,
                 frozenset(actuator._restore_seen),
                 tuple(e.is_set() for e in actuator._wake.values()),
+                battery,
             )
 
         def took(model: type[Message], target: str | None, at: datetime) -> bool | None:
@@ -498,6 +589,9 @@ def actuator_rig(
                 held = core.plan and core.plan.made_at
             elif model is SocketCommand and target is not None:
                 command = core.sockets[slugify(target)].command
+                held = command and command.timestamp
+            elif model is BatteryCommand:
+                command = holder["actuator"].battery.core.command
                 held = command and command.timestamp
             else:
                 return None
@@ -517,9 +611,12 @@ def actuator_rig(
                 actuator: Actuator = holder["actuator"]
                 holder["used"] = True
                 actuator.core.finish_restore(clock.now())  # as `_restore` does
+                actuator.battery.core.finish_restore()
                 for slug in actuator.core.sockets:  # raises: a bug the restored state caused
                     await actuator._cycle(slug, fakes.setdefault(slug, FakeRelay()))
                     actuator.core.next_wake(slug, clock.now())
+                await actuator.battery._cycle(batteries)
+                actuator.battery.core.next_wake(clock.now())
 
             rig.renew, rig.after_taken = renew, restore_and_cycle
         else:
@@ -531,12 +628,51 @@ def actuator_rig(
             async def cycle() -> None:
                 for event in actuator._wake.values():
                     event.set()
+                actuator.battery.wake.set()
                 await quiesce()
 
             rig.after_taken = cycle
         return rig
 
     return make
+
+
+async def prices_rig(settings: Settings, clock: ManualClock) -> Rig:
+    """The prices service (a day-ahead source with nothing: it stands in the tariff), reading
+    its retained prices back (a fresh one once the last one finished restoring, which then
+    publishes from what it read)."""
+    holder: dict[str, Any] = {}
+
+    def build() -> None:
+        service = new_service("prices", settings, clock, ServiceOptions())
+        keeper = PriceKeeper(service, settings, NoPrices())
+        keeper.subscribe()
+        holder.update(service=service, keeper=keeper)
+
+    def state() -> object:
+        k: PriceKeeper = holder["keeper"]
+        return (k.series, k.made_at, k.published, k._restored.is_set())
+
+    build()
+    rig = Rig(holder["service"], state)
+
+    def renew() -> None:
+        if holder["keeper"]._restored.is_set():
+            build()
+            rig.service = holder["service"]
+            rig.renewals += 1
+
+    async def publish() -> None:
+        keeper: PriceKeeper = holder["keeper"]
+        keeper._restored.set()
+        try:
+            await keeper.update()  # raises: a bug the read-back prices caused
+        except Exception:
+            holder["service"].counters.inc("price_errors")
+            raise
+
+    rig.renew, rig.after_taken = renew, publish
+    return rig
 
 
 async def forecaster_rig(settings: Settings, clock: ManualClock) -> Rig:
@@ -796,6 +932,41 @@ CASES: tuple[Case, ...] = (
     Case(
         "actuator", "surplus", f"{BASE}/surplus", _one("surplus", HouseSurplus),
         by_model(HouseSurplus, _limit("surplus")), actuator_rig(), follow_up=HouseSurplus,
+    ),
+    # money: the scheduler's prices, the batteries' state, its own cost summary (read back)
+    Case(
+        "scheduler", "prices", f"{BASE}/prices", _one("prices", Prices),
+        by_model(Prices), scheduler_rig(plan_after=True), follow_up=Prices,
+    ),
+    Case(
+        "scheduler", "batteries", f"{BASE}/batteries", _one("batteries", BatteryState),
+        by_model(BatteryState), scheduler_rig(plan_after=True), follow_up=BatteryState,
+    ),
+    Case(
+        "scheduler", "cost", f"{BASE}/cost", _one("cost", CostSummary),
+        by_model(CostSummary), scheduler_rig(restoring=True),
+    ),
+    # the actuator's batteries: commands, a person's auto, its own state (read back)
+    Case(
+        "actuator", "battery_command", f"{BASE}/batteries/set",
+        _one("batteries/set", BatteryCommand),
+        by_model(BatteryCommand, _limit("battery_command")), actuator_rig(),
+        follow_up=BatteryCommand,
+    ),
+    Case(
+        "actuator", "battery_override", f"{BASE}/batteries/override/set",
+        _one("batteries/override/set", BatteryOverrideRequest),
+        by_model(BatteryOverrideRequest, _limit("battery_override")), actuator_rig(),
+        follow_up=BatteryOverrideRequest,
+    ),
+    Case(
+        "actuator", "own_battery", f"{BASE}/batteries", _one("batteries", BatteryState),
+        by_model(BatteryState, _limit("own_battery")), actuator_rig(restoring=True),
+    ),
+    # the prices service: its own retained prices (read back at start)
+    Case(
+        "prices", "prices", f"{BASE}/prices", _one("prices", Prices),
+        by_model(Prices, MAX_RETAINED_BYTES), prices_rig,
     ),
     # the forecaster: requests, and its own retained forecast (read back at start)
     Case(
@@ -1227,7 +1398,7 @@ async def retained_status(broker: MqttBroker, base: str, name: str) -> ServiceSt
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["scheduler", "actuator", "forecaster", "bridge"])
+@pytest.mark.parametrize("name", ["scheduler", "actuator", "forecaster", "bridge", "prices"])
 async def test_services_survive_hostile_payloads_over_mqtt(
     name: str, mqtt_broker: MqttBroker
 ) -> None:
@@ -1250,13 +1421,24 @@ async def test_services_survive_hostile_payloads_over_mqtt(
         app = lambda: scheduler.run(service.wait_connected)  # noqa: E731
     elif name == "actuator":
         shell = ShellOptions(read_interval_s=0.2, restore_timeout_s=5.0, restore_wait_s=0.3)
-        actuator = Actuator(DEVICES, service, shell=shell, client_factory=relay_factory(relays))
+        batteries = FakeBatteries()
+        actuator = Actuator(
+            DEVICES,
+            service,
+            shell=shell,
+            client_factory=relay_factory(relays),
+            battery_factory=battery_factory(batteries),
+        )
         app = actuator.run
     elif name == "forecaster":
         forecaster = Forecaster(
             service, settings, ForecastSettings(), DEVICES.solar_panels, no_weather
         )
         app = forecaster.run
+    elif name == "prices":
+        keeper = PriceKeeper(service, settings, NoPrices())
+        keeper.subscribe()
+        app = lambda: keeper.run(service.wait_connected)  # noqa: E731
     else:
         bridge = Bridge(DEVICES, service, options=BridgeOptions(0.0, 0.1))
         app = bridge.run
@@ -1334,6 +1516,10 @@ async def test_services_survive_hostile_payloads_over_mqtt(
                 before = service.counters.get("forecast_responses")
                 await client.publish(t.forecast_request(), b'{"transaction": 7}', qos=1)
                 await wait_for(lambda: service.counters.get("forecast_responses") > before)
+            elif name == "prices":
+                # its own work goes on: the tariff stands in for the source that has nothing
+                await wait_for(lambda: service.counters.get("prices_published") >= 1)
+                await wait_for(lambda: service.counters.get("fetches_failed") >= 1)
             else:
                 doc = valid_doc(PlanMessage, CTX, None, True, 1)
                 before = service.counters.get("next_on_published")

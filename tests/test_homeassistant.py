@@ -32,6 +32,9 @@ from shared.homeassistant import (
     node_id,
 )
 from shared.messages import (
+    BatteryOverrideRequest,
+    BatteryState,
+    CostSummary,
     DeviceMeasurement,
     EnergyBooks,
     HouseSurplus,
@@ -139,7 +142,22 @@ def test_the_entities_asked_for() -> None:
         "next_on": "sensor",
     }
     hub_keys = set(hub.payload["components"])
-    assert hub_keys == {"surplus", *(f"service_{s}" for s in SERVICES)}
+    money = {
+        "import_price",
+        "export_price",
+        "import_today",
+        "export_today",
+        "cost_today",
+        "plan_cost",
+        "reference_cost",
+        "savings",
+    }
+    batteries = {"battery_mode_planned", "battery_mode", "battery_control", "battery_auto"}
+    assert hub_keys == {"surplus", *(f"service_{s}" for s in SERVICES), *money, *batteries}
+    without = discovery_configs(
+        SETTINGS, DevicesConfig.model_validate({"devices": [P1, BOILER]}), version="1"
+    )
+    assert set(without[0].payload["components"]) == hub_keys - batteries
     assert set(battery.payload["components"]) == {"state_of_charge", "power"}
     units = {
         (c.device_id, k): (v.get("device_class"), v.get("unit_of_measurement"))
@@ -183,7 +201,7 @@ def test_every_topic_is_a_topic_of_the_layout() -> None:
         if "command_topic" in comp:
             found = topics.match(comp["command_topic"])
             assert found is not None
-            assert found[0].name == "override_set"
+            assert found[0].name in {"override_set", "batteries_override_set"}
             assert comp["retain"] is False  # commands are never retained
     services = {
         topics.match(e["topic"])[1].get("service")
@@ -208,6 +226,9 @@ def test_commands_are_real_override_requests() -> None:
         assert parse_message(OverrideRequest, payload).state == state
     # the switch shows the relay as the actuator reports it, not the command
     assert switch["state_topic"] == "hwsched/kitchen_boiler"
+    back = configs()[0].payload["components"]["battery_auto"]
+    assert back["command_topic"] == "hwsched/batteries/override/set"
+    assert parse_message(BatteryOverrideRequest, back["payload_press"]).state == "auto"
     assert (switch["state_on"], switch["state_off"]) == ("ON", "OFF")
 
 
@@ -230,6 +251,41 @@ def test_other_base_topic_and_prefix() -> None:
 
 
 # --- the templates against real payloads ------------------------------------------------------
+
+COST = CostSummary(
+    timestamp=T0,
+    day_start=T0 - timedelta(hours=4),
+    import_now_eur_kwh=0.2735,
+    export_now_eur_kwh=-0.021,
+    prices_source="entsoe",
+    import_today_kwh=3.25,
+    export_today_kwh=7.5,
+    cost_today_eur=0.42,
+    plan_cost_eur=0.8,
+    reference_cost_eur=1.1,
+    savings_eur=0.3,
+)
+EMPTY_COST = CostSummary(timestamp=T0, day_start=T0 - timedelta(hours=4))
+#: Each money entity and what the summary above renders to.
+MONEY_FIELDS = {
+    "import_price": "0.2735",
+    "export_price": "-0.021",
+    "import_today": "3.25",
+    "export_today": "7.5",
+    "cost_today": "0.42",
+    "plan_cost": "0.8",
+    "reference_cost": "1.1",
+    "savings": "0.3",
+}
+BATTERIES = BatteryState(
+    timestamp=T0,
+    mode="standby",
+    device_mode="standby",
+    permissions=[],
+    controlled_by="plan",
+    desired="charge_only",
+)
+NO_BATTERIES = BatteryState(timestamp=T0, controlled_by="none")
 
 
 def state_of(key: str, socket: str = "Kitchen boiler") -> dict[str, Message]:
@@ -286,6 +342,11 @@ def state_of(key: str, socket: str = "Kitchen boiler") -> dict[str, Message]:
                 based_on=["P1 meter", socket],
             )
         },
+        **{key: {"summary": COST, "empty": EMPTY_COST} for key in MONEY_FIELDS},
+        **{
+            key: {"plan": BATTERIES, "unknown": NO_BATTERIES}
+            for key in ("battery_mode_planned", "battery_mode", "battery_control")
+        },
         "state_of_charge": {
             "reading": DeviceMeasurement(
                 timestamp=T0,
@@ -317,6 +378,14 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("surplus", "reading"): "2000.0",
     ("state_of_charge", "reading"): "81.5",
     ("state_of_charge", "unknown"): "None",
+    **{(key, "summary"): value for key, value in MONEY_FIELDS.items()},
+    **{(key, "empty"): "None" for key in MONEY_FIELDS},
+    ("battery_mode_planned", "plan"): "charge_only",
+    ("battery_mode_planned", "unknown"): "None",
+    ("battery_mode", "plan"): "standby",
+    ("battery_mode", "unknown"): "None",
+    ("battery_control", "plan"): "plan",
+    ("battery_control", "unknown"): "none",
 }
 
 

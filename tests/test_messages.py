@@ -16,6 +16,7 @@ from shared.messages import (
     MAX_PAYLOAD_BYTES,
     MESSAGE_MODELS,
     BatteryCommand,
+    BatteryOverrideRequest,
     BatteryState,
     CostSummary,
     DeviceMeasurement,
@@ -196,6 +197,7 @@ def samples() -> dict[type[Message], Message]:
             plan_made_at=T0,
             valid_until=T0 + timedelta(minutes=15),
         ),
+        BatteryOverrideRequest: BatteryOverrideRequest(timestamp=T0, state="auto"),
         BatteryState: BatteryState(
             timestamp=T0,
             mode="charge_only",
@@ -218,6 +220,9 @@ def samples() -> dict[type[Message], Message]:
             plan_cost_eur=0.8,
             reference_cost_eur=1.1,
             savings_eur=0.3,
+            meter_import_kwh=1234.5,
+            meter_export_kwh=987.6,
+            meter_read_at=T0,
         ),
     }
 

@@ -7,13 +7,20 @@ separate program) on the figures both compute, and keep its own bookkeeping stra
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from shared.planning.problem import BatterySpec, PlanningProblem, SocketSpec, parse_problem
+from shared.planning.problem import (
+    BATTERY_MODES,
+    BatterySpec,
+    PlanningProblem,
+    SocketSpec,
+    parse_problem,
+)
 from shared.planning.reference import plan_reference
 from shared.planning.simulate import count_switches, simulate, zero_mode_step
 
@@ -121,3 +128,90 @@ def test_switches_and_energy_balance() -> None:
     assert sum(avail) * dt + out.grid_import_wh - out.export_wh == pytest.approx(
         total_load + delta_batt
     )
+
+
+# --- modes and prices: the yardstick again, on random plans -----------------------------------
+
+
+def _random_priced_day(rng: random.Random, n: int) -> PlanningProblem:
+    socks = [
+        SocketSpec(
+            name=f"s{i}",
+            max_power_usage=rng.choice([300.0, 1000.0, 2000.0]),
+            energy_capacity=rng.uniform(100, 3000),
+            energy_stored=rng.uniform(0, 200),
+            daily_need=rng.random() < 0.5,
+            value_eur_kwh=rng.choice([None, 0.15]),
+        )
+        for i in range(rng.randint(1, 4))
+    ]
+    batteries = [
+        BatterySpec(
+            name=f"b{i}",
+            max_power_usage=800,
+            energy_capacity=2700,
+            energy_stored=rng.uniform(0, 2700),
+        )
+        for i in range(rng.randint(0, 2))
+    ]
+    return PlanningProblem(
+        start="2026-06-21T06:00:00+02:00",  # type: ignore[arg-type]
+        step_s=rng.choice([300, 900]),
+        available_power_w=[rng.uniform(-1500, 3500) for _ in range(n)],
+        sockets=socks,
+        batteries=batteries,
+        import_price=[round(rng.uniform(-0.1, 0.45), 4) for _ in range(n)],
+        export_price=[round(rng.uniform(-0.15, 0.25), 4) for _ in range(n)],
+        optional_grid_price_max=rng.choice([None, 0.0, 0.1]),
+    )
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_modes_and_prices_agree_with_the_shared_yardstick(seed: int, tmp_path: Path) -> None:
+    """Random days with prices, random socket rows and random battery modes: every figure
+    both compute, the cost figures included, agrees with evaluate_plan.py."""
+    rng = random.Random(seed)
+    problem = _random_priced_day(rng, rng.randint(8, 40))
+    rows = {s.name: [rng.randint(0, 1) for _ in range(problem.n_steps)] for s in problem.sockets}
+    modes = [rng.choice(BATTERY_MODES) for _ in range(problem.n_steps)]
+    problem_file = tmp_path / "problem.json"
+    problem_file.write_text(problem.model_dump_json(exclude_none=True))
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps({"sockets": rows, "battery_mode": modes}))
+    out = subprocess.run(
+        [sys.executable, str(SHARED / "evaluate_plan.py"), str(problem_file), str(plan_file)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    theirs = json.loads(out.stdout)
+    ours = simulate(problem, rows, modes)
+    assert ours.unmet_need_wh == pytest.approx(theirs["unmet_need_wh"], abs=0.1)
+    assert ours.grid_import_wh == pytest.approx(theirs["grid_import_wh"], abs=0.1)
+    assert ours.export_wh == pytest.approx(theirs["export_wh"], abs=0.1)
+    assert ours.optional_wh == pytest.approx(theirs["optional_wh"], abs=0.1)
+    assert ours.optional_not_from_surplus_wh == pytest.approx(
+        theirs["optional_not_from_surplus_wh"], abs=0.1
+    )
+    assert ours.switches == theirs["switches"]
+    assert ours.cost_eur == pytest.approx(theirs["cost_eur"], abs=1e-4)
+    assert ours.optional_value_eur == pytest.approx(theirs["optional_value_eur"], abs=1e-4)
+    assert ours.net_cost_eur == pytest.approx(theirs["net_cost_eur"], abs=1e-4)
+    # The yardstick scores its rounded figures (unmet to 0.1 Wh: up to 5 points).
+    assert ours.yardstick_score() == pytest.approx(theirs["score"], abs=5.1)
+
+
+@pytest.mark.parametrize("mode", BATTERY_MODES)
+def test_each_battery_mode(mode: str) -> None:
+    """Surplus 1000 W then a 1000 W deficit; battery 800 W, 1000 Wh holding 500 Wh."""
+    b = BatterySpec(name="bat", max_power_usage=800, energy_capacity=1000, energy_stored=500)
+    p = _problem([1000.0, -1000.0], [], [b])
+    out = simulate(p, {}, [mode, mode])  # type: ignore[list-item]
+    expected = {
+        "zero": [800, -800],
+        "charge_only": [800, 0],
+        "discharge_only": [0, -800],
+        "standby": [0, 0],
+        "to_full": [800, 800],  # 200 Wh, then the last 200 Wh from the grid
+    }[mode]
+    assert out.battery_power_w == pytest.approx(expected)

@@ -170,7 +170,15 @@ async def _run_and_stop(broker: str, tmp_path: Path) -> None:
         info = json.loads((run_dir / STACK_FILE).read_text())
         assert info["state"] == "running"
         children = info["children"]
-        assert {"broker", "simulator", "poller", "scheduler", "actuator", "bridge"} <= set(children)
+        assert {
+            "broker",
+            "simulator",
+            "poller",
+            "prices",
+            "scheduler",
+            "actuator",
+            "bridge",
+        } <= set(children)
         assert set(children.values()) <= set(_marked(mark))  # the marker reaches them
         sigint_at = time.monotonic()
     finally:

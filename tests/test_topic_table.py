@@ -133,6 +133,7 @@ def test_commands_events_and_requests_are_not_retained_state_is() -> None:
         "forecast_request",
         "forecast_response",
         "batteries_set",
+        "batteries_override_set",
     }
     for t in TOPICS:
         if t.pattern.endswith("/set") or t.pattern.startswith(("request/", "response/")):

@@ -14,6 +14,9 @@ The decisions are `services.actuator.core` (pure); this module is the I/O around
 * It subscribes to each socket's `set`, `override/set`, its own retained `<socket>` and
   `<socket>/override` (read back at start: last switch times and overrides survive a
   restart), the socket's `measurement`, and `plan`, `books`, `surplus`.
+* With batteries configured, one more task applies the plan's battery mode on the P1
+  meter's `/api/batteries` (`services.actuator.battery`): `batteries/set`,
+  `batteries/override/set` and its own retained `batteries` are its subscriptions.
 * At start it waits for the broker (at most `restore_timeout_s`) and then `restore_wait_s`
   for the retained messages, before it reads or switches anything.
 * Every incoming message is bounded in size and rate (a token bucket per topic kind and
@@ -33,6 +36,13 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+from services.actuator.battery import (
+    BatteryClientFactory,
+    BatteryCore,
+    BatteryOptions,
+    BatteryShell,
+    p1_client_factory,
+)
 from services.actuator.core import ActuatorCore, ActuatorOptions, Decision
 from services.poller.poller import error_kind
 from shared.clock import Clock, sleep_for_work
@@ -40,6 +50,9 @@ from shared.config import DevicesConfig, SocketConfig
 from shared.homewizard import SocketState as RelayState
 from shared.homewizard import SwitchLockedError, client_for
 from shared.messages import (
+    BatteryCommand,
+    BatteryOverrideRequest,
+    BatteryState,
     DeviceMeasurement,
     EnergyBooks,
     HouseSurplus,
@@ -122,6 +135,9 @@ def _default_limits() -> dict[str, Limit]:
         "surplus": Limit(65_536, 20, 2.0),
         "plan": Limit(8 * 1024 * 1024, 5, 0.5),
         "books": Limit(1024 * 1024, 5, 0.5),
+        "battery_command": Limit(4_096, 20, 2.0),
+        "battery_override": Limit(4_096, 10, 1.0),
+        "own_battery": Limit(8_192, 10, 1.0),
     }
 
 
@@ -164,6 +180,8 @@ class Actuator:
         options: ActuatorOptions | None = None,
         shell: ShellOptions | None = None,
         client_factory: ClientFactory | None = None,
+        battery_factory: BatteryClientFactory | None = None,
+        battery_options: BatteryOptions | None = None,
     ) -> None:
         self.service = service
         self.clock: Clock = service.clock
@@ -182,6 +200,33 @@ class Actuator:
             log=self.log,
         )
         self._factory = client_factory or default_client_factory(self.shell)
+        # the batteries (services/actuator/battery.py): with the P1 meter's own token
+        self.battery: BatteryShell | None = None
+        if devices.batteries:
+            token = devices.p1.battery_token
+            if battery_factory is None and token is not None:
+                battery_factory = p1_client_factory(
+                    devices.p1, token, settings, timeout_s=max(0.5, self.shell.switch_timeout_s / 4)
+                )
+            core = BatteryCore(
+                service,
+                topics=service.topics,
+                counters=service.counters,
+                tz=settings.tz,
+                boundary=settings.daily_boundary,
+                started_at=self.clock.now(),
+                has_token=token is not None,
+                options=battery_options or BatteryOptions.from_settings(settings),
+                log=self.log,
+            )
+            self.battery = BatteryShell(
+                core,
+                service,
+                battery_factory,
+                read_interval_s=self.shell.read_interval_s,
+                timeout_s=self.shell.switch_timeout_s,
+                error_pause_s=self.shell.error_pause_s,
+            )
         self._wake: dict[str, asyncio.Event] = {slug: asyncio.Event() for slug in self.core.sockets}
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
         self._restore_seen: set[tuple[str, str]] = set()
@@ -201,6 +246,13 @@ class Actuator:
         sub(t.plan(), self._guard("plan", "", self._on_plan))
         sub(t.books(), self._guard("books", "", self._on_books))
         sub(t.surplus(), self._guard("surplus", "", self._on_surplus))
+        if self.battery is not None:
+            sub(t.batteries_set(), self._guard("battery_command", "", self._on_battery_command))
+            sub(
+                t.batteries_override_set(),
+                self._guard("battery_override", "", self._on_battery_override),
+            )
+            sub(t.batteries(), self._guard("own_battery", "", self._on_own_battery))
 
     def _guard(self, kind: str, slug: str, handle: Callable[[str, bytes], None]) -> Handler:
         """A handler bounded in rate and size; yields to the loop on every message."""
@@ -273,6 +325,23 @@ class Actuator:
     def _on_surplus(self, _slug: str, payload: bytes) -> None:
         self.core.on_surplus(parse_message(HouseSurplus, payload), self.clock.now())
 
+    def _on_battery_command(self, _slug: str, payload: bytes) -> None:
+        assert self.battery is not None
+        if self.battery.core.on_command(parse_message(BatteryCommand, payload), self.clock.now()):
+            self.battery.wake.set()
+
+    def _on_battery_override(self, _slug: str, payload: bytes) -> None:
+        assert self.battery is not None
+        request = parse_message(BatteryOverrideRequest, payload)
+        self.battery.core.on_override(request, self.clock.now())
+        self.battery.wake.set()
+
+    def _on_own_battery(self, _slug: str, payload: bytes) -> None:
+        assert self.battery is not None
+        message = parse_message(BatteryState, payload)
+        if self.battery.core.restore_state(message, self.clock.now()):
+            self._restore_seen.add(("battery", ""))
+
     # --- running ------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -290,6 +359,8 @@ class Actuator:
         async with asyncio.TaskGroup() as group:
             for slug in self.core.sockets:
                 group.create_task(self._socket_task(slug), name=f"actuate-{slug}")
+            if self.battery is not None:
+                group.create_task(self.battery.run(), name="actuate-batteries")
 
     async def _restore(self) -> None:
         """Wait for the broker and the retained state (bounded), then start deciding."""
@@ -305,6 +376,8 @@ class Actuator:
             )
         else:
             wanted = {(k, s) for s in self.core.sockets for k in ("state", "override")}
+            if self.battery is not None:
+                wanted.add(("battery", ""))
             # waiting for the broker's retained messages: work time (see sleep_for_work)
             step = min(0.05, self.shell.restore_wait_s)
             for _ in range(max(1, math.ceil(self.shell.restore_wait_s / step))):
@@ -312,6 +385,8 @@ class Actuator:
                     break
                 await sleep_for_work(self.clock, step)
         self.core.finish_restore(self.clock.now())
+        if self.battery is not None:
+            self.battery.core.finish_restore()
 
     async def _socket_task(self, slug: str) -> None:
         """Keep a client for the socket and run its cycle; never ends on an error."""

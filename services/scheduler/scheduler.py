@@ -10,7 +10,10 @@ It reads (all retained, so a (re)start sees the latest at once):
 * `<base>/<device>/measurement`: socket samples go into the books (`shared.bookkeeping`:
   trapezoid integration, full detection, daily reset); battery readings give the batteries'
   energy (capacity x state of charge);
-* `<base>/surplus`: each new one (re)plans.
+* `<base>/surplus`: each new one (re)plans;
+* `<base>/prices`, `<base>/batteries`, its own `<base>/cost`, and the P1 meter's readings:
+  money (`services.scheduler.money`): prices per plan step, the batteries' modes, the
+  battery command and the day's cost.
 
 Until the books are restored (the retained books arrive, or `restore_wait_s` after
 connecting without any) socket samples are held back and nothing is planned.
@@ -49,7 +52,7 @@ from shared.bookkeeping import (
     roll_books,
 )
 from shared.clock import Clock, sleep_for_work
-from shared.config import BatteryConfig, DevicesConfig, Settings, SocketConfig
+from shared.config import BatteryConfig, DevicesConfig, P1Config, Settings, SocketConfig
 from shared.daytime import day_start, next_boundary
 from shared.messages import (
     DeviceMeasurement,
@@ -61,7 +64,7 @@ from shared.messages import (
     OverrideState,
     parse_message,
 )
-from shared.planning.optimal import Options, default_time_limit, plan_optimal
+from shared.planning.optimal import Options, plan_optimal, plan_quick
 from shared.planning.problem import Plan, PlanningProblem
 from shared.planning.reference import plan_reference
 from shared.service import (
@@ -92,6 +95,7 @@ from .logic import (
     restore_books,
     update_baseline,
 )
+from .money import Money
 
 __all__ = ["SERVICE_NAME", "Publisher", "Scheduler", "SchedulerOptions", "app", "main"]
 
@@ -195,6 +199,16 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._solver: asyncio.Future[Plan] | None = None
         self._mode: str | None = None
+        #: Prices, battery modes and the day's cost (services/scheduler/money.py).
+        self.money = Money(
+            devices,
+            settings,
+            publisher,
+            topics=topics,
+            counters=counters,
+            clock=clock,
+            log=self._log,
+        )
 
     # --- settings-derived ---------------------------------------------------------------
 
@@ -212,22 +226,12 @@ class Scheduler:
     def _default_planner(self, problem: PlanningProblem) -> Plan:
         if self._planner_name == "reference":
             return plan_reference(problem)
-        # The planner's own budget for the problem's size (0.15 s for 96 steps x 5 sockets),
-        # never more than the configured limit.
-        budget = min(default_time_limit(problem), self.time_limit_s)
         warm = self._warm_rows
         if warm is not None:
-            return plan_optimal(
-                problem,
-                Options(
-                    time_limit_s=budget,
-                    milp_share=0.0,
-                    max_evals=self.options.warm_evals,
-                    warm_start=warm,
-                ),
-            )
-        # The MILP runs in a short-lived worker: HiGHS and numpy never stay in memory here.
-        return plan_optimal(problem, Options(time_limit_s=budget, milp_worker=True))
+            # The quick tier: local search from the previous plan (a count of evaluations).
+            return plan_quick(problem, warm, Options(quick_evals=self.options.warm_evals))
+        # The full tier in a short-lived worker: HiGHS and numpy never stay in memory here.
+        return plan_optimal(problem, Options(milp_worker=True))
 
     def _warm_start(self, prepared: Prepared, now: datetime) -> dict[str, list[int]] | None:
         """The previous plan moved on to this problem's first step, when a quick re-plan will
@@ -272,6 +276,7 @@ class Scheduler:
         """Register the handlers (books first, so its retained copy comes before samples)."""
         t = self._topics
         service.subscribe(t.books(), self.on_books)
+        self.money.subscribe(service)
         service.subscribe(t.forecast(), self.on_forecast)
         service.subscribe(t.all_overrides(), self.on_override)
         service.subscribe(t.all_measurements(), self.on_measurement)
@@ -410,7 +415,9 @@ class Scheduler:
         except _DropError as err:
             self._drop("measurement", topic, str(err))
             return
-        if isinstance(device, SocketConfig | BatteryConfig):
+        if isinstance(device, P1Config):
+            self.money.on_meter(m)
+        elif isinstance(device, SocketConfig | BatteryConfig):
             if not self.restored.is_set():
                 if len(self._held) < self.options.max_held_samples:
                     self._held.append(m)
@@ -555,6 +562,7 @@ class Scheduler:
             forecast=self.forecast,
             baseline=self.baseline,
         )
+        prepared = self.money.price(prepared, now)
         note: str | None = None
         if prepared.fallback_reason is not None:
             boundary_at = next_boundary(now, self.ctx.tz, self.ctx.boundary)
@@ -569,9 +577,10 @@ class Scheduler:
                 self._counters.inc("plans_full" if full else "plans_quick")
                 self._remember(prepared, plan, now, full)
         self._report_mode(prepared, plan, note)
-        message = plan_message(prepared, plan, now, note)
-        self._publisher.publish(self._topics.plan(), message)
         valid_s = self.options.command_valid_intervals * self.poll_interval_s
+        message = plan_message(prepared, plan, now, note)
+        message = self.money.publish(prepared, plan, message, now, valid_s)
+        self._publisher.publish(self._topics.plan(), message)
         for slug, command in commands(prepared, plan, now, valid_s):
             self._publisher.publish(self._topics.socket_set(slug), command)
             self._counters.inc("commands_sent")

@@ -13,7 +13,8 @@ What is in it:
   surplus, discharge into deficit, within power and capacity, shared across the batteries
   in proportion to their power), `standby`, `to_full` (full power, from the grid if need be,
   until all are full, then back to `zero`), and the `charge_allowed` / `discharge_allowed`
-  permissions;
+  permissions of `zero` (`zero` with only `charge_allowed` charges on surplus and never
+  discharges, and so on; none is `standby`), as HomeWizard documents them;
 * the P1 meter: grid power = base load + sockets + battery charging − solar (negative =
   export), with import/export counters per tariff.
 
@@ -547,7 +548,7 @@ class House:
             b.power_w = p
             total += p
         if c.mode == "to_full" and all(b.full for b in batteries):
-            c.mode = "zero"
+            c.mode, c.permissions = "zero", frozenset(PERMISSIONS)
         return total
 
     # --- commands (what the device APIs and the control endpoint change) ----------
@@ -630,28 +631,37 @@ class House:
         mode: BatteryMode | None = None,
         permissions: Iterable[str] | None = None,
     ) -> None:
-        """Change the batteries' group control as `PUT /api/batteries` does.
+        """Change the batteries' group control as `PUT /api/batteries` does (HomeWizard's
+        api-documentation, docs/v2/batteries: "Backwards compatibility with standby mode").
 
-        `mode` `standby` clears the permissions, `zero` grants both; permissions alone set
-        `zero` (some allowed) or `standby` (none). `to_full` keeps the permissions.
+        `standby` clears the permissions; `zero` alone grants both; `to_full` shows none
+        (they are read-only in it: ValueError when they are changed without leaving it) and
+        returns to `zero` with both once every battery is full. Permissions alone in
+        `standby` switch to `zero`; `zero` with none left is `standby`.
         """
         c = self.control
-        if permissions is not None:
-            perms = frozenset(permissions)
+        perms = None if permissions is None else frozenset(permissions)
+        if perms is not None:
             unknown = perms - set(PERMISSIONS)
             if unknown:
                 raise ValueError(f"unknown permission {sorted(unknown)[0]!r}")
-            c.permissions = perms
-            if mode is None:
-                c.mode = "zero" if perms else "standby"
-        if mode is not None:
-            if mode not in BATTERY_MODES:
-                raise ValueError(f"unknown mode {mode!r}")
-            c.mode = mode
-            if mode == "standby":
-                c.permissions = frozenset()
-            elif mode == "zero" and permissions is None:
-                c.permissions = frozenset(PERMISSIONS)
+        if mode is not None and mode not in BATTERY_MODES:
+            raise ValueError(f"unknown mode {mode!r}")
+        target = mode if mode is not None else c.mode
+        if perms is not None and target == "to_full":
+            raise ValueError("permissions are read-only in to_full")
+        if target == "to_full":
+            c.mode, c.permissions = "to_full", frozenset()
+            return
+        if target == "standby" and perms is None:
+            c.mode, c.permissions = "standby", frozenset()
+            return
+        if perms is None:  # zero (or predictive) alone: both allowed
+            perms = frozenset(PERMISSIONS) if mode is not None else c.permissions
+        if target == "standby":  # permissions given in standby: zero with them
+            target = "zero"
+        c.permissions = perms
+        c.mode = "standby" if target == "zero" and not perms else target
 
     # --- reading -------------------------------------------------------------------
 

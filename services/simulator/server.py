@@ -15,13 +15,20 @@ every interface), e.g. `simulator` on a Compose network:
 API v2 answers only with `Authorization: Bearer <token>` (else 401 `user:unauthorized`):
 a device accepts the tokens of its pairings (`POST /api/user` after a simulated button
 press), the `user_info.token` of a battery in the devices file (the P1 accepts every
-battery's, as the devices file has no P1 token), and `tokens` from the simulator settings.
+battery's too), and `tokens` from the simulator settings. The P1 meter is paired as it
+were: its own `user_info` from the devices file, or else a token of its own that
+`devices.sim.json` carries (user `local/hwsched-sim`), so the services control the
+batteries on the simulated house as on a paired one.
 Its TLS certificate is issued by the simulator's own CA for `appliance/<type>/<serial>`
 (see `tls.py`).
 
-The weather service answers Open-Meteo's `/v1/<api>` (see `weather.py`); the control
-endpoint (`/control/...`) injects faults, presses pairing buttons, flips sockets by hand and
-shows the house. Payload field names are HomeWizard's (api-documentation docs/v1, docs/v2).
+The weather service answers Open-Meteo's `/v1/<api>` (see `weather.py`) and, on the same
+port, the day-ahead market of the house's days (see `market.py`): EnergyZero's
+`/energyzero/public/v1/prices` and ENTSO-E's `/entsoe/api` (A44; any non-empty
+`securityToken`). The control endpoint (`/control/...`) injects faults (`POST
+/control/market {"down": true}` makes the market answer 503), presses pairing buttons, flips
+sockets by hand and shows the house. Payload field names are HomeWizard's
+(api-documentation docs/v1, docs/v2).
 
 Time: the house runs on `clock` (simulated); network behaviour — injected delays, the
 pairing window and certificate validity — on `net_clock` (real time by default), because
@@ -51,7 +58,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import ValidationError
 
-from services.simulator import weather
+from services.simulator import market, weather
 from services.simulator.house import (
     BATTERY_MODES,
     PERMISSIONS,
@@ -115,6 +122,15 @@ PRODUCTS = {
     "HWE-SKT": Product("HWE-SKT", "Energy Socket", "4.07", "energysocket", v1=True, v2=False),
     "HWE-BAT": Product("HWE-BAT", "Plug-In Battery", "2.0.1", "battery", v1=False, v2=True),
 }
+
+
+#: The API v2 user the simulated P1 meter is paired with when the devices file names none.
+P1_USER = "local/hwsched-sim"
+
+
+def _p1_token(serial: str, seed: int) -> str:
+    """The simulated P1's own token: the same for the same house (32 hex)."""
+    return hashlib.sha256(f"p1-token:{serial}:{seed}".encode()).hexdigest()[:32].upper()
 
 
 def serial_for(name: str) -> str:
@@ -300,6 +316,8 @@ class Simulator:
         self.ca_path: Path | None = None
         self._ca: CertificateAuthority | None = None
         self.devices: dict[str, SimDevice] = {}
+        #: The simulated P1 meter's token when the devices file gives it none (or a placeholder).
+        self.p1_token: str | None = None
         battery_tokens = {
             b.user_info.token.get_secret_value().upper(): b.user_info.name
             for b in devices.batteries
@@ -319,8 +337,11 @@ class Simulator:
                 sim.tokens[token] = dev.user_info.name
             elif isinstance(dev, P1Config):
                 sim.tokens.update(battery_tokens)
-                if dev.user_info is not None:
+                if dev.user_info is not None and not dev.user_info.token_is_placeholder:
                     sim.tokens[dev.user_info.token.get_secret_value().upper()] = dev.user_info.name
+                else:  # paired, as it were: devices.sim.json gets this token (battery control)
+                    self.p1_token = _p1_token(sim.serial, self.settings.seed)
+                    sim.tokens[self.p1_token] = P1_USER
             sim.tokens.update({t.upper(): "local/configured" for t in s.tokens})
             self.devices[dev.slug] = sim
         self.weather_port: int | None = None
@@ -330,6 +351,8 @@ class Simulator:
         self._physics: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._garbage = random.Random(self.settings.seed)
+        #: The simulated market answers 503 while this is set (`POST /control/market`).
+        self.market_down = False
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -491,6 +514,16 @@ class Simulator:
         return f"http://{url_host(self.host)}:{self.weather_port}/v1/forecast"
 
     @property
+    def energyzero_url(self) -> str:
+        """EnergyZero's base URL (`HWSCHED_PRICES__ENERGYZERO_URL`): the market's days."""
+        return f"http://{url_host(self.host)}:{self.weather_port}/energyzero"
+
+    @property
+    def entsoe_url(self) -> str:
+        """ENTSO-E's API URL (`HWSCHED_PRICES__ENTSOE_URL`): the market's days."""
+        return f"http://{url_host(self.host)}:{self.weather_port}/entsoe/api"
+
+    @property
     def control_url(self) -> str:
         return f"http://{url_host(self.host)}:{self.control_port}/control"
 
@@ -499,6 +532,8 @@ class Simulator:
         return {
             "ca_cert": str(self.ca_path),
             "weather_url": self.weather_url,
+            "energyzero_url": self.energyzero_url,
+            "entsoe_url": self.entsoe_url,
             "control_url": self.control_url,
             "devices_file": str(self.state_dir / DEVICES_FILE) if self.state_dir else None,
             "devices": {
@@ -530,6 +565,7 @@ class Simulator:
             out.append(" ".join(parts))
         out.append(f"CA certificate: {self.ca_path}")
         out.append(f"weather: {self.weather_url}")
+        out.append(f"day-ahead prices: {self.energyzero_url} (EnergyZero), {self.entsoe_url}")
         out.append(f"control: {self.control_url}/state")
         if self.state_dir is not None:
             out.append(f"devices file for the services: {self.state_dir / DEVICES_FILE}")
@@ -543,7 +579,9 @@ class Simulator:
             item["ip_address"] = self.host
             item["port"] = dev.primary_port
             user_info = getattr(dev.config, "user_info", None)
-            if user_info is not None:  # the dump masks secrets: write the real token
+            if isinstance(dev.config, P1Config) and self.p1_token is not None:
+                item["user_info"] = {"name": P1_USER, "token": self.p1_token}
+            elif user_info is not None:  # the dump masks secrets: write the real token
                 item["user_info"] = {
                     "name": user_info.name,
                     "token": user_info.token.get_secret_value(),
@@ -913,6 +951,8 @@ class Simulator:
             return _v2_error(400, "json:parameter-invalid-type:charge_to_full")
         if (mode == "to_full" or to_full is True) and "permissions" in body:
             return _v2_error(400, "json:parameter-not-exclusive")
+        if "permissions" in body and mode is None and self.house.control.mode == "to_full":
+            return _v2_error(400, "json:parameter-read-only:permissions")
         if to_full is True and mode not in (None, "to_full"):
             return _v2_error(400, "json:parameter-not-exclusive")
         if to_full is True:
@@ -949,6 +989,43 @@ class Simulator:
 
         app.router.add_route("GET", "/v1/{api}", forecast)
         app.router.add_route("POST", "/v1/{api}", forecast)
+
+        def market_args() -> tuple[datetime, Any, Any, Any, int]:
+            self.advance()
+            house = self.house
+            return self.clock.now(), house.tz, house.sky, house.arrays, self.settings.seed
+
+        async def energyzero(request: web.Request) -> web.Response:
+            if self.market_down:
+                return _json({"error": "service unavailable"}, 503)
+            try:
+                answer = market.energyzero_answer(dict(request.query), *market_args())
+            except market.MarketRequestError as err:
+                return _json({"error": str(err)}, 400)
+            return _json(answer)
+
+        async def entsoe(request: web.Request) -> web.Response:
+            if self.market_down:
+                return web.Response(status=503, text="Service Unavailable")
+            if not request.query.get("securityToken"):
+                return web.Response(
+                    status=401,
+                    text="<html><body><h1>Unauthorized</h1></body></html>",
+                    content_type="text/html",
+                )
+            try:
+                answer = market.entsoe_answer(dict(request.query), *market_args())
+            except market.MarketRequestError as err:
+                now = self.clock.now()
+                return web.Response(
+                    status=400,
+                    text=market.acknowledgement(str(err), now),
+                    content_type="application/xml",
+                )
+            return web.Response(text=answer, content_type="application/xml")
+
+        app.router.add_get("/energyzero/public/v1/prices", energyzero)
+        app.router.add_get("/entsoe/api", entsoe)
         return app
 
     # --- control ---------------------------------------------------------------------
@@ -1031,7 +1108,16 @@ class Simulator:
                 return bad(str(err), 409)
             return _json({"device": dev.name, "power_on": power_on})
 
+        async def market_fault(request: web.Request) -> web.Response:
+            ok, body = await _body(request)
+            down = body.get("down") if isinstance(body, dict) else None
+            if not ok or not isinstance(down, bool):
+                return bad('expected {"down": true|false}')
+            self.market_down = down
+            return _json({"market_down": down})
+
         app.router.add_get("/control/state", state)
+        app.router.add_post("/control/market", market_fault)
         app.router.add_get("/control/events", events)
         app.router.add_post("/control/faults", faults)
         app.router.add_post("/control/button/{device}", button)

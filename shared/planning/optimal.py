@@ -1,432 +1,195 @@
-"""The optimal planner: a small MILP solved by HiGHS, guarded by the day simulator.
+"""The optimal planner, in two tiers; both deterministic and never worse than the reference.
 
-What it optimises, in this order (weights far apart, see `Weights`):
-1. needed sockets full by the end of the horizon (higher priority weighs more);
-2. least grid import;
-3. most energy into optional sockets;
-4. fewest relay switches.
+- `plan_optimal(problem, options)` — the **full tier**: local search (exact physics) from the
+  reference plan and a window heuristic, then the MILP (`milp.py`, HiGHS) warm-started from
+  the best of them, then local search again from the MILP's plan. Seconds at most.
+- `plan_quick(problem, incumbent, options)` — the **quick tier**: local search continuing
+  from `incumbent` (e.g. the last plan moved onto this problem's steps), about 20 ms for a
+  96-step day with 5 sockets. For re-plans inside the poll.
+- `plan_in_worker(problem, options)` — the full tier in a child process
+  (`python -m shared.planning.worker`), so HiGHS and numpy never stay in a service's memory.
 
-The model (per step t, socket s):
-- x[s,t] in {0,1}: socket on. An on socket is counted at its full power (conservative: the
-  real socket stops drawing once full, so reality is never worse than the model for import);
-- the batteries, aggregated, as a free lossless store (charge c, discharge u, energy e):
-  for fixed loads, HomeWizard zero mode (charge on surplus, discharge into deficit) reaches the
-  same least import as any other lossless schedule without grid charging, so the model's
-  import is what zero mode achieves;
-- an optional socket may be on only where the step has no deficit (load <= surplus: nothing from
-  grid or battery), only where the surplus covers its power, and only once the battery holds
-  its `min_battery_charge`;
-- switches w[s,t] >= |x[s,t] - x[s,t-1]|, at most one per switch interval.
+What a plan is judged by is `search.Score` (needs, then minimum on / off times, then import
+or net cost with switch costs, then optional energy, then switches), on the exact day
+physics (`simulate`, which agrees with the shared yardstick).
 
-Every solution is then run through the true day simulator (`simulate`), repaired where the
-physics disagree with the model (an optional socket on in a step the battery or grid fed), and
-compared with the reference plan: the better one by (unmet need, import, optional energy,
-switches) is returned, so the result is never worse than the reference. A solver time limit
-bounds the time; the status says what happened: `optimal`, `time-limited` (best found when
-time ran out), `fallback` (the reference plan, e.g. no solver or the solver found nothing better).
+**Deterministic.** Every budget counts work: local-search evaluations, HiGHS nodes, leaves,
+LP iterations, one thread and a fixed seed. The same problem and options give the same plan
+on any machine under any load. The wall-clock `time_limit_s` is only a safety net: when it
+fires, the answer is the reference plan with `status: fallback`, never a partial plan.
+
+**Never worse than the reference.** The reference plan (the original's greedy), made
+admissible on the real physics where its own bookkeeping is wrong (`DayState.repair`), is
+scored the same way; a plan that scores worse is replaced by it (`status: fallback`). That
+holds on every path: full, quick, the worker failing or timing out, highspy missing (then
+the local search alone plans).
+
+**Calm.** `switch_cost_wh` prices every switch; `min_on_s` / `min_off_s` (with `initial_on` and
+`initial_since_s` for the run in progress) are kept unless a needed socket's deadline or the
+first rule (optional sockets only on surplus) demands otherwise; with `previous`, the result
+keeps the previous plan unless the new one gains more than `hold_gain_wh` (`keeps_previous`).
+
+`status`: `optimal` (the MILP proved its optimum within its gap, and the result is at least
+as good), `time-limited` (a work budget of the MILP ran out first: its best plan, improved),
+`heuristic` (local search only: quick tier, no solver, MILP off), `fallback` (the reference
+plan: it scored better, the safety net fired, or the worker failed).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from shared.planning.problem import Plan, PlanningProblem, PlanStatus, SocketSpec
+from shared.planning import milp
+from shared.planning.modes import best_modes
+from shared.planning.problem import BatteryMode, Plan, PlanningProblem, PlanStatus
 from shared.planning.reference import plan_reference
-from shared.planning.search import Budget, DayState, improve
-from shared.planning.simulate import UNMET_TOLERANCE_WH, DayOutcome, simulate
+from shared.planning.search import INADMISSIBLE, Budget, Context, DayState, Score, improve
+from shared.planning.simulate import UNMET_TOLERANCE_WH, simulate
 
 PLANNER_NAME = "optimal"
 
+#: Without prices, what a Wh into an optional store is worth against a Wh of import when
+#: comparing with the previous plan (the shared yardstick's ratio: score = 10 x import -
+#: optional).
+OPTIONAL_WH_RATE = 0.1
 
-@dataclass(frozen=True, slots=True)
-class Weights:
-    """Objective weights (per Wh, per switch): far apart to act lexicographically."""
 
-    unmet_wh: float = 1000.0
-    import_wh: float = 1.0
-    optional_wh: float = 0.01
-    switch: float = 0.002
+class CeilingReachedError(Exception):
+    """The wall-clock safety net fired."""
 
 
 @dataclass(frozen=True, slots=True)
 class Options:
-    """Solver options. `time_limit_s=None` scales with the problem size."""
+    """How the planner works. Every budget counts work, not time (see the module docstring)."""
 
+    #: Wall-clock safety net, s (None: `default_ceiling(problem)` / `QUICK_CEILING_S`): past
+    #: it the plan is the reference plan (status `fallback`). Never shapes a normal plan.
     time_limit_s: float | None = None
-    #: Share of the time budget the MILP may use. Its plan is used only when it proves its
-    #: optimum in that time, so the result does not depend on how fast the machine is.
-    milp_share: float = 0.4
-    #: Moves the local search may evaluate (all starts together): a count, not a time, so
-    #: the same input always gives the same plan. The time budget stays a safety net.
-    max_evals: int = 1500
-    #: A plan to start from as well (e.g. the previous plan, moved on to this problem's
-    #: first step). With `milp_share=0` and a small `max_evals` this is a quick re-plan.
+    #: Whether the full tier runs the MILP: 0 turns it off (local search only); any other
+    #: value runs it with the work budgets below. (Once a share of a time budget.)
+    milp_share: float = 1.0
+    #: Local-search evaluations of the full tier (before and after the MILP together).
+    max_evals: int = 6000
+    #: A plan to start from as well (e.g. the previous plan moved onto this problem's steps).
     warm_start: Mapping[str, Sequence[int]] | None = None
-    #: Run the MILP in a short-lived worker process (`python -m shared.planning.milp_worker`),
-    #: so the solver and numpy never stay in a long-running service's memory.
+    #: Run the full tier in a worker process (`python -m shared.planning.worker`).
     milp_worker: bool = False
-    mip_rel_gap: float = 1e-4
-    weights: Weights = Weights()
+    #: Local-search evaluations of the quick tier.
+    quick_evals: int = 300
+    #: The MILP's work budgets.
+    mip_rel_gap: float = 1e-3
+    mip_abs_gap: float = 0.1
+    mip_max_nodes: int = 500
+    mip_max_leaves: int = 500
+    mip_max_lp_iterations: int = 400_000
+    #: The MILP's work budget per run: HiGHS's checkpoints (`milp.Budget.max_checkpoints`);
+    #: runs (each from the best plan so far, with the next seed) until one proves its optimum.
+    mip_max_checkpoints: int = 60
+    mip_restarts: int = 2
+    #: The second stage's work budget: the fewest switches among plans as good as the best
+    #: (`_fewer_switches`); 0 skips it.
+    switch_checkpoints: int = 30
+    mip_max_improving_sols: int = 1_000_000
+    random_seed: int = 1
+    weights: milp.Weights = field(default_factory=milp.Weights)
+
+    def to_json(self) -> dict[str, Any]:
+        """The options as JSON-able data (the worker's `options`)."""
+        out = asdict(self)
+        if self.warm_start is not None:
+            out["warm_start"] = {k: [int(v) for v in row] for k, row in self.warm_start.items()}
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Options:
+        """Options from JSON data; unknown keys are an error (ValueError)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"options: unknown {', '.join(unknown)}")
+        kw = dict(data)
+        if "weights" in kw:
+            kw["weights"] = milp.Weights(**kw["weights"])
+        if kw.get("warm_start") is not None:
+            kw["warm_start"] = {
+                str(k): [int(v) for v in row] for k, row in kw["warm_start"].items()
+            }
+        return cls(**kw)
 
 
-def default_time_limit(problem: PlanningProblem) -> float:
-    """Time budget: 0.15 s for a 96-step day with 5 sockets, growing with steps x sockets,
-    between 0.05 s and 0.9 s (the scheduler replans every poll; a Pi is ~4x slower)."""
+#: The quick tier's safety net, s.
+QUICK_CEILING_S = 2.0
+
+
+def default_ceiling(problem: PlanningProblem) -> float:
+    """The full tier's safety net: 120 s for a 96-step day with 5 sockets, growing with
+    steps x sockets (at most 600 s). Far above what a plan takes (seconds; a Raspberry Pi is
+    ~4x slower than the development machine, and a busy machine slower still), so it fires
+    only on a machine that is stuck."""
     size = problem.n_steps * max(1, len(problem.sockets))
-    return float(min(0.9, max(0.05, 0.15 * size / 480)))
+    return float(min(600.0, max(120.0, 120.0 * size / 480)))
 
 
-class _Rows:
-    """Sparse rows in compressed form for HiGHS."""
+class _Clock:
+    """The safety net: raises `CeilingReachedError` past the deadline (checked between phases and
+    every few dozen evaluations; it never changes a plan that finishes in time)."""
 
-    def __init__(self) -> None:
-        self.lower: list[float] = []
-        self.upper: list[float] = []
-        self.starts: list[int] = []
-        self.index: list[int] = []
-        self.value: list[float] = []
+    def __init__(self, ceiling_s: float) -> None:
+        self.t0 = time.perf_counter()
+        self.deadline = self.t0 + ceiling_s
 
-    def add(self, cols: list[int], vals: list[float], lo: float, hi: float) -> None:
-        self.starts.append(len(self.index))
-        self.index.extend(cols)
-        self.value.extend(vals)
-        self.lower.append(lo)
-        self.upper.append(hi)
+    def left(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    def check(self) -> None:
+        if time.perf_counter() > self.deadline:
+            raise CeilingReachedError
 
 
-class _Model:
-    """The MILP for one problem: variables, rows and the mapping back to a plan."""
+class _Evals(Budget):
+    """A budget of evaluations that also watches the safety net."""
 
-    def __init__(self, problem: PlanningProblem, weights: Weights) -> None:
-        self.p = problem
-        n, dt = problem.n_steps, problem.dt_h
-        a = problem.available_power_w
-        socks = problem.ordered_sockets()
-        self.socks = socks
-        self.cost: list[float] = []
-        self.lo: list[float] = []
-        self.hi: list[float] = []
-        self.integer: list[int] = []
-        self.rows = _Rows()
-        inf = math.inf
+    def __init__(self, evals: int, clock: _Clock) -> None:
+        super().__init__(evals)
+        self.clock = clock
+        self.used = 0
 
-        def var(cost: float, lo: float, hi: float) -> int:
-            self.cost.append(cost)
-            self.lo.append(lo)
-            self.hi.append(hi)
-            return len(self.cost) - 1
-
-        cap = problem.battery_capacity_wh
-        pb = problem.battery_power_w
-        soc0 = min(problem.battery_stored_wh, cap)
-        has_batt = cap > 0 and pb > 0
-        n_needed = sum(1 for s in socks if s.daily_need)
-
-        # Socket on/off.
-        self.x: dict[str, list[int]] = {}
-        for s in socks:
-            row = []
-            for t in range(n):
-                allowed = True
-                if not s.daily_need:
-                    allowed = a[t] >= s.max_power_usage - 1e-9 and s.room_wh() > 0
-                    if s.min_battery_charge > 0 and has_batt and t == 0:
-                        allowed = allowed and soc0 >= s.min_battery_charge * cap - 1e-9
-                elif s.room_wh() <= 0:
-                    allowed = False
-                j = var(0.0, 0.0, 1.0 if allowed else 0.0)
-                self.integer.append(j)
-                row.append(j)
-            self.x[s.name] = row
-
-        # Grid.
-        imp = [var(weights.import_wh * dt, 0.0, inf) for _ in range(n)]
-        exp = [var(0.0, 0.0, inf) for _ in range(n)]
-        # Battery.
-        if has_batt:
-            c = [var(0.0, 0.0, pb) for _ in range(n)]
-            u = [var(0.0, 0.0, pb) for _ in range(n)]
-            e = [var(0.0, 0.0, cap) for _ in range(n)]
-            # Zero mode never charges from the grid: charge <= max(surplus, 0).
-            for t in range(n):
-                self.hi[c[t]] = min(pb, max(0.0, a[t]))
-        # Power balance: load + charge - discharge - import + export = surplus.
-        for t in range(n):
-            cols = [self.x[s.name][t] for s in socks] + [imp[t], exp[t]]
-            vals = [s.max_power_usage for s in socks] + [-1.0, 1.0]
-            if has_batt:
-                cols += [c[t], u[t]]
-                vals += [1.0, -1.0]
-            self.rows.add(cols, vals, a[t], a[t])
-        if has_batt:
-            for t in range(n):
-                cols = [e[t], c[t], u[t]]
-                vals = [1.0, -dt, dt]
-                rhs = 0.0
-                if t > 0:
-                    cols.append(e[t - 1])
-                    vals.append(-1.0)
-                else:
-                    rhs = soc0
-                self.rows.add(cols, vals, rhs, rhs)
-
-        rank = 0
-        for s in socks:
-            xs = self.x[s.name]
-            step_wh = s.max_power_usage * dt
-            if s.daily_need:
-                # Needed: energy planned + unmet >= room. Priority weighs the unmet Wh.
-                w_unmet = weights.unmet_wh * (1.0 + (n_needed - rank) / max(1, n_needed))
-                rank += 1
-                short = var(w_unmet, 0.0, s.room_wh())
-                self.rows.add([*xs, short], [step_wh] * n + [1.0], s.room_wh(), inf)
-            else:
-                # Optional: credited energy g <= planned energy, g <= room.
-                g = var(-weights.optional_wh, 0.0, s.room_wh())
-                self.rows.add([g, *xs], [1.0] + [-step_wh] * n, -inf, 0.0)
-                others = [o for o in socks if o.name != s.name]
-                big_m = sum(o.max_power_usage for o in others)
-                for t in range(n):
-                    if self.hi[xs[t]] == 0.0:
-                        continue
-                    # On only without deficit: total load <= surplus.
-                    cols = [self.x[o.name][t] for o in others] + [xs[t]]
-                    vals = [o.max_power_usage for o in others] + [s.max_power_usage + big_m]
-                    self.rows.add(cols, vals, -inf, a[t] + big_m)
-                    if has_batt and s.min_battery_charge > 0 and t > 0:
-                        # Battery holds its threshold at the start of the step.
-                        need_wh = s.min_battery_charge * cap
-                        self.rows.add([e[t - 1], xs[t]], [1.0, -need_wh], 0.0, inf)
-            # Switches, and at most one per switch interval.
-            w: list[int] = []
-            initial = problem.initial_on.get(s.name)
-            for t in range(n):
-                if t == 0 and initial is None:
-                    continue
-                wt = var(weights.switch, 0.0, 1.0)
-                w.append(wt)
-                if t == 0:
-                    init = 1.0 if initial else 0.0
-                    self.rows.add([wt, xs[0]], [1.0, -1.0], -init, inf)
-                    self.rows.add([wt, xs[0]], [1.0, 1.0], init, inf)
-                else:
-                    self.rows.add([wt, xs[t], xs[t - 1]], [1.0, -1.0, 1.0], 0.0, inf)
-                    self.rows.add([wt, xs[t], xs[t - 1]], [1.0, 1.0, -1.0], 0.0, inf)
-            k = math.ceil(problem.switch_interval_s / problem.step_s - 1e-9)
-            if k > 1:
-                for i in range(len(w) - 1):
-                    window = w[i : i + k]
-                    if len(window) > 1:
-                        self.rows.add(window, [1.0] * len(window), -inf, 1.0)
-
-    def solution_from_states(self, states: dict[str, list[int]]) -> Any:
-        """A (partial) starting point: socket columns from a plan, the rest left to HiGHS."""
-        import numpy as np
-
-        values = np.zeros(len(self.cost))
-        for name, cols in self.x.items():
-            row = states.get(name, [])
-            for t, j in enumerate(cols):
-                values[j] = float(row[t]) if t < len(row) and self.hi[j] > 0 else 0.0
-        return values
-
-    def states(self, col_value: list[float]) -> dict[str, list[int]]:
-        return {
-            name: [1 if col_value[j] > 0.5 else 0 for j in cols] for name, cols in self.x.items()
-        }
+    def spend(self) -> bool:
+        if self.left <= 0:
+            return False
+        self.left -= 1
+        self.used += 1
+        if self.used % 32 == 0:
+            self.clock.check()
+        return True
 
 
-_BANNER_LOCK = threading.Lock()
-_banner_shown = False
+# --- starts ------------------------------------------------------------------------------
 
 
-def _new_highs() -> Any:
-    """A silent HiGHS instance.
-
-    HiGHS writes a banner straight to file descriptor 1 when the first instance of a
-    process is made, which would corrupt `hwsched plan`'s JSON; that one construction runs
-    with descriptor 1 pointed at /dev/null.
-    """
-    global _banner_shown  # noqa: PLW0603 - once per process
-    import highspy
-
-    with _BANNER_LOCK:
-        if not _banner_shown:
-            sys.stdout.flush()
-            saved = os.dup(1)
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            try:
-                os.dup2(devnull, 1)
-                h = highspy.Highs()  # type: ignore[no-untyped-call]
-            finally:
-                os.dup2(saved, 1)
-                os.close(saved)
-                os.close(devnull)
-            _banner_shown = True
-        else:
-            h = highspy.Highs()  # type: ignore[no-untyped-call]
-    h.setOptionValue("output_flag", False)
-    return h
-
-
-def _solve(
-    problem: PlanningProblem, options: Options, start: dict[str, list[int]], budget_s: float
-) -> tuple[dict[str, list[int]] | None, str, dict[str, float | int | str]]:
-    """Solve the MILP; (states or None, status, info)."""
-    import highspy
-    import numpy as np
-
-    model = _Model(problem, options.weights)
-    h = _new_highs()
-    h.setOptionValue("threads", 1)
-    h.setOptionValue("random_seed", 0)
-    h.setOptionValue("time_limit", max(0.01, budget_s))
-    h.setOptionValue("mip_rel_gap", options.mip_rel_gap)
-    ncol = len(model.cost)
-    h.addVars(ncol, np.array(model.lo), np.array(model.hi))
-    h.changeColsCost(ncol, np.arange(ncol, dtype=np.int32), np.array(model.cost))
-    r = model.rows
-    h.addRows(
-        len(r.lower),
-        np.array(r.lower),
-        np.array(r.upper),
-        len(r.index),
-        np.array(r.starts, dtype=np.int32),
-        np.array(r.index, dtype=np.int32),
-        np.array(r.value),
-    )
-    ints = np.array(model.integer, dtype=np.int32)
-    h.changeColsIntegrality(len(ints), ints, np.array([highspy.HighsVarType.kInteger] * len(ints)))
-    # Warm start: the reference plan's socket states (HiGHS completes the rest).
-    warm = model.solution_from_states(start)
-    idx = np.array(ints, dtype=np.int32)
-    h.setSolution(len(idx), idx, warm[idx])
-    h.run()
-    status = h.getModelStatus()
-    info_obj = h.getInfo()
-    info: dict[str, float | int | str] = {
-        "mip_gap": float(info_obj.mip_gap) if math.isfinite(info_obj.mip_gap) else -1.0,
-        "objective": float(info_obj.objective_function_value),
-        "nodes": int(info_obj.mip_node_count),
-        "columns": ncol,
-        "rows": len(r.lower),
-        "lp_iterations": int(info_obj.simplex_iteration_count),
-    }
-    if status == highspy.HighsModelStatus.kOptimal:
-        label = "optimal"
-    elif status in (
-        highspy.HighsModelStatus.kTimeLimit,
-        highspy.HighsModelStatus.kInterrupt,
-        highspy.HighsModelStatus.kIterationLimit,
-        highspy.HighsModelStatus.kSolutionLimit,
-    ):
-        label = "time-limited"
-    else:
-        return None, "fallback", info | {"solver_status": h.modelStatusToString(status)}
-    if int(info_obj.primal_solution_status) != 2:  # 2 = feasible
-        return None, "fallback", info | {"solver_status": "no solution"}
-    return model.states(list(h.getSolution().col_value)), label, info
-
-
-def _solve_in_worker(
-    problem: PlanningProblem, options: Options, start: dict[str, list[int]], budget_s: float
-) -> tuple[dict[str, list[int]] | None, str, dict[str, float | int | str]]:
-    """`_solve` in a child process (JSON in, JSON out); a failed worker is no MILP plan."""
-    request = json.dumps(
-        {
-            "problem": problem.model_dump(mode="json"),
-            "weights": asdict(options.weights),
-            "mip_rel_gap": options.mip_rel_gap,
-            "start": start,
-            "budget_s": budget_s,
-        }
-    )
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "shared.planning.milp_worker"],
-            input=request,
-            capture_output=True,
-            text=True,
-            timeout=budget_s + 10.0,
-            check=True,
-        )
-        answer = json.loads(done.stdout)
-        states = answer["states"]
-        return (
-            {str(k): [int(v) for v in row] for k, row in states.items()} if states else None,
-            str(answer["label"]),
-            dict(answer["info"]),
-        )
-    except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError) as err:
-        return None, "fallback", {"solver_status": f"worker failed: {type(err).__name__}"}
-
-
-def _repair(
-    problem: PlanningProblem, states: dict[str, list[int]]
-) -> tuple[dict[str, list[int]], DayOutcome]:
-    """Switch off optional steps the physics say were fed by grid or battery, or held back.
-
-    The model counts an on socket at full power; the real one stops when full, so the day can
-    differ slightly (a battery fuller or emptier). Repeat until the simulated day is clean.
-    """
-    optional = [s for s in problem.sockets if not s.daily_need]
-    cap = problem.battery_capacity_wh
-    for _ in range(problem.n_steps + 1):
-        out = simulate(problem, states)
-        bad: list[tuple[SocketSpec, int]] = []
-        for t in range(problem.n_steps):
-            soc_before = out.battery_energy_wh[t - 1] if t > 0 else problem.battery_stored_wh
-            deficit = out.grid_power_w[t] > 1e-6 or out.battery_power_w[t] < -1e-6
-            for s in optional:
-                if not states[s.name][t]:
-                    continue
-                held = (
-                    s.min_battery_charge > 0
-                    and cap > 0
-                    and soc_before < s.min_battery_charge * cap - 1e-6
-                )
-                if (deficit and out.socket_power_w[s.name][t] > 0) or held:
-                    bad.append((s, t))
-        if not bad:
-            return states, out
-        # Drop the lowest-priority offender of the first bad step, then re-check.
-        t0 = min(t for _, t in bad)
-        victims = [s for s, t in bad if t == t0]
-        victim = max(victims, key=lambda s: (s.priority, s.max_power_usage, s.name))
-        states = {k: list(v) for k, v in states.items()}
-        states[victim.name][t0] = 0
-    return states, simulate(problem, states)
-
-
-def _quality(out: DayOutcome) -> tuple[float, float, float, int]:
-    return out.key()
-
-
-def _fill_steps(problem: PlanningProblem, s: SocketSpec) -> int:
-    """Steps at full power that fill the store (to the yardstick's 1 Wh), at most the horizon."""
-    room = s.room_wh() - UNMET_TOLERANCE_WH
+def _fill_steps(problem: PlanningProblem, power: float, room: float) -> int:
+    """Steps at full power that fill a store (to the yardstick's 1 Wh), at most the horizon."""
+    room -= UNMET_TOLERANCE_WH
     if room <= 0:
         return 0
-    return min(problem.n_steps, math.ceil(room / (s.max_power_usage * problem.dt_h) - 1e-9))
+    return min(problem.n_steps, math.ceil(room / (power * problem.dt_h) - 1e-9))
 
 
-def _window_plan(problem: PlanningProblem) -> dict[str, list[int]]:
+def window_plan(problem: PlanningProblem) -> dict[str, list[int]]:
     """A quick start: each socket in priority order gets the contiguous window that catches
     the most of the remaining surplus (optional sockets only steps the surplus covers)."""
-    n, dt = problem.n_steps, problem.dt_h
+    n = problem.n_steps
     free = list(problem.available_power_w)
     plan: dict[str, list[int]] = {}
     for s in problem.ordered_sockets():
-        k = _fill_steps(problem, s)
+        k = _fill_steps(problem, s.max_power_usage, s.room_wh())
         row = [0] * n
         if k > 0 and s.daily_need:
             gain = [min(s.max_power_usage, max(0.0, f)) for f in free]
@@ -447,87 +210,431 @@ def _window_plan(problem: PlanningProblem) -> dict[str, list[int]]:
             if row[t]:
                 free[t] -= s.max_power_usage
         plan[s.name] = row
-        _ = dt
     return plan
 
 
-def plan_optimal(problem: PlanningProblem, options: Options | None = None) -> Plan:
-    """Plan by local search from several starts; never worse than the reference plan."""
-    opts = options or Options()
-    t0 = time.perf_counter()
-    budget = opts.time_limit_s if opts.time_limit_s is not None else default_time_limit(problem)
-    deadline = t0 + budget
-    ref = plan_reference(problem)
-    # Starts: the reference plan and a window plan; then the MILP (without the switch term,
-    # which makes it slow) warm-started from the better of them, on part of the budget.
-    starts: list[Mapping[str, Sequence[int]]] = [ref.sockets, _window_plan(problem)]
-    if opts.warm_start is not None:
-        starts.append(opts.warm_start)
-    states = [DayState(problem, start) for start in starts]
-    for state in states:
-        state.repair()
-    states = [s for s in states if s.score[0] != float("inf")]
-    states.sort(key=lambda s: s.score)
-    info: dict[str, float | int | str] = {}
-    proved = False
-    milp_budget = opts.milp_share * (deadline - time.perf_counter())
-    if milp_budget > 0.01:
-        try:
-            warm = states[0].plan() if states else ref.sockets
-            milp_opts = Options(
-                mip_rel_gap=opts.mip_rel_gap, weights=replace(opts.weights, switch=0.0)
-            )
-            solve = _solve_in_worker if opts.milp_worker else _solve
-            solved, label, info = solve(problem, milp_opts, warm, milp_budget)
-            info = {f"milp_{k}": v for k, v in info.items()}
-            info["milp_status"] = label
-            if solved is not None and label == "optimal":
-                state = DayState(problem, solved)
-                state.repair()
-                if state.score[0] != float("inf"):
-                    states.append(state)
-                    proved = True
-        except ImportError:
-            info["milp_status"] = "highspy not installed"
-    # Local search (exact physics) on each start, the most promising first, sharing one
-    # budget of evaluations; the time limit only stops it on a pathologically slow machine.
-    states.sort(key=lambda s: s.score)
-    best: DayState | None = None
-    converged = True
-    moves = 0
-    evals = Budget(opts.max_evals)
-    safety = t0 + 3 * budget
-    for state in states:
-        m, conv = improve(state, safety, evals)
-        moves += m
-        converged = converged and conv
-        if best is None or state.score < best.score:
-            best = state
-    info["evals"] = opts.max_evals - evals.left
-    info["moves"] = moves
-    status: PlanStatus = "optimal" if proved and converged else "time-limited"
-    # The baseline: the reference plan, made admissible where the physics disagree with
-    # the greedy's own bookkeeping (e.g. an optional socket it runs before the battery
-    # really holds its threshold) or where steps are shorter than the switch interval.
-    baseline = DayState(problem, ref.sockets)
-    baseline.repair()
-    chosen = baseline.plan()
-    out = ref_out = simulate(problem, chosen)
-    if best is not None:
-        mine = best.plan()
-        mine_out = simulate(problem, mine)
-        if _quality(mine_out) <= _quality(ref_out):
-            chosen, out = mine, mine_out
-        else:
-            status = "fallback"
-            info["fallback_reason"] = "reference plan simulates better"
-    else:
-        status = "fallback"
+def _moved(rows: Mapping[str, Sequence[int]], n: int) -> dict[str, list[int]]:
+    return {
+        str(k): [1 if v else 0 for v in list(row)[:n]] + [0] * (n - len(row))
+        for k, row in rows.items()
+    }
+
+
+def _state(
+    ctx: Context, rows: Mapping[str, Sequence[int]], modes: Sequence[BatteryMode] | None = None
+) -> DayState:
+    st = DayState(ctx, rows, modes)
+    st.repair()
+    return st
+
+
+def baseline(ctx: Context) -> tuple[DayState, Plan]:
+    """The reference plan made admissible on the real physics (batteries in `zero`
+    throughout), and the reference plan."""
+    ref = plan_reference(ctx.problem)
+    return _state(ctx, ref.sockets, _zero_modes(ctx)), ref
+
+
+# --- comparisons -------------------------------------------------------------------------
+
+
+def _value(ctx: Context, score: Score) -> float:
+    """One number for the cost part of a score, Wh of import: cost with switch costs, less
+    optional energy at `OPTIONAL_WH_RATE` (without prices; with prices it is in the cost)."""
+    return score[3] + OPTIONAL_WH_RATE * score[4]
+
+
+def keeps_previous(ctx: Context, previous: DayState, new: DayState) -> bool:
+    """Whether the previous plan (continued, made admissible) stays instead of `new`.
+
+    It stays unless the new plan leaves less unmet need (by more than 1 Wh), breaks fewer
+    minimum on / off times, or — with both equal — its cost part (`_value`: import or net cost
+    with switch costs, less optional energy at 0.1 Wh per Wh without prices) is lower by more
+    than `hold_gain_wh`. A previous plan that cannot be made admissible never stays.
+    """
+    p, q = previous.score, new.score
+    if p[0] == math.inf:
+        return False
+    if q[0] < p[0] - UNMET_TOLERANCE_WH:
+        return False
+    if p[0] < q[0] - UNMET_TOLERANCE_WH:
+        return True
+    if q[2] != p[2]:
+        return p[2] < q[2]
+    gain = _value(ctx, p) - _value(ctx, q)
+    return gain <= ctx.problem.hold_gain_wh
+
+
+def _better(a: DayState, b: DayState) -> bool:
+    return a.score < b.score
+
+
+# --- the plan ------------------------------------------------------------------------------
+
+
+def _plan_of(
+    ctx: Context,
+    state: DayState,
+    status: PlanStatus,
+    started: float,
+    info: dict[str, float | int | str],
+    base: DayState | None = None,
+) -> Plan:
+    """The plan of a state, with the day's figures in `info`: grid import and export (Wh)
+    and, with prices, the cost, the value put into optional stores and the net cost (EUR),
+    and the same net cost for the reference plan (`base`)."""
+    out = simulate(ctx.problem, state.plan(), state.modes)
+    info["import_wh"] = round(out.grid_import_wh, 1)
+    info["export_wh"] = round(out.export_wh, 1)
+    if out.cost_eur is not None and out.net_cost_eur is not None:
+        info["cost_eur"] = round(out.cost_eur, 4)
+        info["optional_value_eur"] = round(out.optional_value_eur or 0.0, 4)
+        info["net_cost_eur"] = round(out.net_cost_eur, 4)
+        if base is not None:
+            ref = simulate(ctx.problem, base.plan(), base.modes)
+            info["reference_import_wh"] = round(ref.grid_import_wh, 1)
+            info["reference_net_cost_eur"] = round(ref.net_cost_eur or 0.0, 4)
     return Plan(
-        sockets=chosen,
+        sockets=state.plan(),
         battery_power_w=[round(v, 3) + 0.0 for v in out.battery_power_w],
         planner=PLANNER_NAME,
-        solve_s=time.perf_counter() - t0,
+        solve_s=time.perf_counter() - started,
         status=status,
         info=info,
+        battery_mode=list(state.modes) if state.modes is not None else None,
     )
+
+
+def _fallback_plan(
+    problem: PlanningProblem, started: float, reason: str, info: dict[str, float | int | str]
+) -> Plan:
+    """The reference plan made admissible (status `fallback`): the safety net's answer."""
+    ctx = Context(problem)
+    base, _ = baseline(ctx)
+    return _plan_of(ctx, base, "fallback", started, info | {"fallback_reason": reason}, base)
+
+
+def _finish(
+    ctx: Context,
+    best: DayState,
+    base: DayState,
+    status: PlanStatus,
+    started: float,
+    info: dict[str, float | int | str],
+) -> Plan:
+    """The guard against the reference, then hysteresis against `previous`.
+
+    With `previous`, any plan other than the previous one carries `hold_gain_wh` as a cost
+    (the reference plan too), so a previous plan kept within that margin of the new plan is
+    also within it of the reference: 'never worse than the reference' under that cost.
+    """
+    problem = ctx.problem
+    if _better(base, best):
+        info["fallback_reason"] = "the reference plan scores better"
+        best, status = base, "fallback"
+    if problem.previous:
+        prev_modes: list[BatteryMode] | None = None
+        if best.modes is not None:
+            prev_modes = list(problem.previous_battery_mode) or ["zero"] * ctx.n
+        previous = _state(ctx, _moved(problem.previous, ctx.n), prev_modes)
+        same = previous.plan() == best.plan() and previous.modes == best.modes
+        if not same and keeps_previous(ctx, previous, best):
+            info["kept_previous"] = 1
+            return _plan_of(ctx, previous, status, started, info, base)
+        info["kept_previous"] = 0
+    return _plan_of(ctx, best, status, started, info, base)
+
+
+def plan_optimal(problem: PlanningProblem, options: Options | None = None) -> Plan:
+    """The full tier (see the module docstring); with `milp_worker`, in a worker process."""
+    opts = options or Options()
+    if opts.milp_worker:
+        return plan_in_worker(problem, replace(opts, milp_worker=False))
+    started = time.perf_counter()
+    clock = _Clock(opts.time_limit_s if opts.time_limit_s is not None else default_ceiling(problem))
+    info: dict[str, float | int | str] = {}
+    try:
+        return _plan_full(problem, opts, clock, info)
+    except CeilingReachedError:
+        return _fallback_plan(problem, started, "safety ceiling reached", info)
+
+
+def _budget(opts: Options, clock: _Clock, checkpoints: int) -> milp.Budget:
+    return milp.Budget(
+        mip_rel_gap=opts.mip_rel_gap,
+        mip_abs_gap=opts.mip_abs_gap,
+        max_nodes=opts.mip_max_nodes,
+        max_leaves=opts.mip_max_leaves,
+        max_lp_iterations=opts.mip_max_lp_iterations,
+        max_checkpoints=checkpoints,
+        max_improving_sols=opts.mip_max_improving_sols,
+        random_seed=opts.random_seed,
+        ceiling_s=max(0.01, clock.left()),
+    )
+
+
+def _fewer_switches(
+    ctx: Context,
+    solver: milp.Solver,
+    best: DayState,
+    opts: Options,
+    clock: _Clock,
+    info: dict[str, float | int | str],
+    evals: _Evals,
+) -> tuple[DayState, int]:
+    """The second, lexicographic stage: among plans whose objective is no worse than the
+    best plan's, the one with the fewest switches (the MILP with its objective capped and
+    switches as the objective, from the best plan). Only for plans that meet every need
+    and keep every minimum on / off time."""
+    if best.score[0] > 0 or best.score[2] > 0:
+        return best, 0
+    # A socket with at most two switches is one run already: it stays as it is (a much
+    # smaller problem); with none left to change the stage is skipped.
+    counts = [s[2] for s in best.stats]
+    fixed = {
+        sock.name: best.rows[i] for i, sock in enumerate(ctx.socks) if counts[i] <= 2
+    }
+    if len(fixed) == len(ctx.socks):
+        return best, 0
+    value = best.score[3]
+    if not ctx.priced:
+        value += opts.weights.optional_wh * best.score[4]
+    budget = replace(_budget(opts, clock, opts.switch_checkpoints), mip_abs_gap=0.5)
+    result = solver.solve(best.plan(), budget, fewest_switches_within=value + 1e-6, fixed=fixed)
+    info["switch_stage"] = result.status
+    if result.status == "ceiling":
+        raise CeilingReachedError
+    if result.rows is None:
+        return best, 0
+    cand = _state(ctx, result.rows, best.modes)
+    cand, moves = _polish(cand, evals, plans_modes(ctx), rounds=1)
+    if cand.score <= best.score:
+        info["switch_stage_switches"] = f"{best.score[5]} -> {cand.score[5]}"
+        return cand, moves
+    return best, moves
+
+
+def plans_modes(ctx: Context) -> bool:
+    """Whether plans for this problem choose the batteries' modes (prices, batteries, and the
+    P1 meter's token: `battery_modes`)."""
+    return ctx.priced and ctx.has_batt and ctx.problem.battery_modes
+
+
+def _zero_modes(ctx: Context) -> list[BatteryMode] | None:
+    """The modes a plan starts from: `zero` throughout where the plan states its modes
+    (with prices), None (zero mode, implied) without prices."""
+    return ["zero"] * ctx.n if ctx.priced and ctx.has_batt else None
+
+
+def _with_best_modes(state: DayState) -> DayState:
+    """The state with the cheapest admissible mode sequence for its sockets (`modes.py`)."""
+    found = best_modes(state)
+    if found is not None and found != state.modes:
+        cand = DayState(state.ctx, state.plan(), found)
+        if cand.score < state.score:
+            return cand
+    return state
+
+
+def _polish(
+    state: DayState, evals: _Evals, use_modes: bool, rounds: int = 2
+) -> tuple[DayState, int]:
+    """Local search on the sockets, alternating with the best modes for them."""
+    moves, _ = improve(state, evals)
+    for _ in range(rounds if use_modes else 0):
+        before = state.score
+        state = _with_best_modes(state)
+        m, _ = improve(state, evals)
+        moves += m
+        if state.score >= before:
+            break
+    return state, moves
+
+
+def _plan_full(
+    problem: PlanningProblem, opts: Options, clock: _Clock, info: dict[str, float | int | str]
+) -> Plan:
+    started = clock.t0
+    ctx = Context(problem)
+    use_modes = plans_modes(ctx)
+    zero = _zero_modes(ctx)
+    base, _ = baseline(ctx)
+    starts = [base.copy(), _state(ctx, window_plan(problem), zero)]
+    for extra in (opts.warm_start, problem.previous or None):
+        if extra is not None:
+            starts.append(_state(ctx, _moved(extra, ctx.n), zero))
+    starts = [s for s in starts if s.score != INADMISSIBLE]
+    starts.sort(key=lambda s: s.score)
+    evals = _Evals(opts.max_evals, clock)
+    first = _Evals(opts.max_evals // 3, clock)
+    best, moves = _polish(starts[0], first, use_modes)
+    evals.left -= first.used
+    clock.check()
+    status: PlanStatus = "heuristic"
+    if opts.milp_share > 0:
+        try:
+            solver = milp.Solver(problem, opts.weights)
+        except ImportError:
+            info["milp_status"] = "highspy not installed"
+        else:
+            proved = False
+            for run in range(max(1, opts.mip_restarts)):
+                # Each run starts from the best plan so far, with its own seed: HiGHS's
+                # heuristics find very different plans from one seed to the next.
+                budget = _budget(opts, clock, opts.mip_max_checkpoints)
+                budget = replace(budget, random_seed=opts.random_seed + run)
+                result = solver.solve(best.plan(), budget)
+                if run == 0:
+                    info.update({f"milp_{k}": v for k, v in result.info.items()})
+                info["milp_status"] = result.status
+                info["milp_runs"] = run + 1
+                if result.status == "ceiling":
+                    raise CeilingReachedError
+                proved = result.status == "optimal" and not use_modes
+                if result.rows is not None:
+                    cand = _state(ctx, result.rows, zero)
+                    if cand.score != INADMISSIBLE or use_modes:
+                        cand, m = _polish(cand, evals, use_modes)
+                        moves += m
+                        if cand.score <= best.score:
+                            best = cand
+                        else:
+                            proved = False  # the model's optimum is not the day's best
+                clock.check()
+                if result.status == "optimal":
+                    break
+            if opts.switch_checkpoints > 0:
+                best, m = _fewer_switches(ctx, solver, best, opts, clock, info, evals)
+                moves += m
+            status = "optimal" if proved else "time-limited"
+    best, m = _polish(best, evals, use_modes, rounds=1)
+    if use_modes:
+        m2, _ = improve(best, evals, modes=True)
+        m += m2
+    moves += m
+    info["evals"] = opts.max_evals - evals.left
+    info["moves"] = moves
+    return _finish(ctx, best, base, status, started, info)
+
+
+def plan_quick(
+    problem: PlanningProblem,
+    incumbent: Mapping[str, Sequence[int]] | None,
+    options: Options | None = None,
+) -> Plan:
+    """The quick tier: local search from `incumbent` (moved onto this problem's steps; None:
+    from the reference plan) and, with modes, from `problem.previous_battery_mode`;
+    `options.quick_evals` evaluations; never worse than the reference plan, deterministic."""
+    opts = options or Options()
+    started = time.perf_counter()
+    clock = _Clock(opts.time_limit_s if opts.time_limit_s is not None else QUICK_CEILING_S)
+    info: dict[str, float | int | str] = {"tier": "quick"}
+    try:
+        ctx = Context(problem)
+        use_modes = plans_modes(ctx)
+        base, _ = baseline(ctx)
+        start = base.copy()
+        if incumbent is not None:
+            modes = _zero_modes(ctx)
+            if use_modes and problem.previous_battery_mode:
+                modes = list(problem.previous_battery_mode)
+            mine = _state(ctx, _moved(incumbent, ctx.n), modes)
+            if mine.score != INADMISSIBLE:
+                start = mine
+        evals = _Evals(opts.quick_evals, clock)
+        moves, _ = improve(start, evals, modes=use_modes)
+        info["evals"] = evals.used
+        info["moves"] = moves
+        return _finish(ctx, start, base, "heuristic", started, info)
+    except CeilingReachedError:
+        return _fallback_plan(problem, started, "safety ceiling reached", info)
+
+
+# --- the worker ----------------------------------------------------------------------------
+
+#: Time a worker process may take beyond the safety ceiling: starting Python, importing
+#: pydantic, numpy and HiGHS, s.
+WORKER_START_S = 10.0
+
+
+def worker_request(problem: PlanningProblem, options: Options | None = None) -> str:
+    """The worker's input: one JSON document `{"problem": ..., "options": ...}`."""
+    opts = options or Options()
+    return json.dumps(
+        {"problem": problem.model_dump(mode="json", exclude_none=True), "options": opts.to_json()}
+    )
+
+
+def plan_in_worker(
+    problem: PlanningProblem, options: Options | None = None, timeout_s: float | None = None
+) -> Plan:
+    """The full tier in a child process (`python -m shared.planning.worker`).
+
+    A worker that fails (exit status, no answer, an answer that is no plan) or outlives
+    `timeout_s` (default: the safety ceiling + `WORKER_START_S`) gives the reference plan
+    made admissible, `status: fallback`, with the reason in `info.fallback_reason`.
+    """
+    opts = replace(options or Options(), milp_worker=False)
+    started = time.perf_counter()
+    ceiling = opts.time_limit_s if opts.time_limit_s is not None else default_ceiling(problem)
+    limit = timeout_s if timeout_s is not None else ceiling + WORKER_START_S
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "shared.planning.worker"],
+            input=worker_request(problem, opts),
+            capture_output=True,
+            text=True,
+            timeout=limit,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return _fallback_plan(problem, started, f"worker timed out after {limit:g} s", {})
+    except OSError as err:
+        return _fallback_plan(problem, started, f"worker failed to start: {err.strerror}", {})
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or ["no message"])[-1][:300]
+        return _fallback_plan(problem, started, f"worker failed ({done.returncode}): {why}", {})
+    try:
+        plan = Plan.model_validate_json(done.stdout)
+    except ValueError:
+        return _fallback_plan(problem, started, "worker answered no plan", {})
+    if set(plan.sockets) != {s.name for s in problem.sockets} or any(
+        len(r) != problem.n_steps for r in plan.sockets.values()
+    ):
+        return _fallback_plan(problem, started, "worker's plan does not fit the problem", {})
+    # The guard once more, here: a worker's plan is never taken on trust.
+    ctx = Context(problem)
+    base, _ = baseline(ctx)
+    mine = DayState(ctx, plan.sockets, plan.battery_mode)
+    if mine.score == INADMISSIBLE or _better(base, mine):
+        return _fallback_plan(problem, started, "worker's plan scores worse than the reference", {})
+    return plan.model_copy(update={"solve_s": time.perf_counter() - started})
+
+
+# --- a bound for the benchmark -------------------------------------------------------------
+
+
+def priced_bound(problem: PlanningProblem, seconds: float) -> tuple[float, str]:
+    """A lower bound on the net cost (EUR) of any plan of a priced problem that meets every
+    need: the MILP with a freely controllable battery (charging from surplus or grid at any
+    power, discharging into the house, never into the grid: every mode sequence is one of its
+    choices), solved without work limits for up to `seconds` (wall); its dual bound.
+    Returns (bound EUR, solver status)."""
+    if not problem.priced:
+        raise ValueError("priced_bound needs a problem with prices")
+    free = problem.model_copy(update={"battery_modes": True})
+    ctx = Context(free)
+    result = milp.Solver(free, milp.Weights(optional_priority=0.0)).solve(
+        None,
+        milp.Budget(
+            mip_rel_gap=1e-6,
+            mip_abs_gap=1e-6,
+            max_nodes=10**9,
+            max_leaves=10**9,
+            max_checkpoints=10**9,
+            ceiling_s=seconds,
+            keep_at_ceiling=True,
+        ),
+    )
+    bound = float(result.info["bound"])
+    return bound / ctx.wh_per_eur, result.status

@@ -1,31 +1,55 @@
-"""Local search on socket plans against the exact day physics (pure Python, no I/O).
+"""Local search on plans against the exact day physics (pure Python, no I/O, no clock).
 
-`DayState` holds a plan together with its simulated day and re-simulates incrementally
-when one socket's row changes: the socket's draw profile is recomputed, the house load
-updated, and the battery (zero mode) re-run from the first changed step. A move costs
-O(steps), which lets the search try thousands of moves in a fraction of a second.
+`DayState` holds a plan (socket rows, and the batteries' modes when the plan has them)
+together with its simulated day, and re-simulates incrementally when rows change: the
+socket's draw profile is recomputed, the house load updated, and the battery re-run from
+the first changed step. A move costs O(steps), so the search tries thousands of moves in a
+fraction of a second. The physics are those of `simulate` (a test keeps them equal).
 
-Quality is lexicographic (`Score`): total unmet need, then unmet need weighted by
-priority, then grid import, then energy into optional stores (more is better), then
-switches. A plan is *admissible* when no optional socket is on, and no full socket is
-kept on, in a step the battery or grid feeds, and no optional socket runs before the
-battery holds its `min_battery_charge`; the search never accepts an inadmissible plan.
+Quality (`Score`, smaller is better, compared in this order):
+1. unmet need, Wh (total; then weighted by priority: the first socket's Wh weigh most);
+2. steps of minimum on / off times not kept (`simulate.hold_violations`);
+3. the cost: without prices grid import (Wh) + `switch_cost_wh` per switch; with prices the
+   net cost (import cost - export earnings - value put into optional stores) in Wh of import
+   at the horizon's mean import price, + `switch_cost_wh` per switch;
+4. without prices: energy into optional stores (more is better);
+5. switches (relay switches and battery mode changes);
+6. energy into optional stores weighted by priority (the first socket's Wh weigh most).
+
+A plan is *admissible* when no optional socket draws power in a step that grid or battery
+feeds (except where the import price allows it: `optional_grid_price_max`), no optional socket
+draws before the battery holds its `min_battery_charge`, and every socket's (and the mode's)
+switches lie at least the switch interval apart. The search never accepts an inadmissible
+plan; `repair` makes one admissible.
+
+Budgets are counts of evaluated moves (`Budget`), never time: the same input always gives
+the same plan.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
-from shared.planning.problem import PlanningProblem
-from shared.planning.simulate import UNMET_TOLERANCE_WH
+from shared.planning.problem import BATTERY_MODES, BatteryMode, PlanningProblem
+from shared.planning.simulate import (
+    UNMET_TOLERANCE_WH,
+    hold_spans,
+    hold_violations,
+    initial_hold,
+    optional_value_eur_kwh,
+    price_allows_optional,
+)
 
 _EPS = 1e-6
+_INF = float("inf")
 
-Score = tuple[float, float, float, float, int]
+#: (unmet Wh, priority-weighted unmet, hold violations, cost Wh-eq, -optional Wh, switches,
+#: -priority-weighted optional Wh)
+Score = tuple[float, float, int, float, float, int, float]
+INADMISSIBLE: Score = (_INF, _INF, 0, 0.0, 0.0, 0, 0.0)
 #: A move: new rows for one or more sockets (by index).
 Move = tuple[tuple[int, list[int]], ...]
 
@@ -39,12 +63,18 @@ class _Sock:
     #: Battery energy (Wh) an optional socket waits for; 0 = none.
     threshold: float
     rank: int
+    #: State now (None: unknown) and steps it should hold it.
+    init: bool | None
+    held: int
+    #: With prices: Wh-eq of value per Wh into this (optional) store.
+    worth: float
 
 
-class DayState:
-    """A plan (one 0/1 row per socket, in priority order) and its simulated day."""
+class Context:
+    """What every plan of one problem shares: the day, the sockets, prices, rules."""
 
-    def __init__(self, problem: PlanningProblem, rows: Mapping[str, Sequence[int]]) -> None:
+    def __init__(self, problem: PlanningProblem) -> None:
+        self.problem = problem
         self.n = problem.n_steps
         self.dt = problem.dt_h
         self.a = list(problem.available_power_w)
@@ -52,53 +82,128 @@ class DayState:
         self.pmax = problem.battery_power_w
         self.soc0 = min(problem.battery_stored_wh, self.cap)
         self.has_batt = self.cap > 0 and self.pmax > 0
-        self.initial = problem.initial_on
         #: Steps that must lie between two switches of one socket (the switch interval).
         self.min_gap = max(1, math.ceil(problem.switch_interval_s / problem.step_s - 1e-9))
+        self.up, self.down = hold_spans(problem)
+        imp = problem.import_prices()
+        exp = problem.export_prices()
+        self.priced = imp is not None and exp is not None
+        self.p_imp = imp or [0.0] * self.n
+        self.p_exp = exp or [0.0] * self.n
+        mean = sum(self.p_imp) / self.n if self.priced else 0.0
+        #: Wh of import-equivalent per EUR (with prices): 1 kWh at the mean import price.
+        self.wh_per_eur = 1000.0 / mean if mean > 1e-6 else 1000.0 / 0.01
+        self.mean_price = mean
+        self.allowed = price_allows_optional(problem)
+        worth = optional_value_eur_kwh(problem)
         socks = problem.ordered_sockets()
-        self.socks = [
-            _Sock(
-                name=s.name,
-                power=s.max_power_usage,
-                room=s.room_wh(),
-                needed=s.daily_need,
-                threshold=(s.min_battery_charge * self.cap if self.has_batt else 0.0),
-                rank=i,
+        self.socks: list[_Sock] = []
+        for i, s in enumerate(socks):
+            init, held = initial_hold(problem, s.name)
+            self.socks.append(
+                _Sock(
+                    name=s.name,
+                    power=s.max_power_usage,
+                    room=s.room_wh(),
+                    needed=s.daily_need,
+                    threshold=(
+                        s.min_battery_charge * self.cap
+                        if self.has_batt and not s.daily_need
+                        else 0.0
+                    ),
+                    rank=i,
+                    init=init,
+                    held=held,
+                    # EUR/kWh -> Wh-eq per Wh: value / 1000 EUR per Wh x wh_per_eur.
+                    worth=worth.get(s.name, 0.0) / 1000.0 * self.wh_per_eur,
+                )
             )
-            for i, s in enumerate(socks)
-        ]
-        n = self.n
+        self.switch_cost = problem.switch_cost_wh
+        self.initial_mode: BatteryMode | None = problem.initial_battery_mode
+        self.thresholds = [(i, s.threshold) for i, s in enumerate(self.socks) if s.threshold > 0]
+
+    def index(self, name: str) -> int:
+        for i, s in enumerate(self.socks):
+            if s.name == name:
+                return i
+        raise KeyError(name)
+
+
+def _battery(
+    mode: str, net: float, soc: float, cap: float, pmax: float, dt: float, has_batt: bool
+) -> float:
+    """Battery power (W, + charging) in one step: `simulate.battery_step`, inlined for speed."""
+    if not has_batt:
+        return 0.0
+    if mode == "to_full":
+        return min(pmax, max(0.0, (cap - soc) / dt))
+    if net > 0:
+        if mode in ("zero", "charge_only"):
+            return min(net, pmax, max(0.0, (cap - soc) / dt))
+        return 0.0
+    if net < 0 and mode in ("zero", "discharge_only"):
+        return -min(-net, pmax, max(0.0, soc / dt))
+    return 0.0
+
+
+class DayState:
+    """A plan (one 0/1 row per socket, in priority order; modes or None) and its day."""
+
+    def __init__(
+        self,
+        ctx: Context | PlanningProblem,
+        rows: Mapping[str, Sequence[int]],
+        modes: Sequence[BatteryMode] | None = None,
+    ) -> None:
+        if isinstance(ctx, PlanningProblem):
+            ctx = Context(ctx)
+        self.ctx = ctx
+        n = self.n = ctx.n
         self.rows: list[list[int]] = []
-        for s in self.socks:
+        for s in ctx.socks:
             row = [1 if v else 0 for v in list(rows.get(s.name, []))[:n]]
             row.extend([0] * (n - len(row)))
             self.rows.append(row)
-        self.draws = [self._draw(i, self.rows[i]) for i in range(len(self.socks))]
+        self.modes: list[BatteryMode] | None = None
+        if modes is not None:
+            m: list[BatteryMode] = list(modes)[:n]
+            m.extend(["zero"] * (n - len(m)))
+            self.modes = m
+        self.draws = [self._draw(i, self.rows[i]) for i in range(len(ctx.socks))]
         self.load = [0.0] * n
-        #: Per step: sockets that must not be on in a deficit (optional, or full and idle).
-        self.risky = [0] * n
+        #: Per socket and step: 1 where the socket must not be fed by battery or grid (an
+        #: optional socket drawing; a full socket kept on outside its minimum on time).
+        self.risky_rows = [
+            risky_row(ctx, i, self.rows[i], self.draws[i]) for i in range(len(ctx.socks))
+        ]
+        #: Per step: how many sockets must not be fed by battery or grid.
+        self.opt_on = [0] * n
         for i, d in enumerate(self.draws):
+            rr = self.risky_rows[i]
             for t in range(n):
                 self.load[t] += d[t]
-                self.risky[t] += self._risky(i, self.rows[i][t], d[t])
-        self.thresholds = [(i, s.threshold) for i, s in enumerate(self.socks) if s.threshold > 0]
-        self.stats = [self._stats(i, self.rows[i], self.draws[i]) for i in range(len(self.socks))]
-        # The battery's path: energy, import so far and admissibility at the start of each
+                self.opt_on[t] += rr[t]
+        self.stats = [self._stats(i, self.rows[i], self.draws[i]) for i in range(len(ctx.socks))]
+        self.mode_stats = self._mode_stats(self.modes)
+        # The battery's path: energy, cost so far and admissibility at the start of each
         # step (index n: the end), so a move re-simulates only from its first changed step.
         self.soc_pre = [0.0] * (n + 1)
-        self.imp_pre = [0.0] * (n + 1)
+        self.cost_pre = [0.0] * (n + 1)
         self.ok_pre = [True] * (n + 1)
-        self.soc_pre[0] = self.soc0
+        #: Per step: inadmissible in the recorded day; the first such step from each step on.
+        self.bad_at = [False] * (n + 1)
+        self.next_bad = [n] * (n + 1)
+        self.soc_pre[0] = ctx.soc0
         self.score = self._simulate()
 
     # -- physics -----------------------------------------------------------------------
 
     def _draw(self, i: int, row: Sequence[int]) -> list[float]:
         """Power the socket draws per step: full power while on, until its store is full."""
-        s = self.socks[i]
+        s = self.ctx.socks[i]
         left = s.room
         out = [0.0] * self.n
-        dt = self.dt
+        dt = self.ctx.dt
         for t in range(self.n):
             if row[t] and left > _EPS:
                 d = s.power if left >= s.power * dt else left / dt
@@ -108,140 +213,236 @@ class DayState:
 
     def _stats(
         self, i: int, row: Sequence[int], draw: Sequence[float]
-    ) -> tuple[float, float, int, bool]:
-        """(unmet need Wh, optional energy Wh, switches, switch spacing kept) of socket i."""
-        s = self.socks[i]
-        got = sum(draw) * self.dt
+    ) -> tuple[float, float, int, bool, int]:
+        """(unmet need Wh, optional energy Wh, switches, switch spacing kept, hold violations)."""
+        ctx = self.ctx
+        s = ctx.socks[i]
+        got = sum(draw) * ctx.dt
         unmet = max(0.0, s.room - got - UNMET_TOLERANCE_WH) if s.needed else 0.0
         opt = 0.0 if s.needed else got
         at = [t for t in range(1, self.n) if row[t] != row[t - 1]]
-        init = self.initial.get(s.name)
-        if init is not None and self.n and bool(row[0]) != init:
+        if s.init is not None and self.n and bool(row[0]) != s.init:
             at.insert(0, 0)
-        spaced = all(b - a >= self.min_gap for a, b in pairwise(at))
-        return unmet, opt, len(at), spaced
+        spaced = all(b - a >= ctx.min_gap for a, b in pairwise(at))
+        holds = 0
+        if ctx.up > 1 or ctx.down > 1 or s.held:
+            holds = hold_violations(row, s.init, s.held, ctx.up, ctx.down)
+        return unmet, opt, len(at), spaced, holds
 
-    def _risky(self, i: int, on: int, draw: float) -> int:
-        """1 if socket i, on with this draw, must not be fed by battery or grid."""
-        return 1 if on and (not self.socks[i].needed or draw <= 0) else 0
+    def _mode_stats(self, modes: Sequence[str] | None) -> tuple[int, bool]:
+        """(mode changes, spacing kept) of the battery's mode row."""
+        if modes is None:
+            return 0, True
+        at = [t for t in range(1, self.n) if modes[t] != modes[t - 1]]
+        init = self.ctx.initial_mode
+        if init is not None and self.n and modes[0] != init:
+            at.insert(0, 0)
+        spaced = all(b - a >= self.ctx.min_gap for a, b in pairwise(at))
+        return len(at), spaced
 
-    def _run(self, start: int, record: bool) -> tuple[float, bool]:
-        """Battery in zero mode from step `start` on: (grid import Wh, admissible).
+    def _run(self, start: int, record: bool, last: int = -1) -> tuple[float, bool]:
+        """The battery from step `start` on: (cost at the end, admissible).
 
+        Cost: Wh of grid import; with prices, import cost - export earnings in Wh-eq.
         Starts from the recorded state at `start`; with `record`, records every step.
+        Without, once past `last` (the last step whose load or mode changed) with the
+        battery back on its recorded path, the rest is the recorded day.
         """
+        ctx = self.ctx
         soc = self.soc_pre[start]
-        imp = self.imp_pre[start]
+        cost = self.cost_pre[start]
         ok = self.ok_pre[start]
-        dt, cap, pmax, has_batt = self.dt, self.cap, self.pmax, self.has_batt
-        a, load, risky, rows, thresholds = self.a, self.load, self.risky, self.rows, self.thresholds
-        for t in range(start, self.n):
+        dt, cap, pmax, has_batt = ctx.dt, ctx.cap, ctx.pmax, ctx.has_batt
+        a, load, opt_on, thresholds = ctx.a, self.load, self.opt_on, ctx.thresholds
+        draws = self.draws
+        priced, p_imp, p_exp, allowed = ctx.priced, ctx.p_imp, ctx.p_exp, ctx.allowed
+        scale = ctx.wh_per_eur / 1000.0 * dt  # W x EUR/kWh -> Wh-eq in one step
+        modes = self.modes
+        soc_pre, cost_pre, ok_pre = self.soc_pre, self.cost_pre, self.ok_pre
+        bad_at = self.bad_at
+        n = self.n
+        for t in range(start, n):
             if record:
-                self.soc_pre[t] = soc
-                self.imp_pre[t] = imp
-                self.ok_pre[t] = ok
+                soc_pre[t] = soc
+                cost_pre[t] = cost
+                ok_pre[t] = ok
+            elif t > last and -1e-9 < soc - soc_pre[t] < 1e-9:
+                # Back on the recorded path: the rest of the day is as recorded.
+                rest_ok = self.next_bad[t] >= n
+                return cost + cost_pre[n] - cost_pre[t], ok and rest_ok
             net = a[t] - load[t]
-            if net < -_EPS and risky[t]:
-                ok = False
-            for i, thr in thresholds:
-                if rows[i][t] and soc < thr - _EPS:
-                    ok = False
+            step_ok = True
             if has_batt:
-                if net > 0:
-                    b = min(net, pmax, (cap - soc) / dt)
-                    soc += b * dt
-                    net -= b
-                elif net < 0:
-                    b = min(-net, pmax, soc / dt)
-                    soc -= b * dt
-                    net += b
-            if net < 0:
-                imp -= net * dt
+                mode = modes[t] if modes is not None else "zero"
+                if mode == "zero":  # the common case, inlined
+                    if net > 0:
+                        room = (cap - soc) / dt
+                        b = net if net < pmax else pmax
+                        if room < b:
+                            b = room if room > 0 else 0.0
+                    elif net < 0:
+                        have = soc / dt
+                        b = -net if -net < pmax else pmax
+                        if have < b:
+                            b = have if have > 0 else 0.0
+                        b = -b
+                    else:
+                        b = 0.0
+                else:
+                    b = _battery(mode, net, soc, cap, pmax, dt, True)
+                if thresholds:
+                    for i, thr in thresholds:
+                        if draws[i][t] > 0 and soc < thr - _EPS:
+                            step_ok = False
+                soc += b * dt
+            else:
+                b = 0.0
+            g = b - net  # + import
+            if opt_on[t] and (g * dt > 1e-9 or b < -1e-9) and not allowed[t]:
+                step_ok = False
+            if priced:
+                cost += (g * p_imp[t] if g > 0 else g * p_exp[t]) * scale
+            elif g > 0:
+                cost += g * dt
+            if not step_ok:
+                ok = False
+            if record:
+                bad_at[t] = not step_ok
         if record:
-            self.soc_pre[self.n] = soc
-            self.imp_pre[self.n] = imp
-            self.ok_pre[self.n] = ok
-        return imp, ok
+            soc_pre[n] = soc
+            cost_pre[n] = cost
+            ok_pre[n] = ok
+            nxt = n
+            for t in range(n - 1, -1, -1):
+                if bad_at[t]:
+                    nxt = t
+                self.next_bad[t] = nxt
+        return cost, ok
 
-    def _score(self, imp: float, ok: bool) -> Score:
+    def first_bad_from(self, t: int) -> int:
+        """The first recorded inadmissible step at or after t (n if none)."""
+        return self.next_bad[t] if t < self.n else self.n
+
+    def _score(self, cost: float, ok: bool) -> Score:
         if not ok:
-            return (float("inf"), 0.0, 0.0, 0.0, 0)
-        unmet = weighted = opt = 0.0
-        switches = 0
-        for i, (u, o, sw, spaced) in enumerate(self.stats):
+            return INADMISSIBLE
+        ctx = self.ctx
+        unmet = weighted = opt = opt_weighted = 0.0
+        switches = holds = 0
+        value = 0.0
+        k = len(ctx.socks)
+        for i, (u, o, sw, spaced, h) in enumerate(self.stats):
             if not spaced:
-                return (float("inf"), 0.0, 0.0, 0.0, 0)
+                return INADMISSIBLE
             unmet += u
-            weighted += u * (len(self.socks) - self.socks[i].rank)
+            weighted += u * (k - ctx.socks[i].rank)
             opt += o
+            opt_weighted += o * (k - ctx.socks[i].rank)
+            value += o * ctx.socks[i].worth
             switches += sw
-        return (round(unmet, 3), round(weighted, 3), round(imp, 3), -round(opt, 3), switches)
+            holds += h
+        msw, mspaced = self.mode_stats
+        if not mspaced:
+            return INADMISSIBLE
+        switches += msw
+        money = cost + ctx.switch_cost * switches
+        if ctx.priced:
+            money -= value
+            opt = 0.0
+        return (
+            round(unmet, 3),
+            round(weighted, 3),
+            holds,
+            round(money, 3),
+            -round(opt, 3),
+            switches,
+            -round(opt_weighted, 3),
+        )
 
     def _simulate(self) -> Score:
-        """Full evaluation of the current rows, recording the battery's path."""
-        imp, ok = self._run(0, record=True)
-        return self._score(imp, ok)
+        """Full evaluation of the current plan, recording the battery's path."""
+        cost, ok = self._run(0, record=True)
+        return self._score(cost, ok)
 
     # -- moves -------------------------------------------------------------------------
 
-    def _swap_in(self, i: int, row: list[int], draw: list[float]) -> int:
-        """Replace socket i's row and draw, keeping load and risk counts in step.
+    def _swap_in(
+        self, i: int, row: list[int], draw: list[float], risky: list[int] | None = None
+    ) -> tuple[int, int]:
+        """Replace socket i's row and draw, keeping load and counts in step.
 
-        Returns the first step that changed (n if none).
+        Returns the first and the last step that changed (n, -1 if none).
         """
-        old_row, old_draw = self.rows[i], self.draws[i]
-        load, risky = self.load, self.risky
-        first = self.n
+        old_row, old_draw, old_risky = self.rows[i], self.draws[i], self.risky_rows[i]
+        if risky is None:
+            risky = risky_row(self.ctx, i, row, draw)
+        load, opt_on = self.load, self.opt_on
+        first, last = self.n, -1
         for t in range(self.n):
-            if draw[t] != old_draw[t] or row[t] != old_row[t]:
+            if draw[t] != old_draw[t] or row[t] != old_row[t] or risky[t] != old_risky[t]:
                 if first == self.n:
                     first = t
+                last = t
                 load[t] += draw[t] - old_draw[t]
-                risky[t] += self._risky(i, row[t], draw[t]) - self._risky(
-                    i, old_row[t], old_draw[t]
-                )
+                opt_on[t] += risky[t] - old_risky[t]
         self.rows[i] = row
         self.draws[i] = draw
-        return first
+        self.risky_rows[i] = risky
+        return first, last
 
-    def try_move(self, move: Move) -> Score:
-        """Score the plan with the rows of a move replaced (the state is left unchanged)."""
-        saved = [(i, self.rows[i], self.draws[i], self.stats[i]) for i, _ in move]
-        first = self.n
+    def try_move(self, move: Move, modes: list[BatteryMode] | None = None) -> Score:
+        """Score the plan with the rows of a move (and modes) replaced; the state is kept."""
+        saved = [
+            (i, self.rows[i], self.draws[i], self.stats[i], self.risky_rows[i]) for i, _ in move
+        ]
+        saved_modes, saved_mstats = self.modes, self.mode_stats
+        first, last = self.n, -1
         for i, row in move:
             draw = self._draw(i, row)
-            first = min(first, self._swap_in(i, row, draw))
+            lo, hi = self._swap_in(i, row, draw)
+            first, last = min(first, lo), max(last, hi)
             self.stats[i] = self._stats(i, row, draw)
-        imp, ok = self._run(first, record=False)
-        score = self._score(imp, ok)
-        for i, row, draw, stats in reversed(saved):
-            self._swap_in(i, row, draw)
+        if modes is not None:
+            lo, hi = _diff_range(modes, self.modes, self.n)
+            first, last = min(first, lo), max(last, hi)
+            self.modes = modes
+            self.mode_stats = self._mode_stats(modes)
+        cost, ok = self._run(first, record=False, last=last)
+        score = self._score(cost, ok)
+        for i, row, draw, stats, risky in reversed(saved):
+            self._swap_in(i, row, draw, risky)
             self.stats[i] = stats
+        self.modes, self.mode_stats = saved_modes, saved_mstats
         return score
 
     def try_row(self, i: int, row: list[int]) -> Score:
         """Score the plan with socket i's row replaced (the state is left unchanged)."""
         return self.try_move(((i, row),))
 
-    def apply_move(self, move: Move) -> None:
+    def try_modes(self, modes: list[BatteryMode]) -> Score:
+        return self.try_move((), modes)
+
+    def apply_move(self, move: Move, modes: list[BatteryMode] | None = None) -> None:
         for i, row in move:
             draw = self._draw(i, row)
             self._swap_in(i, row, draw)
             self.stats[i] = self._stats(i, row, draw)
+        if modes is not None:
+            self.modes = modes
+            self.mode_stats = self._mode_stats(modes)
         self.score = self._simulate()
 
     def apply_row(self, i: int, row: list[int]) -> None:
         self.apply_move(((i, row),))
 
-    def spaced_row(self, row: list[int]) -> list[int]:
+    def spaced_row(self, row: list[int], i: int | None = None) -> list[int]:
         """The row with switches at least the switch interval apart: on-runs too short to
         allow it are dropped, then off-gaps too short are bridged."""
-        k = self.min_gap
+        k = self.ctx.min_gap
         if k <= 1:
             return row
         out = list(row)
-        runs = _runs(out)
-        for lo, hi in runs:
+        for lo, hi in _runs(out):
             if hi - lo + 1 < k and lo > 0 and hi < self.n - 1:
                 for t in range(lo, hi + 1):
                     out[t] = 0
@@ -249,6 +450,35 @@ class DayState:
             if lo2 - hi1 - 1 < k:
                 for t in range(hi1 + 1, lo2):
                     out[t] = 1
+        if i is not None:
+            init = self.ctx.socks[i].init
+            at = [t for t in range(1, self.n) if out[t] != out[t - 1]]
+            if init is not None and self.n and bool(out[0]) != init and at and at[0] < k:
+                # A switch at step 0 (against the state now) too close to the next one:
+                # keep the state now until then.
+                for t in range(at[0]):
+                    out[t] = 1 if init else 0
+        return out
+
+    def spaced_modes(self, modes: list[BatteryMode]) -> list[BatteryMode]:
+        """Modes with changes at least the switch interval apart: a mode held for too short a
+        time takes the mode before it."""
+        k = self.ctx.min_gap
+        out = list(modes)
+        if k <= 1:
+            return out
+        if not out:
+            return out
+        init = self.ctx.initial_mode
+        prev: BatteryMode = out[0] if init is None else init
+        last = -(10**9) if init is None else 0
+        for t in range(self.n):
+            if out[t] != prev:
+                if t - last < k and not (t == 0 and init is None):
+                    out[t] = prev
+                    continue
+                last = t
+                prev = out[t]
         return out
 
     def _first_bad_step(self) -> int | None:
@@ -260,46 +490,110 @@ class DayState:
 
     def repair(self) -> None:
         """Make the plan admissible: switches spaced by the switch interval; then, at the
-        first step the battery or grid would feed an optional or full socket, or an optional
-        socket runs before the battery holds its threshold, that socket (the lowest priority
-        one) is switched off there — its whole run where the switch interval needs it."""
-        for i in range(len(self.socks)):
-            spaced = self.spaced_row(self.rows[i])
+        first step the battery or grid would feed an optional socket that is drawing, or an
+        optional socket draws before the battery holds its threshold, that socket (the lowest
+        priority one) is switched off there — its whole run where the switch interval needs
+        it."""
+        ctx = self.ctx
+        for i in range(len(ctx.socks)):
+            spaced = self.spaced_row(self.rows[i], i)
             if spaced != self.rows[i]:
                 self.apply_row(i, spaced)
+        if self.modes is not None:
+            sm = self.spaced_modes(self.modes)
+            if sm != self.modes:
+                self.apply_move((), sm)
         for _ in range(sum(sum(r) for r in self.rows) + 1):
-            if self.score[0] != float("inf"):
+            if self.score[0] != _INF:
                 return
             t = self._first_bad_step()
             if t is None:
-                return  # inadmissible only through spacing, which spaced_row settled
+                return  # inadmissible only through spacing, which the above settled
             soc = self.soc_pre[t]
-            deficit = self.a[t] - self.load[t] < -_EPS
+            net = ctx.a[t] - self.load[t]
+            mode = self.modes[t] if self.modes is not None else "zero"
+            b = _battery(mode, net, soc, ctx.cap, ctx.pmax, ctx.dt, ctx.has_batt)
+            fed = (b - net) * ctx.dt > 1e-9 or b < -1e-9
             offenders = [
                 i
-                for i, s in enumerate(self.socks)
-                if self.rows[i][t]
-                and (
-                    (deficit and self._risky(i, 1, self.draws[i][t]))
-                    or (not s.needed and s.threshold > 0 and soc < s.threshold - _EPS)
-                )
+                for i, s in enumerate(ctx.socks)
+                if (fed and not ctx.allowed[t] and self.risky_rows[i][t])
+                or (s.threshold > 0 and self.draws[i][t] > 0 and soc < s.threshold - _EPS)
             ]
             if not offenders:
                 return
-            i = max(offenders, key=lambda i: self.socks[i].rank)
+            # A full socket kept on goes off first (it loses nothing), then the lowest priority.
+            i = max(offenders, key=lambda i: (self.draws[i][t] <= 0, ctx.socks[i].rank))
             row = list(self.rows[i])
             lo = hi = t
-            if self.min_gap > 1:
+            if self.draws[i][t] <= 0:
+                # Full: off from here to the end of its run (it draws nothing there).
+                while hi < self.n - 1 and row[hi + 1]:
+                    hi += 1
+            elif ctx.min_gap > 1:
                 while lo > 0 and row[lo - 1]:
                     lo -= 1
                 while hi < self.n - 1 and row[hi + 1]:
                     hi += 1
             for u in range(lo, hi + 1):
                 row[u] = 0
-            self.apply_row(i, self.spaced_row(row))
+            self.apply_row(i, self.spaced_row(row, i))
 
     def plan(self) -> dict[str, list[int]]:
-        return {s.name: list(self.rows[i]) for i, s in enumerate(self.socks)}
+        return {s.name: list(self.rows[i]) for i, s in enumerate(self.ctx.socks)}
+
+    def copy(self) -> DayState:
+        return DayState(self.ctx, self.plan(), self.modes)
+
+
+def hold_exempt(ctx: Context, i: int, row: Sequence[int]) -> list[bool]:
+    """Steps where socket i is inside a minimum on time: the state held now (`initial_on`
+    with `initial_since_s`), or the first `min_on_s` of a run the plan starts."""
+    s = ctx.socks[i]
+    n = ctx.n
+    out = [False] * n
+    if s.init and s.held:
+        for t in range(min(s.held, n)):
+            if not row[t]:
+                break
+            out[t] = True
+    if ctx.up > 1:
+        for lo, hi in _runs(row):
+            if lo == 0 and s.init is not False:
+                continue  # no switch on at step 0 (on already, or state unknown)
+            for t in range(lo, min(hi + 1, lo + ctx.up)):
+                out[t] = True
+    return out
+
+
+def risky_row(ctx: Context, i: int, row: Sequence[int], draw: Sequence[float]) -> list[int]:
+    """Per step, 1 where socket i must not be fed by battery or grid: an optional socket
+    drawing power (the first rule), or a full socket kept on outside a minimum on time
+    (it would heat from the grid on its standing losses)."""
+    s = ctx.socks[i]
+    n = ctx.n
+    out = [0] * n
+    exempt: list[bool] | None = None
+    for t in range(n):
+        if not row[t]:
+            continue
+        if draw[t] > 0:
+            if not s.needed:
+                out[t] = 1
+        else:
+            if exempt is None:
+                exempt = hold_exempt(ctx, i, row)
+            if not exempt[t]:
+                out[t] = 1
+    return out
+
+
+def _diff_range(a: Sequence[str], b: Sequence[str] | None, n: int) -> tuple[int, int]:
+    """First and last step where two mode rows differ (n, -1 if none)."""
+    if b is None:
+        return 0, n - 1
+    diff = [t for t in range(n) if a[t] != b[t]]
+    return (diff[0], diff[-1]) if diff else (n, -1)
 
 
 def _runs(row: Sequence[int]) -> list[tuple[int, int]]:
@@ -317,31 +611,49 @@ def _runs(row: Sequence[int]) -> list[tuple[int, int]]:
     return out
 
 
+def _gaps(row: Sequence[int]) -> list[tuple[int, int]]:
+    """(first, last) step of each off-gap between two on-runs."""
+    return [(hi1 + 1, lo2 - 1) for (_, hi1), (lo2, _) in pairwise(_runs(row))]
+
+
 def _candidates(state: DayState, i: int) -> Iterator[list[int]]:
     """Rows to try for socket i, the likeliest gains first.
 
     Additions (when the store still wants energy), then run moves (shift, grow, merge: fewer
-    switches), then relocations of single steps, then removals.
+    switches), then relocations of single steps, then removals; with minimum on / off times,
+    runs and gaps made long enough.
     """
+    ctx = state.ctx
     row = state.rows[i]
-    s = state.socks[i]
+    s = ctx.socks[i]
     n = state.n
     on = [t for t in range(n) if row[t]]
     off = [t for t in range(n) if not row[t]]
     # Remaining surplus per step without this socket: where it hurts least to draw.
-    free = [state.a[t] - state.load[t] + state.draws[i][t] for t in range(n)]
+    free = [ctx.a[t] - state.load[t] + state.draws[i][t] for t in range(n)]
+    if ctx.priced:
+        # With prices, the cheapest steps to draw in: price-weighted shortfall.
+        def cost_at(t: int) -> float:
+            short = max(0.0, s.power - max(0.0, free[t]))
+            return short * ctx.p_imp[t] - min(s.power, max(0.0, free[t])) * ctx.p_exp[t]
+
+        rank_off = sorted(off, key=lambda t: (cost_at(t), t))
+        rank_on = sorted(on, key=lambda t: (-cost_at(t), t))
+    else:
+        rank_off = sorted(off, key=lambda t: (-free[t], t))
+        rank_on = sorted(on, key=lambda t: (free[t], t))
     if not s.needed:
-        off = [t for t in off if free[t] > _EPS]
-    best_off = sorted(off, key=lambda t: (-free[t], t))[:10]
-    worst_on = sorted(on, key=lambda t: (free[t], t))[:10]
-    wants = sum(state.draws[i]) * state.dt < s.room - UNMET_TOLERANCE_WH
+        rank_off = [t for t in rank_off if free[t] > _EPS or ctx.allowed[t]]
+    best_off = rank_off[:10]
+    worst_on = rank_on[:10]
+    wants = sum(state.draws[i]) * ctx.dt < s.room - UNMET_TOLERANCE_WH
+    k = max(ctx.min_gap, ctx.up)
     if wants:
-        k = state.min_gap
         for t2 in best_off:
             r = list(row)
             r[t2] = 1
             yield r
-            if k > 1:  # a block the switch interval allows, after or before t2
+            if k > 1:  # a block the switch interval / minimum on time allows
                 for lo in (t2, t2 - k + 1):
                     r = list(row)
                     for t in range(max(0, lo), min(n, lo + k)):
@@ -349,6 +661,7 @@ def _candidates(state: DayState, i: int) -> Iterator[list[int]]:
                     yield r
     runs = _runs(row)
     for lo, hi in runs:
+        length = hi - lo + 1
         if lo > 0:  # shift left by one, grow left
             r = list(row)
             r[hi], r[lo - 1] = 0, 1
@@ -362,6 +675,35 @@ def _candidates(state: DayState, i: int) -> Iterator[list[int]]:
             yield r
             r = list(row)
             r[hi + 1] = 1
+            yield r
+        if ctx.up > 1 and length < ctx.up and hi < n - 1:
+            # Too short for the minimum on time: long enough (right, then left), or gone.
+            r = list(row)
+            for t in range(hi + 1, min(n, lo + ctx.up)):
+                r[t] = 1
+            yield r
+            r = list(row)
+            for t in range(max(0, hi - ctx.up + 1), lo):
+                r[t] = 1
+            yield r
+            r = list(row)
+            for t in range(lo, hi + 1):
+                r[t] = 0
+            yield r
+    if runs:
+        # Stay on to the horizon's end, or from its start (one switch fewer, where a full
+        # socket may stay on).
+        lo, hi = runs[-1]
+        if hi < n - 1:
+            r = list(row)
+            for t in range(hi + 1, n):
+                r[t] = 1
+            yield r
+        lo, hi = runs[0]
+        if lo > 0 and s.init is not False:
+            r = list(row)
+            for t in range(lo):
+                r[t] = 1
             yield r
     for (lo1, hi1), (lo2, hi2) in pairwise(runs):
         # Merge: move the second run against the first, or the first against the second,
@@ -393,6 +735,12 @@ def _candidates(state: DayState, i: int) -> Iterator[list[int]]:
         r = list(row)
         r[t1] = 0
         yield r
+    if s.init is not None and s.held and n:
+        # Keep the state now for as long as it should be held.
+        r = list(row)
+        for t in range(min(s.held, n)):
+            r[t] = 1 if s.init else 0
+        yield r
 
 
 def _pair_candidates(state: DayState) -> list[Move]:
@@ -403,9 +751,10 @@ def _pair_candidates(state: DayState) -> list[Move]:
     - ejection: an optional socket takes a step a needed socket occupied, and the needed
       socket moves to one of its best free steps (more surplus into optional stores).
     """
+    ctx = state.ctx
     n = state.n
     out: list[Move] = []
-    socks = state.socks
+    socks = ctx.socks
     for i, si in enumerate(socks):
         runs_i = _runs(state.rows[i])
         if not runs_i:
@@ -430,13 +779,13 @@ def _pair_candidates(state: DayState) -> list[Move]:
         if so.needed or so.room <= 0:
             continue
         ro = state.rows[o]
-        got = sum(state.draws[o]) * state.dt
+        got = sum(state.draws[o]) * ctx.dt
         if got >= so.room - UNMET_TOLERANCE_WH:
             continue
-        free_o = [state.a[t] - state.load[t] + state.draws[o][t] for t in range(n)]
+        free_o = [ctx.a[t] - state.load[t] + state.draws[o][t] for t in range(n)]
         tried = 0
-        for t in sorted(range(n), key=lambda t: (-state.a[t], t)):
-            if ro[t] or state.a[t] < so.power or free_o[t] >= so.power or tried >= 8:
+        for t in sorted(range(n), key=lambda t: (-ctx.a[t], t)):
+            if ro[t] or ctx.a[t] < so.power or free_o[t] >= so.power or tried >= 8:
                 continue
             for k, sk in enumerate(socks):
                 if k == o or not state.rows[k][t] or not sk.needed:
@@ -444,7 +793,7 @@ def _pair_candidates(state: DayState) -> list[Move]:
                 if free_o[t] + state.draws[k][t] < so.power - 1e-9:
                     continue
                 rk = state.rows[k]
-                free_k = [state.a[u] - state.load[u] + state.draws[k][u] for u in range(n)]
+                free_k = [ctx.a[u] - state.load[u] + state.draws[k][u] for u in range(n)]
                 dest = sorted(
                     (u for u in range(n) if not rk[u] and u != t), key=lambda u: (-free_k[u], u)
                 )
@@ -456,6 +805,24 @@ def _pair_candidates(state: DayState) -> list[Move]:
                 tried += 1
                 break
     return out
+
+
+def _mode_candidates(state: DayState) -> Iterator[list[BatteryMode]]:
+    """Mode rows to try: each step's mode changed to another, stretched over the switch
+    interval (and merged with its neighbours' modes)."""
+    modes = state.modes
+    if modes is None:
+        return
+    n = state.n
+    k = state.ctx.min_gap
+    for t in range(n):
+        for m in BATTERY_MODES:
+            if m == modes[t]:
+                continue
+            r = list(modes)
+            for u in range(t, min(n, t + k)):
+                r[u] = m
+            yield r
 
 
 class Budget:
@@ -472,29 +839,22 @@ class Budget:
         return True
 
 
-def improve(
-    state: DayState,
-    deadline: float,
-    budget: Budget | None = None,
-    clock: Callable[[], float] = time.perf_counter,
-) -> tuple[int, bool]:
-    """First-improvement local search until no move helps or the deadline passes.
+def improve(state: DayState, budget: Budget, modes: bool = False) -> tuple[int, bool]:
+    """First-improvement local search until no move helps or the budget is spent.
 
     Socket by socket, single-socket moves are applied while one helps; when a whole sweep
-    changes nothing, two-socket moves are tried; it stops when neither helps.
-    Stops early when the budget of evaluations is spent or the deadline passes.
-    Returns (moves applied, converged).
+    changes nothing, two-socket moves are tried, then (with `modes`) single-step mode
+    changes; it stops when none helps. Returns (moves applied, converged).
     """
     moves = 0
-    budget = budget or Budget(10**9)
     while True:
         improved = False
-        for i in range(len(state.socks)):
+        for i in range(len(state.ctx.socks)):
             again = True
             while again:
                 again = False
                 for row in _candidates(state, i):
-                    if not budget.spend() or clock() > deadline:
+                    if not budget.spend():
                         return moves, False
                     score = state.try_row(i, row)
                     if score < state.score:
@@ -505,7 +865,7 @@ def improve(
         if improved:
             continue
         for move in _pair_candidates(state):
-            if not budget.spend() or clock() > deadline:
+            if not budget.spend():
                 return moves, False
             score = state.try_move(move)
             if score < state.score:
@@ -513,5 +873,17 @@ def improve(
                 moves += 1
                 improved = True
                 break
+        if improved:
+            continue
+        if modes and state.modes is not None:
+            for m in _mode_candidates(state):
+                if not budget.spend():
+                    return moves, False
+                score = state.try_modes(m)
+                if score < state.score:
+                    state.apply_move((), m)
+                    moves += 1
+                    improved = True
+                    break
         if not improved:
             return moves, True

@@ -1,0 +1,1 @@
+"""The prices service: day-ahead or fixed energy prices on `<base>/prices`."""

@@ -19,6 +19,7 @@ from services.dashboard.state import (
     LiveState,
     ServiceRow,
     SocketRow,
+    clock_time,
     forecast_left_wh,
     service_rows,
     socket_rows,
@@ -35,12 +36,7 @@ SECTIONS = ("summary", "timeline", "sockets", "battery", "money", "services")
 
 def _t(when: datetime | None, tz: ZoneInfo, now: datetime | None = None) -> str:
     """Local time HH:MM, with the day when it is not today's date."""
-    if when is None:
-        return "—"
-    local = when.astimezone(tz)
-    if now is not None and local.date() != now.astimezone(tz).date():
-        return local.strftime("%a %H:%M")
-    return local.strftime("%H:%M")
+    return clock_time(when, tz, now)
 
 
 def _w(watts: float | None) -> str:

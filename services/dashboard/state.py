@@ -70,6 +70,7 @@ __all__ = [
     "SocketLive",
     "SocketRow",
     "Span",
+    "clock_time",
     "forecast_left_wh",
     "service_rows",
     "socket_rows",
@@ -821,3 +822,18 @@ def forecast_left_wh(forecast: Forecast | None, now: datetime, end: datetime) ->
         if hi > lo:
             total += power * (hi - lo).total_seconds() / 3600.0
     return total
+
+
+def clock_time(
+    when: datetime | None, tz: ZoneInfo, now: datetime | None = None, none: str = "—"
+) -> str:
+    """Local time HH:MM, with the weekday when it is not `now`'s date; `none` for no time or
+    one the local calendar cannot hold (a time stamped in year 9999 by a broken publisher)."""
+    if when is None:
+        return none
+    try:
+        local = when.astimezone(tz)
+        today = now.astimezone(tz).date() if now is not None else local.date()
+    except (OverflowError, ValueError):
+        return none
+    return local.strftime("%a %H:%M" if local.date() != today else "%H:%M")

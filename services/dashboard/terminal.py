@@ -21,6 +21,7 @@ from services.dashboard.state import (
     CAUSES,
     LiveState,
     SocketRow,
+    clock_time,
     forecast_left_wh,
     service_rows,
     socket_rows,
@@ -34,12 +35,7 @@ CLEAR = "\x1b[H\x1b[2J"
 
 
 def _t(when: datetime | None, tz: ZoneInfo, now: datetime) -> str:
-    if when is None:
-        return "-"
-    local = when.astimezone(tz)
-    if local.date() != now.astimezone(tz).date():
-        return local.strftime("%a %H:%M")
-    return local.strftime("%H:%M")
+    return clock_time(when, tz, now, none="-")
 
 
 def _w(watts: float | None) -> str:

@@ -391,9 +391,7 @@ def _fewer_switches(
     # A socket with at most two switches is one run already: it stays as it is (a much
     # smaller problem); with none left to change the stage is skipped.
     counts = [s[2] for s in best.stats]
-    fixed = {
-        sock.name: best.rows[i] for i, sock in enumerate(ctx.socks) if counts[i] <= 2
-    }
+    fixed = {sock.name: best.rows[i] for i, sock in enumerate(ctx.socks) if counts[i] <= 2}
     if len(fixed) == len(ctx.socks):
         return best, 0
     value = best.score[3]

@@ -497,6 +497,76 @@ def test_restored_override_already_expired_is_cleared() -> None:
     assert rig.last_override("boiler").source == "expiry"
 
 
+# --- start-up -------------------------------------------------------------------------------
+
+
+def test_start_up_without_a_forecast_plan_leaves_sockets_as_they_are() -> None:
+    """Issue 14.5: the scheduler's no-forecast fallback-rule output switches nothing at start
+    (no switch interval begins), and an override right after is obeyed at once."""
+    rig = make_rig()
+    rig.read("boiler", True)
+    rig.read("e_bike", True)
+    fallback_plan = plan_at(T0, [0]).model_copy(update={"planner": "fallback-rule"})
+    assert rig.core.on_plan(fallback_plan, rig.now)
+    assert rig.core.desired("boiler", rig.now).on is None  # the plan alone: the same
+    assert rig.command("boiler", "off", reason="fallback-rule")
+    assert rig.command("e_bike", "off", reason="fallback-rule")
+    rig.advance(6)
+    assert rig.run("boiler") is None
+    assert rig.run("e_bike") is None
+    assert rig.out.of(SwitchEvent) == []
+    state = rig.last_state("e_bike")
+    assert (state.power_on, state.desired, state.last_switch_at) == (True, None, None)
+    rig.advance(4)
+    rig.override("e_bike", state="off")
+    assert rig.run("e_bike") is False  # at once: no start-up switch began an interval
+    assert rig.last_state("e_bike").controlled_by == "override"
+    assert rig.run("boiler") is None  # still left as it is
+
+
+def test_start_up_ends_at_the_first_forecast_plan() -> None:
+    rig = make_rig()
+    rig.read("e_bike", True)
+    assert rig.command("e_bike", "off", reason="fallback-rule")
+    assert rig.run("e_bike") is None
+    rig.advance(6)
+    assert rig.command("e_bike", "off", reason="plan")
+    assert rig.core.quiet_until is None
+    assert rig.run("e_bike") is False
+    # once over, the scheduler's fallback rule is obeyed like any plan
+    rig.advance(600)
+    rig.read("e_bike", False)
+    assert rig.command("e_bike", "on", reason="fallback-rule")
+    assert rig.run("e_bike") is True
+
+
+def test_start_up_ends_after_the_fallback_delay() -> None:
+    rig = make_rig(fallback_after_s=900)
+    rig.read("e_bike", True)
+    rig.command("e_bike", "off", reason="fallback-rule")
+    assert rig.run("e_bike") is None
+    assert rig.core.next_wake("e_bike", rig.now) == T0 + timedelta(seconds=900)
+    rig.advance(899)
+    rig.command("e_bike", "off", reason="fallback-rule")
+    assert rig.run("e_bike") is None
+    rig.advance(1)
+    rig.command("e_bike", "off", reason="fallback-rule")
+    assert rig.run("e_bike") is False
+
+
+def test_start_up_switches_a_needed_socket_on_at_its_latest_start() -> None:
+    """The fallback rule's deadline: an empty boiler (3 h to fill, 30 min margin) at 03:00."""
+    start = NEXT_BOUNDARY - timedelta(hours=3)
+    rig = make_rig(start)
+    rig.read("boiler", False)
+    rig.read("e_bike", True)
+    rig.command("boiler", "on", reason="fallback-rule")
+    rig.command("e_bike", "off", reason="fallback-rule")
+    assert rig.run("boiler") is True
+    assert rig.last_state("boiler").controlled_by == "fallback"
+    assert rig.run("e_bike") is None
+
+
 # --- commands and plans ---------------------------------------------------------------------
 
 

@@ -13,6 +13,13 @@ What a socket should be in now, first that applies:
 4. the fallback rule, when nothing came from the scheduler for `fallback_after_s`;
 5. nothing: the socket is left as it is.
 
+Start-up does not lock people out: until the first plan made on a forecast (a command or plan
+not by the scheduler's `fallback-rule`), or until `fallback_after_s` after the restore, the
+scheduler's fallback-rule commands and plans (it has no forecast yet either) switch nothing
+except a needed socket whose latest start has come (the fallback rule's deadline): every
+socket is left as it is. So a restart never starts the switch interval by itself, and an
+override published right after it is obeyed at once.
+
 "Fresh" = the command's timestamp / the plan's `made_at` is less than `fallback_after_s` old.
 
 A switch is made only when the socket's read state differs from the desired one, and:
@@ -76,6 +83,7 @@ from shared.service import Counters, Publisher
 from shared.topics import Topics
 
 __all__ = [
+    "FALLBACK_RULE",
     "MANUAL_SOURCE",
     "ActuatorCore",
     "ActuatorOptions",
@@ -100,6 +108,8 @@ Blocked = Literal["unknown", "locked", "interval", "retry"]
 
 #: The override source of a hand switch (and the `last_switch_reason` prefix).
 MANUAL_SOURCE: HoldSource = "manual-switch"
+#: The scheduler's plans and commands made without a forecast: its `planner` / `reason`.
+FALLBACK_RULE = "fallback-rule"
 _MAX_TEXT = 500
 
 
@@ -327,6 +337,10 @@ class ActuatorCore:
         #: The latest moment the scheduler was heard from (a command's or plan's time).
         self.last_contact = started_at
         self.fallback_active = False
+        #: Start-up (see the module docstring) ends at the first forecast plan or at this time.
+        self.quiet_until: datetime | None = started_at + timedelta(
+            seconds=self.options.fallback_after_s
+        )
         self.plan: PlanMessage | None = None
         self.surplus: HouseSurplus | None = None
         self.books: Books = empty_books(day_start(started_at, tz, boundary))
@@ -422,6 +436,10 @@ class ActuatorCore:
         """Restoring is over: from now on the scheduler has `fallback_after_s` to show up."""
         self.restoring = False
         self.last_contact = max(self.last_contact, now)
+        if self.quiet_until is not None:
+            self.quiet_until = max(
+                self.quiet_until, now + timedelta(seconds=self.options.fallback_after_s)
+            )
         held = [f"{c.name} {c.hold.state}" for c in self.sockets.values() if c.hold is not None]
         if held:
             self._log.info("restored overrides: %s", ", ".join(held))
@@ -447,6 +465,8 @@ class ActuatorCore:
         c.command = command
         self._contact(command.timestamp, now)
         self._counters.inc("commands")
+        if command.reason != FALLBACK_RULE:
+            self._end_quiet("a command of a plan")
         return True
 
     def on_plan(self, plan: PlanMessage, now: datetime) -> bool:
@@ -461,7 +481,18 @@ class ActuatorCore:
         self.plan = plan
         self._contact(plan.made_at, now)
         self._counters.inc("plans")
+        if plan.planner != FALLBACK_RULE and self._fresh(plan.made_at, now):
+            self._end_quiet(f"a plan by the {plan.planner} planner")
         return True
+
+    def _end_quiet(self, why: str) -> None:
+        if self.quiet_until is not None:
+            self.quiet_until = None
+            self._log.info("start-up over: %s came", why)
+
+    def _quiet(self, now: datetime) -> bool:
+        """Still starting up: the scheduler's fallback-rule output switches (almost) nothing."""
+        return self.quiet_until is not None and now < self.quiet_until
 
     def on_surplus(self, surplus: HouseSurplus, now: datetime | None = None) -> None:
         """The house surplus (the fallback's); with `now`, one from the future is refused."""
@@ -646,14 +677,42 @@ class ActuatorCore:
             and (cmd.valid_until is None or cmd.valid_until > now)
             and self._fresh(cmd.timestamp, now)
         ):
+            if cmd.reason == FALLBACK_RULE and self._quiet(now):
+                return self._start_up(c, now)
             return Desired(cmd.state == "on", "plan", "plan", cmd.reason)
         planned = self._plan_state(c, now)
         if planned is not None:
+            if self.plan is not None and self.plan.planner == FALLBACK_RULE and self._quiet(now):
+                return self._start_up(c, now)
             return Desired(planned[0], "plan", "plan", f"plan step {planned[1]}")
         if self._fallback_due(now):
             on, why = self.fallback(now).get(c.name, (False, "left out"))
             return Desired(on, "fallback", "fallback", why)
         return Desired(None, "plan", None, "waiting for the scheduler")
+
+    def _start_up(self, c: SocketControl, now: datetime) -> Desired:
+        """Starting up, the scheduler without a forecast: only a needed socket whose latest
+        start has come is switched (on); every other socket is left as it is."""
+        if c.config.daily_need:
+            item = self._fallback_input(c, now, roll_books(self.books, self._today(now)))
+            if not item.full:
+                end = next_boundary(now, self.tz, self.boundary)
+                due, start = deadline(item, end, self.options.fallback_margin_s, now)
+                if due and start is not None:
+                    why = f"needed by {_local(end, self.tz)}: on from {_local(start, self.tz)}"
+                    return Desired(True, "fallback", "fallback", why)
+        return Desired(None, "plan", None, "starting: left as it is until the first plan")
+
+    def _today(self, now: datetime) -> datetime:
+        return day_start(now, self.tz, self.boundary)
+
+    def _fallback_input(self, c: SocketControl, now: datetime, books: Books) -> FallbackInput:
+        book: SocketBook = books.book(c.name)
+        held = None
+        if c.hold is not None and c.hold.until > now:
+            held = c.hold.state == "on"
+        drawing = c.measurement.power_w if c.measurement is not None else None
+        return FallbackInput(c.config, book.energy_wh, book.full, held, drawing, bool(c.power_on))
 
     def _plan_state(self, c: SocketControl, now: datetime) -> tuple[bool, int] | None:
         plan = self.plan
@@ -669,17 +728,8 @@ class ActuatorCore:
 
     def fallback(self, now: datetime) -> dict[str, tuple[bool, str]]:
         """The fallback rule's state for every socket not under an override."""
-        today = day_start(now, self.tz, self.boundary)
-        books = roll_books(self.books, today)
-        items = []
-        for c in self.sockets.values():
-            book: SocketBook = books.book(c.name)
-            held = None
-            if c.hold is not None and c.hold.until > now:
-                held = c.hold.state == "on"
-            drawing = c.measurement.power_w if c.measurement is not None else None
-            on = bool(c.power_on)
-            items.append(FallbackInput(c.config, book.energy_wh, book.full, held, drawing, on))
+        books = roll_books(self.books, self._today(now))
+        items = [self._fallback_input(c, now, books) for c in self.sockets.values()]
         surplus = self.surplus
         surplus_w = None
         if surplus is not None:
@@ -727,6 +777,8 @@ class ActuatorCore:
         if c.last_switch_at is not None:
             times.append(c.last_switch_at + timedelta(seconds=self.options.switch_interval_s))
         times.append(self.last_contact + timedelta(seconds=self.options.fallback_after_s))
+        if self.quiet_until is not None:
+            times.append(self.quiet_until)
         future = [t for t in times if t > now]
         return min(future) if future else None
 

@@ -417,6 +417,68 @@ def test_hand_switch_without_any_plan_is_held_too() -> None:
     assert rig.counters["hand_switches"] == 1
 
 
+# --- power cuts -----------------------------------------------------------------------------
+
+
+def test_a_relay_changed_while_unreachable_is_a_restore_not_a_person() -> None:
+    """Issue 15.8: the socket could not be read (a power cut), then reads on: the plan
+    decides it at once; no hand-switch hold, no override published."""
+    rig = make_rig()
+    rig.read("e_bike", False)
+    rig.core.on_plan(plan_at(T0, [1]), T0)  # the boiler is planned; the e-bike off by command
+    rig.command("e_bike", "off")
+    assert rig.run("e_bike") is None
+    rig.advance(10)
+    rig.core.read_failed("e_bike")
+    rig.advance(60)
+    rig.read("e_bike", True)  # back, on
+    assert rig.counters["relay_restores"] == 1
+    assert rig.counters["hand_switches"] == 0
+    assert rig.core.socket("e_bike").hold is None
+    assert not [p for t, p in rig.out.sent if t == TOPICS.override("e_bike")]
+    assert rig.run("e_bike") is False  # re-applied at once
+    assert rig.last_state("e_bike").controlled_by == "plan"
+
+
+def test_after_a_restore_without_a_plan_an_optional_socket_runs_only_on_surplus() -> None:
+    rig = make_rig()
+    rig.read("e_bike", False)
+    rig.read("boiler", False)
+    rig.advance(10)
+    rig.core.read_failed("e_bike")
+    rig.core.read_failed("boiler")
+    rig.advance(60)
+    rig.read("e_bike", True)
+    rig.read("boiler", True)
+    # no plan, no command: the fallback rule decides what came back changed
+    assert rig.core.desired("e_bike", rig.now).controlled_by == "fallback"
+    assert rig.run("e_bike") is False
+    assert rig.out.of(SwitchEvent)[-1].reason == "fallback"
+    assert "power cut" in str(rig.core.socket("e_bike").last_switch_reason)
+    assert rig.run("boiler") is False  # needed, but not due at noon and no surplus
+    # with surplus enough, it would have stayed on
+    rig2 = make_rig()
+    rig2.read("e_bike", False)
+    rig2.core.read_failed("e_bike")
+    rig2.core.on_surplus(
+        HouseSurplus(timestamp=T0, surplus_w=500.0, p1_power_w=-500.0, based_on=["P1 meter"])
+    )
+    rig2.read("e_bike", True)
+    assert rig2.run("e_bike") is None
+    assert rig2.core.desired("e_bike", rig2.now).on is True
+
+
+def test_a_hand_switch_with_the_socket_reachable_is_still_a_person() -> None:
+    rig = make_rig()
+    rig.read("e_bike", False)
+    rig.core.read_failed("e_bike")
+    rig.read("e_bike", False)  # back as it was: nothing
+    rig.advance(10)
+    rig.read("e_bike", True)  # then a person
+    assert rig.counters["hand_switches"] == 1
+    assert rig.core.socket("e_bike").hold is not None
+
+
 # --- restart --------------------------------------------------------------------------------
 
 

@@ -34,6 +34,12 @@ daily boundary (published retained, so the scheduler leaves the socket out of it
 person clears it with `auto`); a hand switch *on* also ends when the socket reads full (on
 and drawing < 10 % of its max power), as in the original project.
 
+A power cut is not a person: a relay found changed on the first good read after reads failed
+(the socket was off the network: without power, or restarting) is a restore, not a hand
+switch. It is unknown: the plan decides the socket at once (no switch interval begins), and
+without one the fallback rule does, so an optional socket a restore turned on stays on only
+on surplus.
+
 The fallback rule (`fallback_targets`): in the planning order, a needed socket that is not
 full is on from its latest start (next boundary − remaining Wh / power − margin); any socket
 not full is on while the measured surplus left covers its power (the original's
@@ -190,6 +196,11 @@ class SocketControl:
     touched: bool = False
     #: What was last published as SocketState (without the timestamp).
     published: tuple[object, ...] | None = None
+    #: A read failed since the last good one (the socket off the network, or without power).
+    unreachable: bool = False
+    #: It came back from being unreachable with its relay changed (a power cut's restore):
+    #: until a plan says otherwise, the fallback rule decides it (never left on off-surplus).
+    came_back: bool = False
 
     @property
     def name(self) -> str:
@@ -630,17 +641,38 @@ class ActuatorCore:
             if power_on == target and c.expected_on is not None and power_on != c.expected_on:
                 self._record_switch(c, target, reason, detail + " (confirmed by a read)", now)
                 return
+        unreachable, c.unreachable = c.unreachable, False
         if c.expected_on is None:
             c.expected_on = power_on
             return
         if power_on != c.expected_on:
-            self._hand_switch(c, power_on, now)
+            if unreachable:
+                self._came_back(c, power_on)
+            else:
+                self._hand_switch(c, power_on, now)
 
     def read_failed(self, slug: str) -> None:
         c = self.sockets[slug]
         c.power_on = c.switch_lock = None
+        c.unreachable = True
+
+    def _came_back(self, c: SocketControl, power_on: bool) -> None:
+        """The relay changed while the socket could not be read: a power cut's restore (or
+        the socket restarted), not a person. Unknown: the plan decides, else the fallback
+        rule (an optional socket stays on only on surplus)."""
+        c.expected_on = power_on
+        c.came_back = True
+        self._counters.inc("relay_restores")
+        self._log.info(
+            "%s: back %s after it could not be read (a power cut or a restart): not taken "
+            "for a person; %s decides",
+            c.name,
+            _on_off(power_on),
+            "the plan" if self.plan is not None else "the scheduler's plan or the fallback rule",
+        )
 
     def _hand_switch(self, c: SocketControl, power_on: bool, now: datetime) -> None:
+        c.came_back = False
         wanted = self.desired(c.slug, now)
         c.expected_on = power_on
         c.last_switch_at = now
@@ -678,17 +710,25 @@ class ActuatorCore:
             and self._fresh(cmd.timestamp, now)
         ):
             if cmd.reason == FALLBACK_RULE and self._quiet(now):
-                return self._start_up(c, now)
+                return self._unplanned(c, now, self._start_up(c, now))
             return Desired(cmd.state == "on", "plan", "plan", cmd.reason)
         planned = self._plan_state(c, now)
         if planned is not None:
             if self.plan is not None and self.plan.planner == FALLBACK_RULE and self._quiet(now):
-                return self._start_up(c, now)
+                return self._unplanned(c, now, self._start_up(c, now))
             return Desired(planned[0], "plan", "plan", f"plan step {planned[1]}")
         if self._fallback_due(now):
             on, why = self.fallback(now).get(c.name, (False, "left out"))
             return Desired(on, "fallback", "fallback", why)
-        return Desired(None, "plan", None, "waiting for the scheduler")
+        return self._unplanned(c, now, Desired(None, "plan", None, "waiting for the scheduler"))
+
+    def _unplanned(self, c: SocketControl, now: datetime, left: Desired) -> Desired:
+        """Nothing says what the socket should be: left as it is (`left`), unless it came
+        back from a power cut changed: then the fallback rule decides it."""
+        if left.on is not None or not c.came_back:
+            return left
+        on, why = self.fallback(now).get(c.name, (False, "left out"))
+        return Desired(on, "fallback", "fallback", f"back after a power cut: {why}")
 
     def _start_up(self, c: SocketControl, now: datetime) -> Desired:
         """Starting up, the scheduler without a forecast: only a needed socket whose latest
@@ -837,6 +877,7 @@ class ActuatorCore:
     ) -> None:
         before = c.expected_on if c.expected_on is not None else not target
         c.expected_on = target
+        c.came_back = False
         c.last_switch_at = now
         c.last_switch_reason = f"{reason}: {detail}"[:_MAX_TEXT]
         self._counters.inc("switches")

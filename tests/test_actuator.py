@@ -878,3 +878,68 @@ def test_options_from_settings() -> None:
     )
     assert next_boundary(T0, TZ, BOUNDARY) == NEXT_BOUNDARY
     assert isinstance(BOILER, SocketConfig)
+
+
+# --- silence on an accelerated clock (issue 15.5) -------------------------------------------
+
+
+def _speed_rig(speed: float) -> Rig:
+    rig = make_rig()
+    rig.core.speed = speed
+    rig.read("boiler", False)
+    return rig
+
+
+def test_plans_that_keep_up_never_hand_over_to_the_fallback() -> None:
+    """A scheduler whose plans come 200 s (simulated) after they are made, every 300 s:
+    no fallback over a day's morning, whatever the speed."""
+    rig = _speed_rig(600)
+    for i in range(24):
+        made = rig.now
+        rig.advance(200)
+        assert rig.core.on_plan(plan_at(made, [0] * 4), rig.now)
+        rig.advance(100)
+        assert rig.run("boiler") is None
+        assert not rig.core.fallback_active, i
+    assert rig.counters["fallback_activations"] == 0
+
+
+def test_plans_too_slow_for_the_speed_keep_the_fallback_without_flipping(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Plans that come 1000 s after they are made (at 600x: 1.7 s of real planning) are too
+    old to use: the fallback rule stays in control, said once, with what it means."""
+    rig = _speed_rig(600)
+    caplog.set_level("INFO", logger="hwsched.actuator")
+    rig.advance(900)
+    assert rig.core.fallback_active
+    for _ in range(10):
+        made = rig.now
+        rig.advance(1000)
+        rig.core.on_plan(plan_at(made, [0] * 4), rig.now)
+        rig.run("boiler")
+        assert rig.core.fallback_active
+    assert rig.counters["fallback_activations"] == 1
+    assert rig.counters["fallback_handbacks"] == 0
+    assert rig.counters["plans_stale_on_arrival"] == 10
+    text = [r.getMessage() for r in caplog.records]
+    (activation,) = [t for t in text if "fallback rule in control" in t]
+    assert "for 15 min" in activation
+    assert "at 600x that is 1.5 s of real time" in activation
+    (stale,) = [t for t in text if "too old to use" in t]
+    assert "came 17 min after it was made" in stale
+    assert "1.7 s of real time: the scheduler does not keep up at this speed" in stale
+    # a plan in time again: handed back, and said how long the fallback ran
+    rig.core.on_plan(plan_at(rig.now, [0] * 4), rig.now)
+    rig.run("boiler")
+    assert not rig.core.fallback_active
+    (back,) = [r.getMessage() for r in caplog.records if "handed back" in r.getMessage()]
+    assert "after 167 min on the fallback rule" in back
+
+
+def test_real_speed_messages_do_not_talk_of_speed(caplog: pytest.LogCaptureFixture) -> None:
+    rig = _speed_rig(1.0)
+    caplog.set_level("INFO", logger="hwsched.actuator")
+    rig.advance(900)
+    (activation,) = [r.getMessage() for r in caplog.records if "in control" in r.getMessage()]
+    assert "real time" not in activation

@@ -306,6 +306,15 @@ def fallback_targets(
     return out
 
 
+def _duration(seconds: float) -> str:
+    """`seconds` for a log line: "900 s", "50 min", "2.5 h"."""
+    if seconds < 600:
+        return f"{seconds:.0f} s"
+    if seconds < 3 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _local(when: datetime, tz: ZoneInfo | None) -> str:
     return (when.astimezone(tz) if tz is not None else when).strftime("%H:%M")
 
@@ -339,8 +348,11 @@ class ActuatorCore:
         started_at: datetime,
         options: ActuatorOptions | None = None,
         log: logging.Logger | None = None,
+        speed: float = 1.0,
     ) -> None:
         self.options = options if options is not None else ActuatorOptions()
+        #: Simulated seconds per real second (an accelerated run), for the log lines only.
+        self.speed = speed
         self.sockets: dict[str, SocketControl] = {s.slug: SocketControl(s, s.slug) for s in sockets}
         self.tz = tz
         self.boundary = boundary
@@ -348,6 +360,10 @@ class ActuatorCore:
         #: The latest moment the scheduler was heard from (a command's or plan's time).
         self.last_contact = started_at
         self.fallback_active = False
+        #: When the current fallback episode began (None: not in one).
+        self.fallback_since: datetime | None = None
+        #: A stale plan or command was reported in this fallback episode.
+        self._stale_told = False
         #: Start-up (see the module docstring) ends at the first forecast plan or at this time.
         self.quiet_until: datetime | None = started_at + timedelta(
             seconds=self.options.fallback_after_s
@@ -469,6 +485,8 @@ class ActuatorCore:
             command.timestamp, now
         ):
             self._counters.inc("commands_stale")
+            if not self._fresh(command.timestamp, now) and not self.restoring:
+                self._tell_stale("command", command.timestamp, now)
             return False
         if c.command is not None and command.timestamp < c.command.timestamp:
             self._counters.inc("commands_out_of_order")
@@ -492,6 +510,8 @@ class ActuatorCore:
         self.plan = plan
         self._contact(plan.made_at, now)
         self._counters.inc("plans")
+        if not self._fresh(plan.made_at, now) and not self.restoring:
+            self._tell_stale("plan", plan.made_at, now)
         if plan.planner != FALLBACK_RULE and self._fresh(plan.made_at, now):
             self._end_quiet(f"a plan by the {plan.planner} planner")
         return True
@@ -620,14 +640,55 @@ class ActuatorCore:
         due = self._fallback_due(now)
         if due and not self.fallback_active:
             self._counters.inc("fallback_activations")
+            self.fallback_since = now
+            self._stale_told = False
             self._log.warning(
-                "nothing from the scheduler since %s: fallback rule in control",
-                self.last_contact.astimezone(self.tz).isoformat(timespec="seconds"),
+                "no usable plan or command from the scheduler for %s (the last made at %s): "
+                "fallback rule in control%s",
+                _duration(self.options.fallback_after_s),
+                self._clock_time(self.last_contact),
+                self._at_speed(
+                    self.options.fallback_after_s,
+                    "a scheduler that takes longer per plan cannot keep up",
+                ),
             )
         elif self.fallback_active and not due:
             self._counters.inc("fallback_handbacks")
-            self._log.info("the scheduler is back: control handed back")
+            since = self.fallback_since if self.fallback_since is not None else now
+            self._log.info(
+                "a plan from the scheduler again (made at %s) after %s on the fallback rule: "
+                "control handed back",
+                self._clock_time(self.last_contact),
+                _duration((now - since).total_seconds()),
+            )
+            self.fallback_since = None
         self.fallback_active = due
+
+    def _clock_time(self, when: datetime) -> str:
+        return when.astimezone(self.tz).isoformat(timespec="seconds")
+
+    def _at_speed(self, seconds: float, meaning: str) -> str:
+        """On an accelerated clock: what `seconds` of simulated time are in real time."""
+        if self.speed <= 1.0:
+            return ""
+        return f"; at {self.speed:g}x that is {seconds / self.speed:.1f} s of real time: {meaning}"
+
+    def _tell_stale(self, what: str, made_at: datetime, now: datetime) -> None:
+        """A plan or command that came too old to use: said once per fallback episode."""
+        self._counters.inc(f"{what}s_stale_on_arrival")
+        if self._stale_told:
+            return
+        self._stale_told = True
+        age = (now - made_at).total_seconds()
+        self._log.warning(
+            "a %s from the scheduler came %s after it was made (at %s): too old to use "
+            "(more than %s)%s",
+            what,
+            _duration(age),
+            self._clock_time(made_at),
+            _duration(self.options.fallback_after_s),
+            self._at_speed(age, "the scheduler does not keep up at this speed"),
+        )
 
     # --- reading the socket -------------------------------------------------------------
 

@@ -417,6 +417,68 @@ def test_hand_switch_without_any_plan_is_held_too() -> None:
     assert rig.counters["hand_switches"] == 1
 
 
+# --- power cuts -----------------------------------------------------------------------------
+
+
+def test_a_relay_changed_while_unreachable_is_a_restore_not_a_person() -> None:
+    """Issue 15.8: the socket could not be read (a power cut), then reads on: the plan
+    decides it at once; no hand-switch hold, no override published."""
+    rig = make_rig()
+    rig.read("e_bike", False)
+    rig.core.on_plan(plan_at(T0, [1]), T0)  # the boiler is planned; the e-bike off by command
+    rig.command("e_bike", "off")
+    assert rig.run("e_bike") is None
+    rig.advance(10)
+    rig.core.read_failed("e_bike")
+    rig.advance(60)
+    rig.read("e_bike", True)  # back, on
+    assert rig.counters["relay_restores"] == 1
+    assert rig.counters["hand_switches"] == 0
+    assert rig.core.socket("e_bike").hold is None
+    assert not [p for t, p in rig.out.sent if t == TOPICS.override("e_bike")]
+    assert rig.run("e_bike") is False  # re-applied at once
+    assert rig.last_state("e_bike").controlled_by == "plan"
+
+
+def test_after_a_restore_without_a_plan_an_optional_socket_runs_only_on_surplus() -> None:
+    rig = make_rig()
+    rig.read("e_bike", False)
+    rig.read("boiler", False)
+    rig.advance(10)
+    rig.core.read_failed("e_bike")
+    rig.core.read_failed("boiler")
+    rig.advance(60)
+    rig.read("e_bike", True)
+    rig.read("boiler", True)
+    # no plan, no command: the fallback rule decides what came back changed
+    assert rig.core.desired("e_bike", rig.now).controlled_by == "fallback"
+    assert rig.run("e_bike") is False
+    assert rig.out.of(SwitchEvent)[-1].reason == "fallback"
+    assert "power cut" in str(rig.core.socket("e_bike").last_switch_reason)
+    assert rig.run("boiler") is False  # needed, but not due at noon and no surplus
+    # with surplus enough, it would have stayed on
+    rig2 = make_rig()
+    rig2.read("e_bike", False)
+    rig2.core.read_failed("e_bike")
+    rig2.core.on_surplus(
+        HouseSurplus(timestamp=T0, surplus_w=500.0, p1_power_w=-500.0, based_on=["P1 meter"])
+    )
+    rig2.read("e_bike", True)
+    assert rig2.run("e_bike") is None
+    assert rig2.core.desired("e_bike", rig2.now).on is True
+
+
+def test_a_hand_switch_with_the_socket_reachable_is_still_a_person() -> None:
+    rig = make_rig()
+    rig.read("e_bike", False)
+    rig.core.read_failed("e_bike")
+    rig.read("e_bike", False)  # back as it was: nothing
+    rig.advance(10)
+    rig.read("e_bike", True)  # then a person
+    assert rig.counters["hand_switches"] == 1
+    assert rig.core.socket("e_bike").hold is not None
+
+
 # --- restart --------------------------------------------------------------------------------
 
 
@@ -495,6 +557,76 @@ def test_restored_override_already_expired_is_cleared() -> None:
     rig.core.tick(T0)
     assert rig.core.socket("boiler").hold is None
     assert rig.last_override("boiler").source == "expiry"
+
+
+# --- start-up -------------------------------------------------------------------------------
+
+
+def test_start_up_without_a_forecast_plan_leaves_sockets_as_they_are() -> None:
+    """Issue 14.5: the scheduler's no-forecast fallback-rule output switches nothing at start
+    (no switch interval begins), and an override right after is obeyed at once."""
+    rig = make_rig()
+    rig.read("boiler", True)
+    rig.read("e_bike", True)
+    fallback_plan = plan_at(T0, [0]).model_copy(update={"planner": "fallback-rule"})
+    assert rig.core.on_plan(fallback_plan, rig.now)
+    assert rig.core.desired("boiler", rig.now).on is None  # the plan alone: the same
+    assert rig.command("boiler", "off", reason="fallback-rule")
+    assert rig.command("e_bike", "off", reason="fallback-rule")
+    rig.advance(6)
+    assert rig.run("boiler") is None
+    assert rig.run("e_bike") is None
+    assert rig.out.of(SwitchEvent) == []
+    state = rig.last_state("e_bike")
+    assert (state.power_on, state.desired, state.last_switch_at) == (True, None, None)
+    rig.advance(4)
+    rig.override("e_bike", state="off")
+    assert rig.run("e_bike") is False  # at once: no start-up switch began an interval
+    assert rig.last_state("e_bike").controlled_by == "override"
+    assert rig.run("boiler") is None  # still left as it is
+
+
+def test_start_up_ends_at_the_first_forecast_plan() -> None:
+    rig = make_rig()
+    rig.read("e_bike", True)
+    assert rig.command("e_bike", "off", reason="fallback-rule")
+    assert rig.run("e_bike") is None
+    rig.advance(6)
+    assert rig.command("e_bike", "off", reason="plan")
+    assert rig.core.quiet_until is None
+    assert rig.run("e_bike") is False
+    # once over, the scheduler's fallback rule is obeyed like any plan
+    rig.advance(600)
+    rig.read("e_bike", False)
+    assert rig.command("e_bike", "on", reason="fallback-rule")
+    assert rig.run("e_bike") is True
+
+
+def test_start_up_ends_after_the_fallback_delay() -> None:
+    rig = make_rig(fallback_after_s=900)
+    rig.read("e_bike", True)
+    rig.command("e_bike", "off", reason="fallback-rule")
+    assert rig.run("e_bike") is None
+    assert rig.core.next_wake("e_bike", rig.now) == T0 + timedelta(seconds=900)
+    rig.advance(899)
+    rig.command("e_bike", "off", reason="fallback-rule")
+    assert rig.run("e_bike") is None
+    rig.advance(1)
+    rig.command("e_bike", "off", reason="fallback-rule")
+    assert rig.run("e_bike") is False
+
+
+def test_start_up_switches_a_needed_socket_on_at_its_latest_start() -> None:
+    """The fallback rule's deadline: an empty boiler (3 h to fill, 30 min margin) at 03:00."""
+    start = NEXT_BOUNDARY - timedelta(hours=3)
+    rig = make_rig(start)
+    rig.read("boiler", False)
+    rig.read("e_bike", True)
+    rig.command("boiler", "on", reason="fallback-rule")
+    rig.command("e_bike", "off", reason="fallback-rule")
+    assert rig.run("boiler") is True
+    assert rig.last_state("boiler").controlled_by == "fallback"
+    assert rig.run("e_bike") is None
 
 
 # --- commands and plans ---------------------------------------------------------------------
@@ -746,3 +878,68 @@ def test_options_from_settings() -> None:
     )
     assert next_boundary(T0, TZ, BOUNDARY) == NEXT_BOUNDARY
     assert isinstance(BOILER, SocketConfig)
+
+
+# --- silence on an accelerated clock (issue 15.5) -------------------------------------------
+
+
+def _speed_rig(speed: float) -> Rig:
+    rig = make_rig()
+    rig.core.speed = speed
+    rig.read("boiler", False)
+    return rig
+
+
+def test_plans_that_keep_up_never_hand_over_to_the_fallback() -> None:
+    """A scheduler whose plans come 200 s (simulated) after they are made, every 300 s:
+    no fallback over a day's morning, whatever the speed."""
+    rig = _speed_rig(600)
+    for i in range(24):
+        made = rig.now
+        rig.advance(200)
+        assert rig.core.on_plan(plan_at(made, [0] * 4), rig.now)
+        rig.advance(100)
+        assert rig.run("boiler") is None
+        assert not rig.core.fallback_active, i
+    assert rig.counters["fallback_activations"] == 0
+
+
+def test_plans_too_slow_for_the_speed_keep_the_fallback_without_flipping(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Plans that come 1000 s after they are made (at 600x: 1.7 s of real planning) are too
+    old to use: the fallback rule stays in control, said once, with what it means."""
+    rig = _speed_rig(600)
+    caplog.set_level("INFO", logger="hwsched.actuator")
+    rig.advance(900)
+    assert rig.core.fallback_active
+    for _ in range(10):
+        made = rig.now
+        rig.advance(1000)
+        rig.core.on_plan(plan_at(made, [0] * 4), rig.now)
+        rig.run("boiler")
+        assert rig.core.fallback_active
+    assert rig.counters["fallback_activations"] == 1
+    assert rig.counters["fallback_handbacks"] == 0
+    assert rig.counters["plans_stale_on_arrival"] == 10
+    text = [r.getMessage() for r in caplog.records]
+    (activation,) = [t for t in text if "fallback rule in control" in t]
+    assert "for 15 min" in activation
+    assert "at 600x that is 1.5 s of real time" in activation
+    (stale,) = [t for t in text if "too old to use" in t]
+    assert "came 17 min after it was made" in stale
+    assert "1.7 s of real time: the scheduler does not keep up at this speed" in stale
+    # a plan in time again: handed back, and said how long the fallback ran
+    rig.core.on_plan(plan_at(rig.now, [0] * 4), rig.now)
+    rig.run("boiler")
+    assert not rig.core.fallback_active
+    (back,) = [r.getMessage() for r in caplog.records if "handed back" in r.getMessage()]
+    assert "after 167 min on the fallback rule" in back
+
+
+def test_real_speed_messages_do_not_talk_of_speed(caplog: pytest.LogCaptureFixture) -> None:
+    rig = _speed_rig(1.0)
+    caplog.set_level("INFO", logger="hwsched.actuator")
+    rig.advance(900)
+    (activation,) = [r.getMessage() for r in caplog.records if "in control" in r.getMessage()]
+    assert "real time" not in activation

@@ -330,6 +330,52 @@ async def test_the_running_shell_stops_with_zero(sim: Simulator) -> None:
     assert sim.house.control.mode == "zero"
 
 
+class StuckAnswer:
+    """A P1 client whose first `set_batteries` is applied but never answers (the actuator
+    is stopped while it waits): the race of the test above made certain."""
+
+    def __init__(self, inner: V2Client) -> None:
+        self.inner = inner
+        self.applied = asyncio.Event()
+        self.calls = 0
+
+    async def __aenter__(self) -> StuckAnswer:
+        await self.inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.inner.__aexit__(*exc)
+
+    async def batteries(self) -> BatteriesState:
+        return await self.inner.batteries()
+
+    async def set_batteries(self, **kw: Any) -> BatteriesState:
+        self.calls += 1
+        answer = await self.inner.set_batteries(**kw)
+        if self.calls == 1:
+            self.applied.set()
+            await asyncio.Event().wait()  # the answer never comes
+        return answer
+
+
+async def test_stopped_in_the_middle_of_a_switch_it_still_ends_in_zero(sim: Simulator) -> None:
+    clock = ManualClock(NIGHT)
+    shell, _, _ = shell_for(sim, clock)
+    p1 = sim.device("P1 meter")
+    stuck = StuckAnswer(
+        V2Client(sim.host, BAT1_TOKEN, p1.v2_port, product_type="HWE-P1", ca_file=sim.ca_path)
+    )
+    shell._factory = lambda: stuck  # type: ignore[assignment]
+    shell.core.on_command(command("standby", clock.now(), valid_s=3600), clock.now())
+    task = asyncio.create_task(shell.run())
+    await asyncio.wait_for(stuck.applied.wait(), 30)
+    assert sim.house.control.mode == "standby"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert sim.house.control.mode == "zero"
+
+
 async def test_an_unreachable_p1_is_counted_and_nothing_breaks(sim: Simulator) -> None:
     clock = ManualClock(NIGHT)
     shell, pub, rt = shell_for(sim, clock)

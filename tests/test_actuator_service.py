@@ -387,3 +387,65 @@ async def test_garbage_and_floods_are_counted_and_change_nothing(
         # still alive and in control: a good command works at once
         await publish(mqtt_broker, t.socket_set("boiler"), command("Boiler", "on"))
         await seen.wait(lambda: relay(sim, "Boiler"))
+
+
+async def test_start_up_leaves_sockets_alone_and_obeys_an_override_at_once(
+    mqtt_broker: MqttBroker, settings: Settings, sim: Simulator
+) -> None:
+    """Issue 14.5: at start, the scheduler's no-forecast fallback-rule command switches
+    nothing; an override published right after is obeyed at once (no switch interval)."""
+    t = Topics(settings.base_topic)
+    sim.house.set_socket("E-bike", power_on=True, by="start")
+    async with Listener(mqtt_broker, settings.base_topic) as seen, Running(settings, sim) as act:
+        await seen.wait(lambda: seen.state(t.socket_state("e_bike")))
+        await publish(
+            mqtt_broker, t.socket_set("e_bike"), command("E-bike", "off", reason="fallback-rule")
+        )
+        await seen.wait(lambda: act.counters.get("commands", 0) >= 1)
+        state = await seen.wait(lambda: seen.state(t.socket_state("e_bike")))
+        assert (state.power_on, state.desired, state.last_switch_at) == (True, None, None)
+        assert relay(sim, "E-bike") is True
+
+        await publish(mqtt_broker, t.override_set("e_bike"), b'{"state": "off"}')
+        await seen.wait(lambda: not relay(sim, "E-bike"))
+        event = parse_message(
+            SwitchEvent, (await seen.wait(lambda: seen.on(t.switched("e_bike"))))[-1]
+        )
+        assert (event.to_state, event.reason) == ("off", "override")
+        assert act.counters.get("switch_blocked_interval", 0) == 0
+        assert act.counters["switches"] == 1
+
+
+async def test_a_power_cut_is_not_taken_for_a_person(
+    mqtt_broker: MqttBroker, settings: Settings, sim: Simulator
+) -> None:
+    """Issue 15.8, through the simulated house: the power goes, the sockets come back on
+    (as after the simulator's restart); the actuator sees a restore, not a hand switch, and
+    without a plan its fallback rule switches the optional socket (no surplus) off again."""
+    t = Topics(settings.base_topic)
+    clock = sim.clock
+    assert isinstance(clock, ManualClock)
+    async with Listener(mqtt_broker, settings.base_topic) as seen, Running(settings, sim) as act:
+        await seen.wait(lambda: seen.state(t.socket_state("e_bike")))
+        failed = act.counters.get("reads_failed", 0)
+        async with httpx.AsyncClient(timeout=5) as client:
+            reply = await client.post(
+                f"{sim.control_url}/power_cut", json={"duration_s": 60, "relays": "on"}
+            )
+        assert reply.status_code == 200, reply.text
+        # both sockets found unreachable by the actuator before the power comes back
+        await seen.wait(lambda: act.counters.get("reads_failed", 0) >= failed + 2, 20)
+        clock.advance(60)
+        await seen.wait(lambda: act.counters.get("relay_restores", 0) >= 2, 20)
+        await seen.wait(lambda: not relay(sim, "E-bike"), 20)
+        raw = await seen.wait(lambda: seen.on(t.switched("e_bike")))
+        event = parse_message(SwitchEvent, raw[-1])
+        assert (event.from_state, event.to_state, event.reason) == ("on", "off", "fallback")
+        assert sim.house.socket("E-bike").switched_by == "api"
+        assert act.counters.get("hand_switches", 0) == 0
+        manual = [
+            o
+            for p in seen.on(t.override("e_bike")) + seen.on(t.override("boiler"))
+            if (o := parse_message(OverrideState, p)).source == "manual-switch"
+        ]
+        assert manual == []

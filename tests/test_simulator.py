@@ -458,6 +458,38 @@ def test_weather_requests_and_values() -> None:
     assert week.start == datetime(2024, 6, 20, 22, tzinfo=UTC)
 
 
+def test_power_cut_stops_everything_and_restores_the_relays() -> None:
+    h = house(overrides={"Boiler 2": DeviceOverride(initial_fraction=0.2, power_on=False)})
+    h.advance_to(NOON + timedelta(minutes=1))
+    assert h.solar_w > 0
+    b1 = h.sockets["Boiler 1"]
+    stored = h.sockets["Boiler 2"].stored_wh
+    h.power_cut(NOON + timedelta(minutes=11))
+    h.advance_to(NOON + timedelta(minutes=6))
+    assert not h.powered
+    assert (h.solar_w, h.base_w, h.meter.power_w, b1.power_w) == (0, 0, 0, 0)
+    assert b1.power_on  # the relay as it was; it just has no power
+    assert h.snapshot()["power_cut_until"] is not None
+    h.advance_to(NOON + timedelta(minutes=12))
+    assert h.powered
+    assert (b1.power_on, h.sockets["Boiler 2"].power_on) == (True, False)  # previous
+    assert h.sockets["Boiler 2"].stored_wh <= stored  # nothing came in
+    events = [(e["socket"], e["event"], e["by"]) for e in h.events_since(0)]
+    assert ("Boiler 2", "power-cut", "grid") in events
+    assert ("Boiler 2", "power-back", "grid") in events
+    assert not [e for e in events if e[1] in ("on", "off")]
+    # sockets that come back on (the simulator restarted, or a socket so made)
+    h.power_cut(NOON + timedelta(minutes=13), relays="on")
+    h.advance_to(NOON + timedelta(minutes=14))
+    assert h.sockets["Boiler 2"].power_on
+    assert h.sockets["Boiler 2"].switched_by == "power-back"
+    assert ("Boiler 2", "on", "power-back") in [
+        (e["socket"], e["event"], e["by"]) for e in h.events_since(0)
+    ]
+    with pytest.raises(ValueError, match="end after now"):
+        h.power_cut(NOON, relays="on")
+
+
 # --- the servers ---------------------------------------------------------------------
 
 
@@ -769,6 +801,46 @@ async def test_device_gone_and_back(sim: Simulator) -> None:
         await faults(sim, "P1 meter", gone=False)
         assert (await client.get(url)).status_code == 200  # same port as before
         assert (await V2(sim, "P1 meter").request("GET", "/api")).status_code == 200
+
+
+async def _listening(sim: Simulator, name: str, want: bool) -> None:
+    for _ in range(500):  # the power-back task binds the ports again: a few loop turns
+        if sim.device(name).listening == want:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{name} listening is not {want}")
+
+
+async def test_power_cut_on_the_control_endpoint(sim: Simulator) -> None:
+    """Every device off the network during the cut; then booted again (v2 `uptime_s` from
+    0), the sockets' relays as before."""
+    clock = sim.clock
+    assert isinstance(clock, ManualClock)
+    clock.advance(600)
+    p1 = V2(sim, "P1 meter", token=None)
+    p1.token = sim.p1_token
+    system = (await p1.request("GET", "/api/system")).json()
+    assert system["uptime_s"] == 600
+    sim.house.set_socket("Boiler 1", power_on=False)
+    bad = await control(sim, "/power_cut", {"duration_s": 0})
+    assert bad.status_code == 400
+    cut = await control(sim, "/power_cut", {"duration_s": 120})
+    assert cut.status_code == 200, cut.text
+    async with httpx.AsyncClient(timeout=2) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get(v1(sim, "Boiler 1") + "/api/v1/state")
+        state = (await client.get(sim.control_url + "/state")).json()
+        assert state["house"]["power_cut_until"] is not None
+        clock.advance(120)
+        await _listening(sim, "Boiler 1", True)
+        await _listening(sim, "P1 meter", True)
+        relay = (await client.get(v1(sim, "Boiler 1") + "/api/v1/state")).json()
+        assert relay["power_on"] is False  # as before the cut
+        assert (await client.get(v1(sim, "Boiler 2") + "/api/v1/state")).json()["power_on"]
+    system = (await p1.request("GET", "/api/system")).json()
+    assert system["uptime_s"] == 0
+    clock.advance(30)
+    assert (await p1.request("GET", "/api/system")).json()["uptime_s"] == 30
 
 
 async def test_control_state_and_manual_switch(sim: Simulator) -> None:

@@ -45,7 +45,7 @@ from services.actuator.battery import (
 )
 from services.actuator.core import ActuatorCore, ActuatorOptions, Decision
 from services.poller.poller import error_kind
-from shared.clock import Clock, sleep_for_work
+from shared.clock import Clock, ScaledClock, sleep_for_work
 from shared.config import DevicesConfig, SocketConfig
 from shared.homewizard import SocketState as RelayState
 from shared.homewizard import SwitchLockedError, client_for
@@ -198,6 +198,7 @@ class Actuator:
             started_at=self.clock.now(),
             options=options if options is not None else ActuatorOptions.from_settings(settings),
             log=self.log,
+            speed=self.clock.speed if isinstance(self.clock, ScaledClock) else 1.0,
         )
         self._factory = client_factory or default_client_factory(self.shell)
         # the batteries (services/actuator/battery.py): with the P1 meter's own token

@@ -516,6 +516,8 @@ class BatteryShell:
         self._read_interval_s = read_interval_s
         self._timeout_s = timeout_s
         self._error_pause_s = error_pause_s
+        #: A switch under way towards this mode (its outcome unknown until it answers).
+        self._switching: BatteryMode | None = None
         self.wake = asyncio.Event()
 
     async def run(self) -> None:
@@ -579,7 +581,9 @@ class BatteryShell:
             core.observe(device, self._clock.now())
         decision = core.decide(self._clock.now())
         if decision.switch_to is not None:
+            self._switching = decision.switch_to
             await self._switch(client, decision.switch_to, decision.desire)
+            self._switching = None
             decision = core.decide(self._clock.now())
         core.publish_state(self._clock.now(), decision)
 
@@ -628,6 +632,11 @@ class BatteryShell:
     async def _shutdown(self, client: BatteryClient) -> None:
         """On the way out: back to `zero` (bounded; a failure is logged, not raised)."""
         core = self.core
+        switching, self._switching = self._switching, None
+        if switching not in (None, "zero") and core.hold is None and core.has_token:
+            # stopped in the middle of a switch: what the batteries are in now is unknown
+            with contextlib.suppress(Exception):
+                core.device = await asyncio.wait_for(client.batteries(), self._timeout_s)
         if core.shutdown_target() is None:
             return
         desire = BatteryDesire("zero", "fallback", "the actuator is stopping")

@@ -13,6 +13,13 @@ What a socket should be in now, first that applies:
 4. the fallback rule, when nothing came from the scheduler for `fallback_after_s`;
 5. nothing: the socket is left as it is.
 
+Start-up does not lock people out: until the first plan made on a forecast (a command or plan
+not by the scheduler's `fallback-rule`), or until `fallback_after_s` after the restore, the
+scheduler's fallback-rule commands and plans (it has no forecast yet either) switch nothing
+except a needed socket whose latest start has come (the fallback rule's deadline): every
+socket is left as it is. So a restart never starts the switch interval by itself, and an
+override published right after it is obeyed at once.
+
 "Fresh" = the command's timestamp / the plan's `made_at` is less than `fallback_after_s` old.
 
 A switch is made only when the socket's read state differs from the desired one, and:
@@ -26,6 +33,12 @@ the socket should be in, it becomes an override with source `manual-switch` unti
 daily boundary (published retained, so the scheduler leaves the socket out of its plan; a
 person clears it with `auto`); a hand switch *on* also ends when the socket reads full (on
 and drawing < 10 % of its max power), as in the original project.
+
+A power cut is not a person: a relay found changed on the first good read after reads failed
+(the socket was off the network: without power, or restarting) is a restore, not a hand
+switch. It is unknown: the plan decides the socket at once (no switch interval begins), and
+without one the fallback rule does, so an optional socket a restore turned on stays on only
+on surplus.
 
 The fallback rule (`fallback_targets`): in the planning order, a needed socket that is not
 full is on from its latest start (next boundary − remaining Wh / power − margin); any socket
@@ -76,6 +89,7 @@ from shared.service import Counters, Publisher
 from shared.topics import Topics
 
 __all__ = [
+    "FALLBACK_RULE",
     "MANUAL_SOURCE",
     "ActuatorCore",
     "ActuatorOptions",
@@ -100,6 +114,8 @@ Blocked = Literal["unknown", "locked", "interval", "retry"]
 
 #: The override source of a hand switch (and the `last_switch_reason` prefix).
 MANUAL_SOURCE: HoldSource = "manual-switch"
+#: The scheduler's plans and commands made without a forecast: its `planner` / `reason`.
+FALLBACK_RULE = "fallback-rule"
 _MAX_TEXT = 500
 
 
@@ -180,6 +196,11 @@ class SocketControl:
     touched: bool = False
     #: What was last published as SocketState (without the timestamp).
     published: tuple[object, ...] | None = None
+    #: A read failed since the last good one (the socket off the network, or without power).
+    unreachable: bool = False
+    #: It came back from being unreachable with its relay changed (a power cut's restore):
+    #: until a plan says otherwise, the fallback rule decides it (never left on off-surplus).
+    came_back: bool = False
 
     @property
     def name(self) -> str:
@@ -285,6 +306,15 @@ def fallback_targets(
     return out
 
 
+def _duration(seconds: float) -> str:
+    """`seconds` for a log line: "900 s", "50 min", "2.5 h"."""
+    if seconds < 600:
+        return f"{seconds:.0f} s"
+    if seconds < 3 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _local(when: datetime, tz: ZoneInfo | None) -> str:
     return (when.astimezone(tz) if tz is not None else when).strftime("%H:%M")
 
@@ -318,8 +348,11 @@ class ActuatorCore:
         started_at: datetime,
         options: ActuatorOptions | None = None,
         log: logging.Logger | None = None,
+        speed: float = 1.0,
     ) -> None:
         self.options = options if options is not None else ActuatorOptions()
+        #: Simulated seconds per real second (an accelerated run), for the log lines only.
+        self.speed = speed
         self.sockets: dict[str, SocketControl] = {s.slug: SocketControl(s, s.slug) for s in sockets}
         self.tz = tz
         self.boundary = boundary
@@ -327,6 +360,14 @@ class ActuatorCore:
         #: The latest moment the scheduler was heard from (a command's or plan's time).
         self.last_contact = started_at
         self.fallback_active = False
+        #: When the current fallback episode began (None: not in one).
+        self.fallback_since: datetime | None = None
+        #: A stale plan or command was reported in this fallback episode.
+        self._stale_told = False
+        #: Start-up (see the module docstring) ends at the first forecast plan or at this time.
+        self.quiet_until: datetime | None = started_at + timedelta(
+            seconds=self.options.fallback_after_s
+        )
         self.plan: PlanMessage | None = None
         self.surplus: HouseSurplus | None = None
         self.books: Books = empty_books(day_start(started_at, tz, boundary))
@@ -422,6 +463,10 @@ class ActuatorCore:
         """Restoring is over: from now on the scheduler has `fallback_after_s` to show up."""
         self.restoring = False
         self.last_contact = max(self.last_contact, now)
+        if self.quiet_until is not None:
+            self.quiet_until = max(
+                self.quiet_until, now + timedelta(seconds=self.options.fallback_after_s)
+            )
         held = [f"{c.name} {c.hold.state}" for c in self.sockets.values() if c.hold is not None]
         if held:
             self._log.info("restored overrides: %s", ", ".join(held))
@@ -440,6 +485,8 @@ class ActuatorCore:
             command.timestamp, now
         ):
             self._counters.inc("commands_stale")
+            if not self._fresh(command.timestamp, now) and not self.restoring:
+                self._tell_stale("command", command.timestamp, now)
             return False
         if c.command is not None and command.timestamp < c.command.timestamp:
             self._counters.inc("commands_out_of_order")
@@ -447,6 +494,8 @@ class ActuatorCore:
         c.command = command
         self._contact(command.timestamp, now)
         self._counters.inc("commands")
+        if command.reason != FALLBACK_RULE:
+            self._end_quiet("a command of a plan")
         return True
 
     def on_plan(self, plan: PlanMessage, now: datetime) -> bool:
@@ -461,7 +510,20 @@ class ActuatorCore:
         self.plan = plan
         self._contact(plan.made_at, now)
         self._counters.inc("plans")
+        if not self._fresh(plan.made_at, now) and not self.restoring:
+            self._tell_stale("plan", plan.made_at, now)
+        if plan.planner != FALLBACK_RULE and self._fresh(plan.made_at, now):
+            self._end_quiet(f"a plan by the {plan.planner} planner")
         return True
+
+    def _end_quiet(self, why: str) -> None:
+        if self.quiet_until is not None:
+            self.quiet_until = None
+            self._log.info("start-up over: %s came", why)
+
+    def _quiet(self, now: datetime) -> bool:
+        """Still starting up: the scheduler's fallback-rule output switches (almost) nothing."""
+        return self.quiet_until is not None and now < self.quiet_until
 
     def on_surplus(self, surplus: HouseSurplus, now: datetime | None = None) -> None:
         """The house surplus (the fallback's); with `now`, one from the future is refused."""
@@ -578,14 +640,55 @@ class ActuatorCore:
         due = self._fallback_due(now)
         if due and not self.fallback_active:
             self._counters.inc("fallback_activations")
+            self.fallback_since = now
+            self._stale_told = False
             self._log.warning(
-                "nothing from the scheduler since %s: fallback rule in control",
-                self.last_contact.astimezone(self.tz).isoformat(timespec="seconds"),
+                "no usable plan or command from the scheduler for %s (the last made at %s): "
+                "fallback rule in control%s",
+                _duration(self.options.fallback_after_s),
+                self._clock_time(self.last_contact),
+                self._at_speed(
+                    self.options.fallback_after_s,
+                    "a scheduler that takes longer per plan cannot keep up",
+                ),
             )
         elif self.fallback_active and not due:
             self._counters.inc("fallback_handbacks")
-            self._log.info("the scheduler is back: control handed back")
+            since = self.fallback_since if self.fallback_since is not None else now
+            self._log.info(
+                "a plan from the scheduler again (made at %s) after %s on the fallback rule: "
+                "control handed back",
+                self._clock_time(self.last_contact),
+                _duration((now - since).total_seconds()),
+            )
+            self.fallback_since = None
         self.fallback_active = due
+
+    def _clock_time(self, when: datetime) -> str:
+        return when.astimezone(self.tz).isoformat(timespec="seconds")
+
+    def _at_speed(self, seconds: float, meaning: str) -> str:
+        """On an accelerated clock: what `seconds` of simulated time are in real time."""
+        if self.speed <= 1.0:
+            return ""
+        return f"; at {self.speed:g}x that is {seconds / self.speed:.1f} s of real time: {meaning}"
+
+    def _tell_stale(self, what: str, made_at: datetime, now: datetime) -> None:
+        """A plan or command that came too old to use: said once per fallback episode."""
+        self._counters.inc(f"{what}s_stale_on_arrival")
+        if self._stale_told:
+            return
+        self._stale_told = True
+        age = (now - made_at).total_seconds()
+        self._log.warning(
+            "a %s from the scheduler came %s after it was made (at %s): too old to use "
+            "(more than %s)%s",
+            what,
+            _duration(age),
+            self._clock_time(made_at),
+            _duration(self.options.fallback_after_s),
+            self._at_speed(age, "the scheduler does not keep up at this speed"),
+        )
 
     # --- reading the socket -------------------------------------------------------------
 
@@ -599,17 +702,38 @@ class ActuatorCore:
             if power_on == target and c.expected_on is not None and power_on != c.expected_on:
                 self._record_switch(c, target, reason, detail + " (confirmed by a read)", now)
                 return
+        unreachable, c.unreachable = c.unreachable, False
         if c.expected_on is None:
             c.expected_on = power_on
             return
         if power_on != c.expected_on:
-            self._hand_switch(c, power_on, now)
+            if unreachable:
+                self._came_back(c, power_on)
+            else:
+                self._hand_switch(c, power_on, now)
 
     def read_failed(self, slug: str) -> None:
         c = self.sockets[slug]
         c.power_on = c.switch_lock = None
+        c.unreachable = True
+
+    def _came_back(self, c: SocketControl, power_on: bool) -> None:
+        """The relay changed while the socket could not be read: a power cut's restore (or
+        the socket restarted), not a person. Unknown: the plan decides, else the fallback
+        rule (an optional socket stays on only on surplus)."""
+        c.expected_on = power_on
+        c.came_back = True
+        self._counters.inc("relay_restores")
+        self._log.info(
+            "%s: back %s after it could not be read (a power cut or a restart): not taken "
+            "for a person; %s decides",
+            c.name,
+            _on_off(power_on),
+            "the plan" if self.plan is not None else "the scheduler's plan or the fallback rule",
+        )
 
     def _hand_switch(self, c: SocketControl, power_on: bool, now: datetime) -> None:
+        c.came_back = False
         wanted = self.desired(c.slug, now)
         c.expected_on = power_on
         c.last_switch_at = now
@@ -646,14 +770,50 @@ class ActuatorCore:
             and (cmd.valid_until is None or cmd.valid_until > now)
             and self._fresh(cmd.timestamp, now)
         ):
+            if cmd.reason == FALLBACK_RULE and self._quiet(now):
+                return self._unplanned(c, now, self._start_up(c, now))
             return Desired(cmd.state == "on", "plan", "plan", cmd.reason)
         planned = self._plan_state(c, now)
         if planned is not None:
+            if self.plan is not None and self.plan.planner == FALLBACK_RULE and self._quiet(now):
+                return self._unplanned(c, now, self._start_up(c, now))
             return Desired(planned[0], "plan", "plan", f"plan step {planned[1]}")
         if self._fallback_due(now):
             on, why = self.fallback(now).get(c.name, (False, "left out"))
             return Desired(on, "fallback", "fallback", why)
-        return Desired(None, "plan", None, "waiting for the scheduler")
+        return self._unplanned(c, now, Desired(None, "plan", None, "waiting for the scheduler"))
+
+    def _unplanned(self, c: SocketControl, now: datetime, left: Desired) -> Desired:
+        """Nothing says what the socket should be: left as it is (`left`), unless it came
+        back from a power cut changed: then the fallback rule decides it."""
+        if left.on is not None or not c.came_back:
+            return left
+        on, why = self.fallback(now).get(c.name, (False, "left out"))
+        return Desired(on, "fallback", "fallback", f"back after a power cut: {why}")
+
+    def _start_up(self, c: SocketControl, now: datetime) -> Desired:
+        """Starting up, the scheduler without a forecast: only a needed socket whose latest
+        start has come is switched (on); every other socket is left as it is."""
+        if c.config.daily_need:
+            item = self._fallback_input(c, now, roll_books(self.books, self._today(now)))
+            if not item.full:
+                end = next_boundary(now, self.tz, self.boundary)
+                due, start = deadline(item, end, self.options.fallback_margin_s, now)
+                if due and start is not None:
+                    why = f"needed by {_local(end, self.tz)}: on from {_local(start, self.tz)}"
+                    return Desired(True, "fallback", "fallback", why)
+        return Desired(None, "plan", None, "starting: left as it is until the first plan")
+
+    def _today(self, now: datetime) -> datetime:
+        return day_start(now, self.tz, self.boundary)
+
+    def _fallback_input(self, c: SocketControl, now: datetime, books: Books) -> FallbackInput:
+        book: SocketBook = books.book(c.name)
+        held = None
+        if c.hold is not None and c.hold.until > now:
+            held = c.hold.state == "on"
+        drawing = c.measurement.power_w if c.measurement is not None else None
+        return FallbackInput(c.config, book.energy_wh, book.full, held, drawing, bool(c.power_on))
 
     def _plan_state(self, c: SocketControl, now: datetime) -> tuple[bool, int] | None:
         plan = self.plan
@@ -669,17 +829,8 @@ class ActuatorCore:
 
     def fallback(self, now: datetime) -> dict[str, tuple[bool, str]]:
         """The fallback rule's state for every socket not under an override."""
-        today = day_start(now, self.tz, self.boundary)
-        books = roll_books(self.books, today)
-        items = []
-        for c in self.sockets.values():
-            book: SocketBook = books.book(c.name)
-            held = None
-            if c.hold is not None and c.hold.until > now:
-                held = c.hold.state == "on"
-            drawing = c.measurement.power_w if c.measurement is not None else None
-            on = bool(c.power_on)
-            items.append(FallbackInput(c.config, book.energy_wh, book.full, held, drawing, on))
+        books = roll_books(self.books, self._today(now))
+        items = [self._fallback_input(c, now, books) for c in self.sockets.values()]
         surplus = self.surplus
         surplus_w = None
         if surplus is not None:
@@ -727,6 +878,8 @@ class ActuatorCore:
         if c.last_switch_at is not None:
             times.append(c.last_switch_at + timedelta(seconds=self.options.switch_interval_s))
         times.append(self.last_contact + timedelta(seconds=self.options.fallback_after_s))
+        if self.quiet_until is not None:
+            times.append(self.quiet_until)
         future = [t for t in times if t > now]
         return min(future) if future else None
 
@@ -785,6 +938,7 @@ class ActuatorCore:
     ) -> None:
         before = c.expected_on if c.expected_on is not None else not target
         c.expected_on = target
+        c.came_back = False
         c.last_switch_at = now
         c.last_switch_reason = f"{reason}: {detail}"[:_MAX_TEXT]
         self._counters.inc("switches")

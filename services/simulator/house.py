@@ -42,6 +42,9 @@ from shared.sky import PanelArray, base_load_w, clear_sky_power_w, cloud_factors
 
 BatteryMode = Literal["zero", "to_full", "standby", "predictive"]
 BATTERY_MODES: tuple[BatteryMode, ...] = ("zero", "to_full", "standby", "predictive")
+#: A socket's relay when the power comes back after a cut (`House.power_cut`).
+RelaysAfterCut = Literal["previous", "on", "off"]
+RELAYS_AFTER_CUT: tuple[RelaysAfterCut, ...] = ("previous", "on", "off")
 CHARGE_ALLOWED = "charge_allowed"
 DISCHARGE_ALLOWED = "discharge_allowed"
 PERMISSIONS = (CHARGE_ALLOWED, DISCHARGE_ALLOWED)
@@ -213,7 +216,7 @@ class SocketState:
     import_wh: float = 0.0
     #: Energy taken out of the store (hot water, heat loss), Wh.
     used_wh: float = 0.0
-    #: Who switched it last: "api", "manual" or "start".
+    #: Who switched it last: "api", "manual", "start" or "power-back" (after a power cut).
     switched_by: str = "start"
 
     @property
@@ -407,6 +410,9 @@ class House:
         #: switching, whatever the services say).
         self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
         self.events_total = 0
+        #: A power cut in progress ends then (`power_cut`); the relays after it.
+        self.cut_until: datetime | None = None
+        self.cut_relays: RelaysAfterCut = "previous"
 
     # --- what the environment gives ------------------------------------------------
 
@@ -427,11 +433,46 @@ class House:
         """Run the physics from `now` to `when` (a time in the past is ignored)."""
         target = as_utc(when)
         while self.now < target:
-            dt = min(self.options.max_step_s, (target - self.now).total_seconds())
+            end = target if self.cut_until is None else min(target, self.cut_until)
+            dt = min(self.options.max_step_s, (end - self.now).total_seconds())
             if dt <= 1e-6:
-                self.now = target
-                break
-            self.step(dt)
+                self.now = end
+            else:
+                self.step(dt)
+            if self.cut_until is not None and self.now >= self.cut_until:
+                self._power_back()
+
+    @property
+    def powered(self) -> bool:
+        """The grid is there (no power cut in progress)."""
+        return self.cut_until is None
+
+    def power_cut(self, until: datetime, relays: RelaysAfterCut = "previous") -> None:
+        """The grid fails now until `until`: nothing in the house draws or produces (the
+        inverter stops without the grid), the stores only cool; then every socket comes back
+        with its relay as it was (`previous`, as HomeWizard's Energy Socket does) or `on` /
+        `off` (a socket that powers up in a fixed state)."""
+        end = as_utc(until)
+        if end <= self.now:
+            raise ValueError("a power cut must end after now")
+        if relays not in RELAYS_AFTER_CUT:
+            raise ValueError(f"relays: one of {', '.join(RELAYS_AFTER_CUT)}")
+        if self.cut_until is None:
+            for name in self.sockets:
+                self._event(name, "power-cut", "grid")
+        self.cut_until = max(end, self.cut_until or end)
+        self.cut_relays = relays
+
+    def _power_back(self) -> None:
+        self.cut_until = None
+        for s in self.sockets.values():
+            self._event(s.name, "power-back", "grid")
+            if self.cut_relays != "previous":
+                want = self.cut_relays == "on" or s.switch_lock
+                if want != s.power_on:
+                    s.power_on = want
+                    s.switched_by = "power-back"
+                    self._event(s.name, "on" if want else "off", "power-back")
 
     def step(self, dt_s: float) -> None:
         """One step of `dt_s` seconds; powers are constant within it (taken at its middle)."""
@@ -440,11 +481,12 @@ class House:
         dt_h = dt_s / 3600
         mid = self.now + timedelta(seconds=dt_s / 2)
         local = mid.astimezone(self.tz)
-        solar = self.solar_power_w(mid)
-        base = self.base_load_power_w(mid)
-        sockets = sum(self._step_socket(s, local, dt_s) for s in self.sockets.values())
+        powered = self.powered
+        solar = self.solar_power_w(mid) if powered else 0.0
+        base = self.base_load_power_w(mid) if powered else 0.0
+        sockets = sum(self._step_socket(s, local, dt_s, powered) for s in self.sockets.values())
         net = base + sockets - solar
-        battery = self._step_batteries(net, dt_s)
+        battery = self._step_batteries(net, dt_s) if powered else 0.0
         grid = net + battery
         self.solar_w, self.base_w = solar, base
         # counters: all from the same powers, so they add up
@@ -467,13 +509,16 @@ class House:
             m.export_t2_wh += max(-grid, 0.0) * dt_h
         self.now = self.now + timedelta(seconds=dt_s)
 
-    def _step_socket(self, s: SocketState, local: datetime, dt_s: float) -> float:
-        """Advance one socket's store; return the socket's mean power over the step (W)."""
+    def _step_socket(
+        self, s: SocketState, local: datetime, dt_s: float, powered: bool = True
+    ) -> float:
+        """Advance one socket's store; return the socket's mean power over the step (W).
+        Not `powered` (a power cut): its relay draws nothing, whatever its state."""
         dt_h = dt_s / 3600
         used = s.draw_power_w(local) * dt_h + s.stored_wh * self.options.store_loss_per_h * dt_h
         standby = self.options.standby_fraction * s.max_power_w
         energy_in = 0.0
-        if s.power_on:
+        if s.power_on and powered:
             if s.satisfied:
                 energy_in = standby * dt_h
             else:
@@ -492,7 +537,7 @@ class House:
         if s.satisfied and s.stored_wh < (1 - self.options.hysteresis) * s.capacity_wh:
             s.satisfied = False
             self._event(s.name, "not-full", "thermostat")
-        if not s.power_on:
+        if not s.power_on or not powered:
             s.power_w = 0.0
         elif s.satisfied:
             s.power_w = standby
@@ -695,6 +740,7 @@ class House:
             "solar_w": round(self.solar_w, 1),
             "base_load_w": round(self.base_w, 1),
             "grid_w": round(self.meter.power_w, 1),
+            "power_cut_until": self.cut_until.isoformat() if self.cut_until is not None else None,
             "cloudiness": round(self.sky.cloudiness_on(self.now.date()), 3),
             "cloud_factor": round(self.sky.factor(self.now), 3),
             "sockets": {

@@ -27,7 +27,9 @@ port, the day-ahead market of the house's days (see `market.py`): EnergyZero's
 `/energyzero/public/v1/prices` and ENTSO-E's `/entsoe/api` (A44; any non-empty
 `securityToken`). The control endpoint (`/control/...`) injects faults (`POST
 /control/market {"down": true}` makes the market answer 503), presses pairing buttons, flips
-sockets by hand and shows the house. Payload field names are HomeWizard's
+sockets by hand, cuts the house's power (`POST /control/power_cut {"duration_s": 60,
+"relays": "previous"}`: every device off the network meanwhile, then booted again, its v2
+`GET /api/system` `uptime_s` from 0) and shows the house. Payload field names are HomeWizard's
 (api-documentation docs/v1, docs/v2).
 
 Time: the house runs on `clock` (simulated); network behaviour — injected delays, the
@@ -42,6 +44,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import random
 import re
 import secrets
@@ -51,7 +54,7 @@ import ssl
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,10 +65,12 @@ from services.simulator import market, weather
 from services.simulator.house import (
     BATTERY_MODES,
     PERMISSIONS,
+    RELAYS_AFTER_CUT,
     DeviceOverride,
     DrawEvent,
     House,
     HouseOptions,
+    RelaysAfterCut,
     SwitchLockedError,
 )
 from services.simulator.settings import DeviceSettings, FaultSettings, SimulatorSettings
@@ -194,6 +199,8 @@ class SimDevice:
     runners: list[web.AppRunner] = field(default_factory=list)
     #: The host its URLs name (the simulator's advertised host).
     host: str = HOST
+    #: When it last powered up (simulated time): its `uptime_s` counts from here.
+    booted_at: datetime | None = None
 
     @property
     def name(self) -> str:
@@ -349,6 +356,7 @@ class Simulator:
         self._weather_runner: web.AppRunner | None = None
         self._control_runner: web.AppRunner | None = None
         self._physics: asyncio.Task[None] | None = None
+        self._power_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._garbage = random.Random(self.settings.seed)
         #: The simulated market answers 503 while this is set (`POST /control/market`).
@@ -386,12 +394,19 @@ class Simulator:
         except BaseException:
             await self.stop()
             raise
+        for dev in self.devices.values():
+            dev.booted_at = self.clock.now()
         self._physics = asyncio.create_task(self._run_physics(), name="simulator-physics")
         self._write_files()
 
     async def stop(self) -> None:
         """Stop everything; remove the state directory if it was a temporary one."""
         self._stopping.set()
+        if self._power_task is not None:
+            self._power_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._power_task
+            self._power_task = None
         if self._physics is not None:
             self._physics.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -481,11 +496,48 @@ class Simulator:
             await runner.cleanup()
 
     async def set_gone(self, dev: SimDevice, gone: bool) -> None:
-        """Take a device off the network (connections refused) or bring it back."""
+        """Take a device off the network (connections refused) or bring it back (not during
+        a power cut: then it comes back with the power)."""
         if gone:
             await self._unlisten(dev)
-        else:
+        elif self.house.powered:
             await self._listen(dev)
+
+    def uptime_s(self, dev: SimDevice) -> int:
+        """Seconds since the device last powered up (simulated)."""
+        booted = dev.booted_at if dev.booted_at is not None else self.clock.now()
+        return max(0, int((self.clock.now() - booted).total_seconds()))
+
+    async def power_cut(self, duration_s: float, relays: RelaysAfterCut = "previous") -> datetime:
+        """The house's grid fails for `duration_s` simulated seconds: every device is off the
+        network, nothing draws or produces (`House.power_cut`); when the power is back each
+        device boots again (its `uptime_s` from 0) and each socket's relay is as `relays`
+        says (`previous`: as before the cut, as real Energy Sockets do). Returns the end."""
+        if not (math.isfinite(duration_s) and duration_s > 0):
+            raise SimulatorError("duration_s: a number of seconds > 0")
+        self.advance()
+        until = self.clock.now() + timedelta(seconds=duration_s)
+        try:
+            self.house.power_cut(until, relays)
+        except ValueError as err:
+            raise SimulatorError(str(err)) from None
+        for dev in self.devices.values():
+            await self._unlisten(dev)
+        if self._power_task is None or self._power_task.done():
+            self._power_task = asyncio.create_task(self._power_back(), name="simulator-power")
+        log.info("power cut until %s (relays after it: %s)", until.isoformat(), relays)
+        return until
+
+    async def _power_back(self) -> None:
+        while (until := self.house.cut_until) is not None:
+            await self.clock.sleep_until(until)
+            self.advance()
+        now = self.clock.now()
+        for dev in self.devices.values():
+            dev.booted_at = now
+            if not dev.faults.gone:
+                await self._listen(dev)
+        log.info("power back: every device booted again")
 
     def device(self, key: str) -> SimDevice:
         """A device by name or slug; KeyError if none."""
@@ -837,8 +889,21 @@ class Simulator:
         async def user(request: web.Request) -> web.Response:
             return self._create_user(dev, *(await _body(request)))
 
+        async def system(_: web.Request) -> web.Response:
+            return _json(
+                {
+                    "wifi_ssid": "hwsched-sim",
+                    "wifi_rssi_db": -60,
+                    "cloud_enabled": False,
+                    "uptime_s": self.uptime_s(dev),
+                    "status_led_brightness_pct": 100,
+                    "api_v1_enabled": dev.product.v1,
+                }
+            )
+
         app.router.add_get("/api", api)
         app.router.add_get("/api/measurement", measurement)
+        app.router.add_get("/api/system", system)
         app.router.add_post("/api/user", user)
         if isinstance(dev.config, P1Config):
 
@@ -1116,7 +1181,25 @@ class Simulator:
             self.market_down = down
             return _json({"market_down": down})
 
+        async def power_cut(request: web.Request) -> web.Response:
+            ok, body = await _body(request)
+            duration = body.get("duration_s") if isinstance(body, dict) else None
+            relays = body.get("relays", "previous") if isinstance(body, dict) else None
+            if (
+                not ok
+                or isinstance(duration, bool)
+                or not isinstance(duration, int | float)
+                or relays not in RELAYS_AFTER_CUT
+            ):
+                return bad('expected {"duration_s": S, "relays"?: "previous"|"on"|"off"}')
+            try:
+                until = await self.power_cut(float(duration), relays)
+            except SimulatorError as err:
+                return bad(str(err))
+            return _json({"power_cut_until": until.isoformat(), "relays": relays})
+
         app.router.add_get("/control/state", state)
+        app.router.add_post("/control/power_cut", power_cut)
         app.router.add_post("/control/market", market_fault)
         app.router.add_get("/control/events", events)
         app.router.add_post("/control/faults", faults)

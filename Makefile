@@ -59,6 +59,28 @@ run: $(STAMP) $(FSTAMP)
 plan-example: $(STAMP)
 	$(BIN)/hwsched plan config/example-day.json --show
 
+## The common commands without activating the venv (`. .venv/bin/activate` makes `hwsched`
+## itself typeable): `make check-config [DEVICES=FILE]`, `make plan [DAY=FILE]`,
+## `make status` / `make watch` (the state of `make run`'s stack), `make version`.
+.PHONY: check-config plan status watch version
+DAY     ?= config/example-day.json
+RUN_DIR ?= run
+
+check-config: $(STAMP)
+	$(BIN)/hwsched check-config $(if $(DEVICES),--devices $(DEVICES))
+
+plan: $(STAMP)
+	$(BIN)/hwsched plan $(DAY) --show
+
+status: $(STAMP)
+	$(BIN)/hwsched status --run-dir $(RUN_DIR)
+
+watch: $(STAMP)
+	$(BIN)/hwsched status --run-dir $(RUN_DIR) --watch
+
+version: $(STAMP)
+	$(BIN)/hwsched --version
+
 ## Every check: ruff, mypy (strict on shared/), pytest, the forecaster's, the fault soak's.
 test: lint typecheck pytest test-forecaster test-faults
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import sys
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import TextIO
 
 from services.simulator.main import add_arguments as add_simulate_arguments
+from services.stack import SERVICES
 from shared.config import ConfigError, load_devices, load_settings
 from shared.homewizard import HomeWizardError, V2Client, create_user
 from shared.planning.planners import DEFAULT_PLANNER, PLANNER_NAMES, get_planner
@@ -28,6 +30,14 @@ from shared.planning.problem import Plan, PlanningProblem, ProblemError, parse_p
 from shared.planning.simulate import simulate
 
 EXIT_USAGE = 2
+
+
+def package_version() -> str:
+    """hwsched's version from the installed package's metadata (pyproject.toml's)."""
+    try:
+        return importlib.metadata.version("hwsched")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
 
 
 class CliError(Exception):
@@ -171,6 +181,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(
             f"  battery {b.device_name!r}: {b.max_power_usage:g} W, {b.energy_capacity:g} Wh{note}"
         )
+    for p in devices.solar_panels:
+        q = p.quartz_parameters
+        print(
+            f"  solar array {p.name!r}: {q.capacity_kwp:g} kWp, tilt {q.tilt:g}°, facing "
+            f"{q.orientation:g}° (180 = south), at {q.latitude:g}, {q.longitude:g}"
+        )
+    if devices.solar_panels:
+        total = sum(p.quartz_parameters.capacity_kwp for p in devices.solar_panels)
+        print(f"  solar total: {total:g} kWp")
+    for warning in devices.warnings():
+        print(f"warning: {devices_path}: {warning}")
     return 0
 
 
@@ -349,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hwsched", description="Solar-surplus energy scheduler for HomeWizard devices."
     )
+    parser.add_argument("--version", action="version", version=f"hwsched {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser(
         "plan",
@@ -434,9 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="the whole product on this machine: broker, simulated house, all the services",
         description="Start a broker on a free port of 127.0.0.1 (the local mosquitto, else an "
-        "embedded Python broker), the simulated house for the devices file, and the poller, "
-        "forecaster, scheduler, actuator and bridge as processes; print what to watch; stop "
-        "everything on Ctrl-C.",
+        "embedded Python broker), the simulated house for the devices file, and the "
+        f"{', '.join(SERVICES[:-1])} and {SERVICES[-1]} services as processes; "
+        "print what to watch and a line per new plan; stop everything on Ctrl-C.",
     )
     run.add_argument(
         "--devices",

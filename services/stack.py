@@ -61,6 +61,9 @@ BROKER_HOST = "127.0.0.1"
 BROKER_ENV = "HWSCHED_RUN_BROKER"
 BROKER_CHOICES = ("auto", "mosquitto", "embedded")
 STACK_FILE = "stack.json"
+#: The services the stack runs, each `python -m services.<name>`, in start order (the
+#: forecaster only when its environment, `.venv-forecaster`, is there).
+SERVICES = ("poller", "forecaster", "prices", "scheduler", "actuator", "bridge", "dashboard")
 BrokerKind = Literal["mosquitto", "embedded"]
 
 
@@ -643,12 +646,9 @@ async def run_stack(
         if "HWSCHED_PRICES__SOURCE" not in env and not _prices_source_chosen():
             env["HWSCHED_PRICES__SOURCE"] = "energyzero"
         services = [
-            ("poller", [sys.executable, "-m", "services.poller"]),
-            ("prices", [sys.executable, "-m", "services.prices"]),
-            ("scheduler", [sys.executable, "-m", "services.scheduler"]),
-            ("actuator", [sys.executable, "-m", "services.actuator"]),
-            ("bridge", [sys.executable, "-m", "services.bridge"]),
-            ("dashboard", [sys.executable, "-m", "services.dashboard"]),
+            (name, [sys.executable, "-m", f"services.{name}"])
+            for name in SERVICES
+            if name != "forecaster"
         ]
         dashboard = plan_dashboard(run_dir, base_env)
         state.dashboard = {
@@ -658,7 +658,8 @@ async def run_stack(
         if FORECASTER_PYTHON.exists():
             # The service runs here; quartz's model runs in its island, as a worker process.
             env["HWSCHED_FORECAST__WORKER_PYTHON"] = str(FORECASTER_PYTHON)
-            services.insert(1, ("forecaster", [sys.executable, "-m", "services.forecaster"]))
+            at = SERVICES.index("forecaster")
+            services.insert(at, ("forecaster", [sys.executable, "-m", "services.forecaster"]))
         else:
             print(
                 "[stack] no forecaster environment (.venv-forecaster): run `make venv-forecaster`"

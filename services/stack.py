@@ -50,9 +50,11 @@ import time
 import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any, Literal
+
+from shared.messages import MessageError, PlanMessage, parse_message
 
 ROOT = Path(__file__).resolve().parents[1]
 FORECASTER_PYTHON = ROOT / ".venv-forecaster" / "bin" / "python"
@@ -494,6 +496,131 @@ The simulated house:   curl -s {sim.get("control_url", "")}/state
         )
 
 
+# --- a line per new plan on the console ----------------------------------------------------
+
+#: A window of a socket's plan: (socket, first on-step's start, end), aware times.
+Window = tuple[str, datetime, datetime]
+
+
+def plan_windows(plan: PlanMessage) -> list[Window]:
+    """The plan's on-windows per socket, in the plan's order of sockets, then time."""
+    step = timedelta(seconds=plan.step_s)
+    out: list[Window] = []
+    for name, row in plan.sockets.items():
+        began: int | None = None
+        for t, on in enumerate([*row.states, 0]):
+            if on and began is None:
+                began = t
+            elif not on and began is not None:
+                out.append((name, plan.start + began * step, plan.start + t * step))
+                began = None
+    return out
+
+
+def _from(windows: Sequence[Window], start: datetime) -> set[Window]:
+    """The windows as they stand from `start` on (an earlier one clipped, a past one gone)."""
+    return {(n, max(a, start), b) for n, a, b in windows if b > start}
+
+
+def plan_changed(old: PlanMessage | None, new: PlanMessage) -> bool:
+    """Whether `new` plans other on-times than `old` from `new`'s start on (a re-plan that
+    keeps who runs when is not news; the expected figures move a little at every one)."""
+    if old is None:
+        return True
+    return (
+        _from(plan_windows(old), new.start) != _from(plan_windows(new), new.start)
+        or set(old.sockets) != set(new.sockets)
+        or old.excluded != new.excluded
+        or old.fallback_reason != new.fallback_reason
+    )
+
+
+def plan_summary(plan: PlanMessage, tz: tzinfo) -> str:
+    """One line for people: who runs when (local times), the expected import and cost."""
+
+    def hm(when: datetime) -> str:
+        return when.astimezone(tz).strftime("%H:%M")
+
+    windows = plan_windows(plan)
+    parts = []
+    for name in plan.sockets:
+        mine = [(a, b) for n, a, b in windows if n == name]
+        if not mine:
+            parts.append(f"{name} off")
+            continue
+        shown = ", ".join(f"{'now' if a <= plan.start else hm(a)}–{hm(b)}" for a, b in mine[:3])
+        more = f" +{len(mine) - 3} more" if len(mine) > 3 else ""
+        parts.append(f"{name} {shown}{more}")
+    parts += [f"{name} left out (override/manual)" for name in plan.excluded]
+    figures = []
+    if plan.expected_import_wh is not None:
+        figures.append(f"expected import {plan.expected_import_wh / 1000:.2f} kWh")
+    if plan.expected_cost_eur is not None:
+        figures.append(f"cost {plan.expected_cost_eur:.2f} EUR")
+    why = f" [{plan.fallback_reason}]" if plan.fallback_reason else ""
+    line = f"[plan] {hm(plan.made_at)} {plan.planner}{why}: " + ("; ".join(parts) or "no sockets")
+    return line + (f"; {', '.join(figures)}" if figures else "")
+
+
+async def watch_plans(
+    connect: Callable[[], Any],
+    topic: str,
+    tz: tzinfo,
+    out: Callable[[str], None],
+    retry_s: float = 2.0,
+) -> None:
+    """Print `plan_summary` of each plan on `topic` that `plan_changed`, until cancelled;
+    reconnects (the broker may restart). `connect()` gives an aiomqtt client."""
+    import aiomqtt
+
+    last: PlanMessage | None = None
+    while True:
+        try:
+            async with connect() as client:
+                await client.subscribe(topic, qos=1)
+                async for message in client.messages:
+                    if not isinstance(message.payload, bytes | bytearray):
+                        continue
+                    try:
+                        plan = parse_message(PlanMessage, bytes(message.payload))
+                    except MessageError:
+                        continue  # the scheduler counts and logs its own; not the console's
+                    if last is not None and plan.made_at <= last.made_at:
+                        continue
+                    if plan_changed(last, plan):
+                        out(plan_summary(plan, tz))
+                    last = plan
+        except aiomqtt.MqttError:
+            await asyncio.sleep(retry_s)
+
+
+def _watcher(port: int, password: str | None) -> Callable[[], Any]:
+    """The stack's own client of its broker (as `ha`, read-only, on a secure stack)."""
+
+    def connect() -> Any:
+        import aiomqtt
+
+        return aiomqtt.Client(
+            BROKER_HOST,
+            port,
+            username="ha" if password is not None else None,
+            password=password,
+            identifier=f"hwsched-stack-{os.getpid()}",
+        )
+
+    return connect
+
+
+def _local_tz() -> tzinfo:
+    """The settings' time zone (where the house is), else the host's."""
+    from shared.config import ConfigError, load_settings
+
+    try:
+        return load_settings().tz
+    except ConfigError:
+        return datetime.now().astimezone().tzinfo or UTC
+
+
 def prepare(devices_file: Path, run_dir: Path) -> int:
     """Check what the stack needs, clear old logs and state: the broker's port."""
     if not devices_file.exists():
@@ -680,6 +807,14 @@ async def run_stack(
         state.save()
         _print_guide(state.base, port, sim, run_dir, dashboard)
         supervisor = asyncio.create_task(supervise(children[2:], stop, state.save))
+        plans = asyncio.create_task(
+            watch_plans(
+                _watcher(port, users.get("ha")),
+                f"{state.base}/plan",
+                _local_tz(),
+                lambda line: print(line, flush=True),
+            )
+        )
         while not stop.is_set():
             if simulator.proc is not None and simulator.proc.returncode is not None:
                 raise StackError(f"the simulated house stopped (see {simulator.log})")
@@ -690,9 +825,10 @@ async def run_stack(
                 state.save()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
-        supervisor.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await supervisor
+        for task in (supervisor, plans):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         return 0
     finally:
         print("\n[stack] stopping…", flush=True)

@@ -445,6 +445,16 @@ def _prices_source_chosen() -> bool:
         return False  # the services will say what is wrong
 
 
+def _status_command(run_dir: Path) -> str:
+    """How to type `hwsched status` for this run: `make status` in the repository (no venv
+    to activate), else the venv's own `hwsched`."""
+    if run_dir == Path("run") and Path.cwd() == ROOT:
+        return "make status   (make watch: live; or hwsched status --run-dir run in a venv)"
+    hwsched = Path(sys.executable).parent / "hwsched"
+    shown = hwsched if hwsched.exists() else "hwsched"
+    return f"{shown} status --run-dir {run_dir}   (--watch: live)"
+
+
 def _print_guide(
     base: str, port: int, sim: dict[str, Any], run_dir: Path, dashboard: DashboardPlan | None
 ) -> None:
@@ -465,7 +475,7 @@ def _print_guide(
         )
         page = (
             f"The dashboard:        {dashboard.url}   (buttons: {login}){dashboard.note}\n"
-            f"The state, in short:  hwsched status --run-dir {run_dir}   (--watch: live)\n"
+            f"The state, in short:  {_status_command(run_dir)}\n"
         )
     print(
         f"""
@@ -523,15 +533,15 @@ def _from(windows: Sequence[Window], start: datetime) -> set[Window]:
 
 
 def plan_changed(old: PlanMessage | None, new: PlanMessage) -> bool:
-    """Whether `new` plans other on-times than `old` from `new`'s start on (a re-plan that
-    keeps who runs when is not news; the expected figures move a little at every one)."""
+    """Whether `new` plans other on-times than `old` from `new`'s start on, or leaves other
+    sockets out (a re-plan that keeps who runs when is not news, whichever planner made it:
+    the expected figures move a little at every one)."""
     if old is None:
         return True
     return (
         _from(plan_windows(old), new.start) != _from(plan_windows(new), new.start)
         or set(old.sockets) != set(new.sockets)
         or old.excluded != new.excluded
-        or old.fallback_reason != new.fallback_reason
     )
 
 

@@ -188,6 +188,9 @@ def test_a_replan_that_keeps_who_runs_when_is_not_news() -> None:
     assert plan_changed(first, moved)
     gone = plan(NOON + timedelta(minutes=15), {"boiler": [1, 1, 1, 0, 0, 0, 0]}, excluded=["x"])
     assert plan_changed(first, gone)
+    # the reference planner standing in with the same on-times: not news either
+    stand_in = later.model_copy(update={"planner": "reference", "fallback_reason": "timed out"})
+    assert not plan_changed(later, stand_in)
 
 
 async def test_the_stack_prints_one_line_per_plan_that_changed(mqtt_broker: MqttBroker) -> None:

@@ -527,9 +527,18 @@ def plan_windows(plan: PlanMessage) -> list[Window]:
     return out
 
 
-def _from(windows: Sequence[Window], start: datetime) -> set[Window]:
+def _from(windows: Sequence[Window], start: datetime) -> list[Window]:
     """The windows as they stand from `start` on (an earlier one clipped, a past one gone)."""
-    return {(n, max(a, start), b) for n, a, b in windows if b > start}
+    return sorted((n, max(a, start), b) for n, a, b in windows if b > start)
+
+
+def _same_windows(old: Sequence[Window], new: Sequence[Window], within: timedelta) -> bool:
+    """The same on-times, each bound within `within` (a plan whose steps start at the
+    moment of planning slides by that moment at every re-plan)."""
+    return len(old) == len(new) and all(
+        n1 == n2 and abs(a1 - a2) < within and abs(b1 - b2) < within
+        for (n1, a1, b1), (n2, a2, b2) in zip(old, new, strict=True)
+    )
 
 
 def plan_changed(old: PlanMessage | None, new: PlanMessage) -> bool:
@@ -538,8 +547,10 @@ def plan_changed(old: PlanMessage | None, new: PlanMessage) -> bool:
     the expected figures move a little at every one)."""
     if old is None:
         return True
+    half_step = timedelta(seconds=min(old.step_s, new.step_s) / 2)
+    old_w, new_w = _from(plan_windows(old), new.start), _from(plan_windows(new), new.start)
     return (
-        _from(plan_windows(old), new.start) != _from(plan_windows(new), new.start)
+        not _same_windows(old_w, new_w, half_step)
         or set(old.sockets) != set(new.sockets)
         or old.excluded != new.excluded
     )

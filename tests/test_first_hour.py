@@ -188,6 +188,10 @@ def test_a_replan_that_keeps_who_runs_when_is_not_news() -> None:
     assert plan_changed(first, moved)
     gone = plan(NOON + timedelta(minutes=15), {"boiler": [1, 1, 1, 0, 0, 0, 0]}, excluded=["x"])
     assert plan_changed(first, gone)
+    # planned at 12:16 on steps from 12:16: the same run, a minute later: not news
+    slid = plan(NOON + timedelta(minutes=16), {"boiler": [1, 1, 1, 0, 0, 0, 0]})
+    slid = slid.model_copy(update={"start": NOON + timedelta(minutes=16)})
+    assert not plan_changed(first, slid)
     # the reference planner standing in with the same on-times: not news either
     stand_in = later.model_copy(update={"planner": "reference", "fallback_reason": "timed out"})
     assert not plan_changed(later, stand_in)

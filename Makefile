@@ -51,9 +51,10 @@ test-faults: $(STAMP) $(FSTAMP)
 soak: $(STAMP) $(FSTAMP)
 	$(BIN)/python -m bench.soak --days 7 $(SOAK_ARGS)
 
-## The main job: the whole product on a simulated house (broker, house, all services).
+## The main job: the whole product on a simulated house (broker, house, all services);
+## RUN_ARGS="--speed 600 --start 2026-06-21T05:00": a summer day in 2.4 minutes.
 run: $(STAMP) $(FSTAMP)
-	$(BIN)/hwsched run
+	$(BIN)/hwsched run $(RUN_ARGS)
 
 ## Plan the example day and print the plan readably.
 plan-example: $(STAMP)
@@ -80,6 +81,13 @@ watch: $(STAMP)
 
 version: $(STAMP)
 	$(BIN)/hwsched --version
+
+## An override on `make run`'s stack: make override SOCKET=kitchen_boiler STATE=on FOR=30m
+## (STATE=auto gives it back to the plan).
+.PHONY: override
+override: $(STAMP)
+	@test -n "$(SOCKET)" -a -n "$(STATE)" || { echo "usage: make override SOCKET=kitchen_boiler STATE=on|off|auto [FOR=30m]"; exit 2; }
+	$(BIN)/hwsched override "$(SOCKET)" $(STATE) $(if $(FOR),--for $(FOR)) --run-dir $(RUN_DIR)
 
 ## Every check: ruff, mypy (strict on shared/), pytest, the forecaster's, the fault soak's.
 test: lint typecheck pytest test-forecaster test-faults

@@ -450,9 +450,13 @@ def _status_command(run_dir: Path) -> str:
     to activate), else the venv's own `hwsched`."""
     if run_dir == Path("run") and Path.cwd() == ROOT:
         return "make status   (make watch: live; or hwsched status --run-dir run in a venv)"
+    return f"{_hwsched()} status --run-dir {run_dir}   (--watch: live)"
+
+
+def _hwsched() -> str:
+    """The venv's own `hwsched` (typeable without activating the venv)."""
     hwsched = Path(sys.executable).parent / "hwsched"
-    shown = hwsched if hwsched.exists() else "hwsched"
-    return f"{shown} status --run-dir {run_dir}   (--watch: live)"
+    return str(hwsched) if hwsched.exists() else "hwsched"
 
 
 def _print_guide(
@@ -466,6 +470,12 @@ def _print_guide(
     ]
     example = sockets[0] if sockets else "kitchen_boiler"
     sub = f"mosquitto_sub -h 127.0.0.1 -p {port} -v"
+    if run_dir == Path("run") and Path.cwd() == ROOT:
+        override_on = f"make override SOCKET={example} STATE=on FOR=30m"
+        override_auto = f"make override SOCKET={example} STATE=auto"
+    else:
+        override_on = f"{_hwsched()} override {example} on --for 30m --run-dir {run_dir}"
+        override_auto = f"{_hwsched()} override {example} auto --run-dir {run_dir}"
     page = ""
     if dashboard is not None:
         login = (
@@ -488,10 +498,10 @@ The plan:              {sub} -t '{base}/plan'
 The house surplus:     {sub} -t '{base}/surplus'
 Prices, money today:   {sub} -t '{base}/prices' -t '{base}/cost'
 Socket states:         {sub} -t '{base}/+' -t '{base}/+/override'
-Override a socket:     mosquitto_pub -h 127.0.0.1 -p {port} -t '{base}/{example}/override/set' \\
-                         -m '{{"state": "on", "duration_s": 1800}}'
-Give it back:          mosquitto_pub -h 127.0.0.1 -p {port} -t '{base}/{example}/override/set' \\
-                         -m '{{"state": "auto"}}'
+Override a socket:     {override_on}
+                       (= mosquitto_pub -h 127.0.0.1 -p {port} -t '{base}/{example}/override/set' \\
+                          -m '{{"state": "on", "duration_s": 1800}}')
+Give it back:          {override_auto}
 The simulated house:   curl -s {sim.get("control_url", "")}/state
 """,
         flush=True,

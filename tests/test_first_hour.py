@@ -21,7 +21,7 @@ import pytest
 from services.cli import main, package_version
 from services.stack import SERVICES, plan_changed, plan_summary, plan_windows, watch_plans
 from shared.clock import ManualClock
-from shared.messages import PlanMessage, SocketPlan, dump_message
+from shared.messages import OverrideState, PlanMessage, SocketPlan, dump_message
 from shared.service import setup_logging
 from tests.conftest import MqttBroker
 
@@ -57,11 +57,13 @@ def test_make_has_the_readmes_common_commands() -> None:
     once the venv is activated (the README says how)."""
     makefile = (ROOT / "Makefile").read_text()
     targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, re.MULTILINE))
-    assert {"run", "test", "check-config", "plan", "status", "watch", "version"} <= targets
+    assert {"run", "test", "check-config", "plan", "status", "watch", "version", "override"} <= (
+        targets
+    )
     assert re.search(r"^check-config:.*\n\t\$\(BIN\)/hwsched check-config", makefile, re.M)
     readme = (ROOT / "README.md").read_text()
     assert ". .venv/bin/activate" in readme
-    for target in ("make check-config", "make plan", "make status"):
+    for target in ("make check-config", "make plan", "make status", "make override SOCKET="):
         assert target in readme, target
 
 
@@ -233,3 +235,89 @@ async def test_the_stack_prints_one_line_per_plan_that_changed(mqtt_broker: Mqtt
         "[plan] 12:00 optimal: boiler now–12:30",
         "[plan] 12:06 optimal: boiler 12:30–13:00",
     ]
+
+
+# --- an override without mosquitto_pub --------------------------------------------------------
+
+
+async def test_override_publishes_the_command_and_says_what_the_actuator_made_of_it(
+    mqtt_broker: MqttBroker, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = f"fh-{uuid.uuid4().hex[:8]}"
+    for key, value in {
+        "HWSCHED_BROKER__HOST": mqtt_broker.host,
+        "HWSCHED_BROKER__PORT": str(mqtt_broker.port),
+        "HWSCHED_BASE_TOPIC": base,
+        "HWSCHED_DEVICES_FILE": str(ROOT / "config" / "config_devices.example.json"),
+        "HWSCHED_SETTINGS_FILE": str(ROOT / "config" / "settings.example.toml"),
+    }.items():
+        monkeypatch.setenv(key, value)
+    commands: list[dict[str, object]] = []
+    ready = asyncio.Event()
+
+    async def actuator() -> None:
+        """Answers as the actuator does: the override in force, retained."""
+        async with aiomqtt.Client(mqtt_broker.host, mqtt_broker.port) as client:
+            await client.subscribe(f"{base}/+/override/set", qos=1)
+            ready.set()
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                command = json.loads(message.payload)
+                commands.append(command)
+                now = datetime.now(UTC)
+                until = now + timedelta(seconds=command.get("duration_s", 0))
+                state = OverrideState(
+                    timestamp=now,
+                    socket="Kitchen boiler",
+                    state=command["state"],
+                    until=until if command["state"] != "auto" else None,
+                    source="mqtt",
+                    set_at=now,
+                )
+                topic = str(message.topic).removesuffix("/set")
+                await client.publish(topic, dump_message(state), qos=1, retain=True)
+
+    task = asyncio.create_task(actuator())
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+        args = ["override", "Kitchen boiler", "on", "--for", "30m", "--timeout", "20"]
+        assert await asyncio.to_thread(main, args) == 0
+        out = capsys.readouterr().out
+        assert commands == [{"state": "on", "duration_s": 1800.0}]
+        assert out.startswith(
+            f'sent {{"state": "on", "duration_s": 1800.0}} to {base}/kitchen_boiler/override/set;'
+            " the actuator: override on until "
+        )
+        # the retained "on" is what was in force before: the answer to "auto" is awaited
+        assert await asyncio.to_thread(main, ["override", "kitchen_boiler", "auto"]) == 0
+        assert "the actuator: override none: back to the plan" in capsys.readouterr().out
+        assert commands[-1] == {"state": "auto"}
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        async with aiomqtt.Client(mqtt_broker.host, mqtt_broker.port) as pub:
+            await pub.publish(f"{base}/kitchen_boiler/override", b"", qos=1, retain=True)
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["boiler", "on"], "no socket 'boiler' in config/config_devices.example.json: one of"),
+        (["kitchen_boiler", "on", "--for", "3 weeks"], "--for: a duration like 30m"),
+        (["kitchen_boiler", "auto", "--for", "1h"], "auto ends the override"),
+        (["kitchen_boiler", "on", "--for", "200h"], "--for: at most 7 days (got 200 h)"),
+    ],
+)
+def test_a_wrong_override_is_one_line_and_nothing_sent(
+    args: list[str],
+    problem: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("HWSCHED_DEVICES_FILE", "config/config_devices.example.json")
+    monkeypatch.setenv("HWSCHED_BROKER__PORT", "1")  # nothing listens: nothing may be sent
+    monkeypatch.chdir(ROOT)
+    assert main(["override", *args]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("hwsched override: ")
+    assert problem in line

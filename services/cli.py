@@ -388,7 +388,7 @@ def cmd_override(args: argparse.Namespace) -> int:
         duration_s = parse_duration_s(args.duration)
         if duration_s > MAX_OVERRIDE_S:
             raise CliError(f"--for: at most 7 days (got {duration_s / 3600:g} h)")
-        request["duration_s"] = duration_s
+        request["duration_s"] = int(duration_s) if duration_s.is_integer() else duration_s
     payload = json.dumps(request).encode()
     try:
         parse_message(OverrideRequest, payload)  # what the actuator will check
@@ -420,8 +420,8 @@ def cmd_override(args: argparse.Namespace) -> int:
         print(f"{sent}; no answer from the actuator within {args.timeout:g} s (is it running?)")
         return 1
     until = state.until.astimezone(settings.tz).strftime("%H:%M") if state.until else None
-    now = f"{state.state} until {until}" if until else "none: back to the plan"
-    print(f"{sent}; the actuator: override {now}")
+    now = f"override {state.state} until {until}" if until else "no override, back to the plan"
+    print(f"{sent}; the actuator: {now}")
     return 0
 
 

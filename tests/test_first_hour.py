@@ -283,14 +283,14 @@ async def test_override_publishes_the_command_and_says_what_the_actuator_made_of
         args = ["override", "Kitchen boiler", "on", "--for", "30m", "--timeout", "20"]
         assert await asyncio.to_thread(main, args) == 0
         out = capsys.readouterr().out
-        assert commands == [{"state": "on", "duration_s": 1800.0}]
+        assert commands == [{"state": "on", "duration_s": 1800}]
         assert out.startswith(
-            f'sent {{"state": "on", "duration_s": 1800.0}} to {base}/kitchen_boiler/override/set;'
+            f'sent {{"state": "on", "duration_s": 1800}} to {base}/kitchen_boiler/override/set;'
             " the actuator: override on until "
         )
         # the retained "on" is what was in force before: the answer to "auto" is awaited
         assert await asyncio.to_thread(main, ["override", "kitchen_boiler", "auto"]) == 0
-        assert "the actuator: override none: back to the plan" in capsys.readouterr().out
+        assert "the actuator: no override, back to the plan" in capsys.readouterr().out
         assert commands[-1] == {"state": "auto"}
     finally:
         task.cancel()

@@ -51,13 +51,43 @@ test-faults: $(STAMP) $(FSTAMP)
 soak: $(STAMP) $(FSTAMP)
 	$(BIN)/python -m bench.soak --days 7 $(SOAK_ARGS)
 
-## The main job: the whole product on a simulated house (broker, house, all services).
+## The main job: the whole product on a simulated house (broker, house, all services);
+## RUN_ARGS="--speed 600 --start 2026-06-21T05:00": a summer day in 2.4 minutes.
 run: $(STAMP) $(FSTAMP)
-	$(BIN)/hwsched run
+	$(BIN)/hwsched run $(RUN_ARGS)
 
 ## Plan the example day and print the plan readably.
 plan-example: $(STAMP)
 	$(BIN)/hwsched plan config/example-day.json --show
+
+## The common commands without activating the venv (`. .venv/bin/activate` makes `hwsched`
+## itself typeable): `make check-config [DEVICES=FILE]`, `make plan [DAY=FILE]`,
+## `make status` / `make watch` (the state of `make run`'s stack), `make version`.
+.PHONY: check-config plan status watch version
+DAY     ?= config/example-day.json
+RUN_DIR ?= run
+
+check-config: $(STAMP)
+	$(BIN)/hwsched check-config $(if $(DEVICES),--devices $(DEVICES))
+
+plan: $(STAMP)
+	$(BIN)/hwsched plan $(DAY) --show
+
+status: $(STAMP)
+	$(BIN)/hwsched status --run-dir $(RUN_DIR)
+
+watch: $(STAMP)
+	$(BIN)/hwsched status --run-dir $(RUN_DIR) --watch
+
+version: $(STAMP)
+	$(BIN)/hwsched --version
+
+## An override on `make run`'s stack: make override SOCKET=kitchen_boiler STATE=on FOR=30m
+## (STATE=auto gives it back to the plan).
+.PHONY: override
+override: $(STAMP)
+	@test -n "$(SOCKET)" -a -n "$(STATE)" || { echo "usage: make override SOCKET=kitchen_boiler STATE=on|off|auto [FOR=30m]"; exit 2; }
+	$(BIN)/hwsched override "$(SOCKET)" $(STATE) $(if $(FOR),--for $(FOR)) --run-dir $(RUN_DIR)
 
 ## Every check: ruff, mypy (strict on shared/), pytest, the forecaster's, the fault soak's.
 test: lint typecheck pytest test-forecaster test-faults

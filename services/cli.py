@@ -5,6 +5,9 @@
     hwsched simulate [--config FILE] [--speed X] [--start ISO] [--seed N] [--base-port N] ...
     hwsched pair HOST [--name local/NAME] [--port N] [--timeout S] [--ca-file FILE]
     hwsched status [--watch [S]] [--run-dir DIR] [--settings FILE] [--timeout S]
+    hwsched override SOCKET on|off|auto [--for 30m] [--run-dir DIR] [--settings FILE]
+    hwsched run [--speed X] [--start ISO] [--devices FILE] [--run-dir DIR] ...
+    hwsched --version
 
 Bad input is one line on stderr and exit status 2, never a traceback.
 """
@@ -13,21 +16,40 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
+import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from services.simulator.main import add_arguments as add_simulate_arguments
+from services.stack import SERVICES
 from shared.config import ConfigError, load_devices, load_settings
 from shared.homewizard import HomeWizardError, V2Client, create_user
+from shared.messages import (
+    MAX_OVERRIDE_S,
+    MessageError,
+    OverrideRequest,
+    OverrideState,
+    parse_message,
+)
 from shared.planning.planners import DEFAULT_PLANNER, PLANNER_NAMES, get_planner
 from shared.planning.problem import Plan, PlanningProblem, ProblemError, parse_problem
 from shared.planning.simulate import simulate
 
 EXIT_USAGE = 2
+
+
+def package_version() -> str:
+    """hwsched's version from the installed package's metadata (pyproject.toml's)."""
+    try:
+        return importlib.metadata.version("hwsched")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
 
 
 class CliError(Exception):
@@ -171,6 +193,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(
             f"  battery {b.device_name!r}: {b.max_power_usage:g} W, {b.energy_capacity:g} Wh{note}"
         )
+    for p in devices.solar_panels:
+        q = p.quartz_parameters
+        print(
+            f"  solar array {p.name!r}: {q.capacity_kwp:g} kWp, tilt {q.tilt:g}°, facing "
+            f"{q.orientation:g}° (180 = south), at {q.latitude:g}, {q.longitude:g}"
+        )
+    if devices.solar_panels:
+        total = sum(p.quartz_parameters.capacity_kwp for p in devices.solar_panels)
+        print(f"  solar total: {total:g} kWp")
+    for warning in devices.warnings():
+        print(f"warning: {devices_path}: {warning}")
     return 0
 
 
@@ -275,6 +308,123 @@ def _stack_broker(run_dir: Path) -> dict[str, object]:
     return dict(info)
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|min|h)?")
+_UNIT_S = {None: 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_duration_s(text: str) -> float:
+    """`90`, `90s`, `30m`, `1.5h` in seconds; CliError otherwise."""
+    found = _DURATION.fullmatch(text.strip().lower())
+    if found is None or float(found.group(1)) <= 0:
+        raise CliError(f"--for: a duration like 30m, 1h or 900s (got {text!r})")
+    return float(found.group(1)) * _UNIT_S[found.group(2)]
+
+
+async def _override(
+    connect: Callable[[], Any], set_topic: str, state_topic: str, payload: bytes, wait_s: float
+) -> OverrideState | None:
+    """Publish the command and wait (up to `wait_s`) for the actuator's new override state."""
+    async with connect() as client:
+        await client.subscribe(state_topic, qos=1)
+        await client.publish(set_topic, payload, qos=1)
+        try:
+            async with asyncio.timeout(wait_s):
+                async for message in client.messages:
+                    if message.retain or not isinstance(message.payload, bytes):
+                        continue  # what was in force before the command
+                    try:
+                        return parse_message(OverrideState, message.payload)
+                    except MessageError:
+                        continue
+        except TimeoutError:
+            return None
+    return None
+
+
+def cmd_override(args: argparse.Namespace) -> int:
+    """Publish an override for one socket (as `mosquitto_pub` would) and say what the
+    actuator made of it."""
+    import aiomqtt
+
+    from shared.naming import slugify
+    from shared.topics import Topics
+
+    settings = load_settings(Path(args.settings) if args.settings else None)
+    broker = settings.broker
+    host, port, base = broker.host, broker.port, settings.base_topic
+    username = broker.username
+    password = broker.password.get_secret_value() if broker.password is not None else None
+    devices_file: Path | None = settings.devices_file
+    if args.run_dir:
+        info = _stack_broker(Path(args.run_dir))
+        stack_broker = info["broker"]
+        assert isinstance(stack_broker, dict)
+        host, port = str(stack_broker.get("host", "127.0.0.1")), int(stack_broker["port"])
+        base = str(info.get("base_topic") or base)
+        simulator = info.get("simulator")
+        found = simulator.get("devices_file") if isinstance(simulator, dict) else None
+        devices_file = Path(found) if isinstance(found, str) else None
+        secrets_file = Path(args.run_dir) / "broker" / "passwords.env"
+        if secrets_file.exists():  # a --secure stack: as the `ha` user, who may override
+            for line in secrets_file.read_text().splitlines():
+                if line.startswith("MQTT_HA_PASSWORD="):
+                    username, password = "ha", line.partition("=")[2]
+    try:
+        slug = slugify(args.socket)
+    except ValueError as err:
+        raise CliError(f"{args.socket!r}: {err}") from None
+    if devices_file is not None:
+        try:
+            devices = load_devices(devices_file)
+        except ConfigError:
+            devices = None  # the broker's actuator still says what it made of it
+        if devices is not None and slug not in {s.slug for s in devices.sockets}:
+            known = ", ".join(f"{s.slug} ({s.device_name})" for s in devices.sockets)
+            raise CliError(f"no socket {args.socket!r} in {devices_file}: one of {known}")
+    request: dict[str, object] = {"state": args.state}
+    if args.duration is not None:
+        if args.state == "auto":
+            raise CliError("--for: auto ends the override, it has no duration")
+        duration_s = parse_duration_s(args.duration)
+        if duration_s > MAX_OVERRIDE_S:
+            raise CliError(f"--for: at most 7 days (got {duration_s / 3600:g} h)")
+        request["duration_s"] = int(duration_s) if duration_s.is_integer() else duration_s
+    payload = json.dumps(request).encode()
+    try:
+        parse_message(OverrideRequest, payload)  # what the actuator will check
+    except MessageError as err:
+        raise CliError(str(err)) from None
+    topics = Topics(base)
+
+    def connect() -> aiomqtt.Client:
+        return aiomqtt.Client(
+            host,
+            port,
+            username=username,
+            password=password,
+            identifier=f"{broker.client_id_prefix}-override-{os.getpid()}",
+            timeout=args.timeout,
+            tls_params=aiomqtt.TLSParameters() if broker.tls else None,
+        )
+
+    try:
+        state = asyncio.run(
+            _override(
+                connect, topics.override_set(slug), topics.override(slug), payload, args.timeout
+            )
+        )
+    except aiomqtt.MqttError as err:
+        raise CliError(f"cannot reach the broker {host}:{port}: {err}") from None
+    sent = f"sent {payload.decode()} to {topics.override_set(slug)}"
+    if state is None:
+        print(f"{sent}; no answer from the actuator within {args.timeout:g} s (is it running?)")
+        return 1
+    until = state.until.astimezone(settings.tz).strftime("%H:%M") if state.until else None
+    now = f"override {state.state} until {until}" if until else "no override, back to the plan"
+    print(f"{sent}; the actuator: {now}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """The live state from the broker as tables: once, or every S seconds (--watch)."""
     import aiomqtt
@@ -349,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hwsched", description="Solar-surplus energy scheduler for HomeWizard devices."
     )
+    parser.add_argument("--version", action="version", version=f"hwsched {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser(
         "plan",
@@ -422,6 +573,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=10.0, metavar="S", help="broker time-out (10 s)"
     )
     st.set_defaults(func=cmd_status)
+    ov = sub.add_parser(
+        "override",
+        help="switch a socket on or off for a while, or give it back to the plan (auto)",
+        description="Publish an override command for SOCKET (its name or topic name, e.g. "
+        "kitchen_boiler) on <base>/<socket>/override/set, as Home Assistant or mosquitto_pub "
+        "would, and print what the actuator made of it.",
+    )
+    ov.add_argument("socket", metavar="SOCKET", help="the socket's name or topic name")
+    ov.add_argument("state", choices=("on", "off", "auto"), help="auto: back to the plan")
+    ov.add_argument(
+        "--for",
+        dest="duration",
+        metavar="DURATION",
+        help="how long, e.g. 30m, 1h, 900s (default: the actuator's lease, until the boundary)",
+    )
+    ov.add_argument(
+        "--run-dir",
+        metavar="DIR",
+        help="the broker and devices of `hwsched run --run-dir DIR` (e.g. run)",
+    )
+    ov.add_argument("--settings", metavar="FILE", help="settings TOML (default: as services)")
+    ov.add_argument(
+        "--timeout", type=float, default=10.0, metavar="S", help="wait for the actuator (10 s)"
+    )
+    ov.set_defaults(func=cmd_override)
     sim = sub.add_parser(
         "simulate",
         help="run the simulated house: devices, solar panels and weather on 127.0.0.1",
@@ -434,9 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="the whole product on this machine: broker, simulated house, all the services",
         description="Start a broker on a free port of 127.0.0.1 (the local mosquitto, else an "
-        "embedded Python broker), the simulated house for the devices file, and the poller, "
-        "forecaster, scheduler, actuator and bridge as processes; print what to watch; stop "
-        "everything on Ctrl-C.",
+        "embedded Python broker), the simulated house for the devices file, and the "
+        f"{', '.join(SERVICES[:-1])} and {SERVICES[-1]} services as processes; "
+        "print what to watch and a line per new plan; stop everything on Ctrl-C.",
     )
     run.add_argument(
         "--devices",

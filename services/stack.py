@@ -50,9 +50,11 @@ import time
 import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any, Literal
+
+from shared.messages import MessageError, PlanMessage, parse_message
 
 ROOT = Path(__file__).resolve().parents[1]
 FORECASTER_PYTHON = ROOT / ".venv-forecaster" / "bin" / "python"
@@ -61,6 +63,9 @@ BROKER_HOST = "127.0.0.1"
 BROKER_ENV = "HWSCHED_RUN_BROKER"
 BROKER_CHOICES = ("auto", "mosquitto", "embedded")
 STACK_FILE = "stack.json"
+#: The services the stack runs, each `python -m services.<name>`, in start order (the
+#: forecaster only when its environment, `.venv-forecaster`, is there).
+SERVICES = ("poller", "forecaster", "prices", "scheduler", "actuator", "bridge", "dashboard")
 BrokerKind = Literal["mosquitto", "embedded"]
 
 
@@ -440,6 +445,20 @@ def _prices_source_chosen() -> bool:
         return False  # the services will say what is wrong
 
 
+def _status_command(run_dir: Path) -> str:
+    """How to type `hwsched status` for this run: `make status` in the repository (no venv
+    to activate), else the venv's own `hwsched`."""
+    if run_dir == Path("run") and Path.cwd() == ROOT:
+        return "make status   (make watch: live; or hwsched status --run-dir run in a venv)"
+    return f"{_hwsched()} status --run-dir {run_dir}   (--watch: live)"
+
+
+def _hwsched() -> str:
+    """The venv's own `hwsched` (typeable without activating the venv)."""
+    hwsched = Path(sys.executable).parent / "hwsched"
+    return str(hwsched) if hwsched.exists() else "hwsched"
+
+
 def _print_guide(
     base: str, port: int, sim: dict[str, Any], run_dir: Path, dashboard: DashboardPlan | None
 ) -> None:
@@ -451,6 +470,12 @@ def _print_guide(
     ]
     example = sockets[0] if sockets else "kitchen_boiler"
     sub = f"mosquitto_sub -h 127.0.0.1 -p {port} -v"
+    if run_dir == Path("run") and Path.cwd() == ROOT:
+        override_on = f"make override SOCKET={example} STATE=on FOR=30m"
+        override_auto = f"make override SOCKET={example} STATE=auto"
+    else:
+        override_on = f"{_hwsched()} override {example} on --for 30m --run-dir {run_dir}"
+        override_auto = f"{_hwsched()} override {example} auto --run-dir {run_dir}"
     page = ""
     if dashboard is not None:
         login = (
@@ -460,7 +485,7 @@ def _print_guide(
         )
         page = (
             f"The dashboard:        {dashboard.url}   (buttons: {login}){dashboard.note}\n"
-            f"The state, in short:  hwsched status --run-dir {run_dir}   (--watch: live)\n"
+            f"The state, in short:  {_status_command(run_dir)}\n"
         )
     print(
         f"""
@@ -473,10 +498,10 @@ The plan:              {sub} -t '{base}/plan'
 The house surplus:     {sub} -t '{base}/surplus'
 Prices, money today:   {sub} -t '{base}/prices' -t '{base}/cost'
 Socket states:         {sub} -t '{base}/+' -t '{base}/+/override'
-Override a socket:     mosquitto_pub -h 127.0.0.1 -p {port} -t '{base}/{example}/override/set' \\
-                         -m '{{"state": "on", "duration_s": 1800}}'
-Give it back:          mosquitto_pub -h 127.0.0.1 -p {port} -t '{base}/{example}/override/set' \\
-                         -m '{{"state": "auto"}}'
+Override a socket:     {override_on}
+                       (= mosquitto_pub -h 127.0.0.1 -p {port} -t '{base}/{example}/override/set' \\
+                          -m '{{"state": "on", "duration_s": 1800}}')
+Give it back:          {override_auto}
 The simulated house:   curl -s {sim.get("control_url", "")}/state
 """,
         flush=True,
@@ -489,6 +514,142 @@ The simulated house:   curl -s {sim.get("control_url", "")}/state
             + ")\n",
             flush=True,
         )
+
+
+# --- a line per new plan on the console ----------------------------------------------------
+
+#: A window of a socket's plan: (socket, first on-step's start, end), aware times.
+Window = tuple[str, datetime, datetime]
+
+
+def plan_windows(plan: PlanMessage) -> list[Window]:
+    """The plan's on-windows per socket, in the plan's order of sockets, then time."""
+    step = timedelta(seconds=plan.step_s)
+    out: list[Window] = []
+    for name, row in plan.sockets.items():
+        began: int | None = None
+        for t, on in enumerate([*row.states, 0]):
+            if on and began is None:
+                began = t
+            elif not on and began is not None:
+                out.append((name, plan.start + began * step, plan.start + t * step))
+                began = None
+    return out
+
+
+def _from(windows: Sequence[Window], start: datetime) -> list[Window]:
+    """The windows as they stand from `start` on (an earlier one clipped, a past one gone)."""
+    return sorted((n, max(a, start), b) for n, a, b in windows if b > start)
+
+
+def _same_windows(old: Sequence[Window], new: Sequence[Window], within: timedelta) -> bool:
+    """The same on-times, each bound within `within` (a plan whose steps start at the
+    moment of planning slides by that moment at every re-plan)."""
+    return len(old) == len(new) and all(
+        n1 == n2 and abs(a1 - a2) < within and abs(b1 - b2) < within
+        for (n1, a1, b1), (n2, a2, b2) in zip(old, new, strict=True)
+    )
+
+
+def plan_changed(old: PlanMessage | None, new: PlanMessage) -> bool:
+    """Whether `new` plans other on-times than `old` from `new`'s start on, or leaves other
+    sockets out (a re-plan that keeps who runs when is not news, whichever planner made it:
+    the expected figures move a little at every one)."""
+    if old is None:
+        return True
+    half_step = timedelta(seconds=min(old.step_s, new.step_s) / 2)
+    old_w, new_w = _from(plan_windows(old), new.start), _from(plan_windows(new), new.start)
+    return (
+        not _same_windows(old_w, new_w, half_step)
+        or set(old.sockets) != set(new.sockets)
+        or old.excluded != new.excluded
+    )
+
+
+def plan_summary(plan: PlanMessage, tz: tzinfo) -> str:
+    """One line for people: who runs when (local times), the expected import and cost."""
+
+    def hm(when: datetime) -> str:
+        return when.astimezone(tz).strftime("%H:%M")
+
+    windows = plan_windows(plan)
+    parts = []
+    for name in plan.sockets:
+        mine = [(a, b) for n, a, b in windows if n == name]
+        if not mine:
+            parts.append(f"{name} off")
+            continue
+        shown = ", ".join(f"{'now' if a <= plan.start else hm(a)}–{hm(b)}" for a, b in mine[:3])
+        more = f" +{len(mine) - 3} more" if len(mine) > 3 else ""
+        parts.append(f"{name} {shown}{more}")
+    parts += [f"{name} left out (override/manual)" for name in plan.excluded]
+    figures = []
+    if plan.expected_import_wh is not None:
+        figures.append(f"expected import {plan.expected_import_wh / 1000:.2f} kWh")
+    if plan.expected_cost_eur is not None:
+        figures.append(f"cost {plan.expected_cost_eur:.2f} EUR")
+    why = f" [{plan.fallback_reason}]" if plan.fallback_reason else ""
+    line = f"[plan] {hm(plan.made_at)} {plan.planner}{why}: " + ("; ".join(parts) or "no sockets")
+    return line + (f"; {', '.join(figures)}" if figures else "")
+
+
+async def watch_plans(
+    connect: Callable[[], Any],
+    topic: str,
+    tz: tzinfo,
+    out: Callable[[str], None],
+    retry_s: float = 2.0,
+) -> None:
+    """Print `plan_summary` of each plan on `topic` that `plan_changed`, until cancelled;
+    reconnects (the broker may restart). `connect()` gives an aiomqtt client."""
+    import aiomqtt
+
+    last: PlanMessage | None = None
+    while True:
+        try:
+            async with connect() as client:
+                await client.subscribe(topic, qos=1)
+                async for message in client.messages:
+                    if not isinstance(message.payload, bytes | bytearray):
+                        continue
+                    try:
+                        plan = parse_message(PlanMessage, bytes(message.payload))
+                    except MessageError:
+                        continue  # the scheduler counts and logs its own; not the console's
+                    if last is not None and plan.made_at <= last.made_at:
+                        continue
+                    if plan_changed(last, plan):
+                        out(plan_summary(plan, tz))
+                    last = plan
+        except aiomqtt.MqttError:
+            await asyncio.sleep(retry_s)
+
+
+def _watcher(port: int, password: str | None) -> Callable[[], Any]:
+    """The stack's own client of its broker (as `ha`, read-only, on a secure stack)."""
+
+    def connect() -> Any:
+        import aiomqtt
+
+        return aiomqtt.Client(
+            BROKER_HOST,
+            port,
+            username="ha" if password is not None else None,
+            password=password,
+            identifier=f"hwsched-stack-{os.getpid()}",
+        )
+
+    return connect
+
+
+def _local_tz() -> tzinfo:
+    """The settings' time zone (where the house is), else the host's."""
+    from shared.config import ConfigError, load_settings
+
+    try:
+        return load_settings().tz
+    except ConfigError:
+        return datetime.now().astimezone().tzinfo or UTC
 
 
 def prepare(devices_file: Path, run_dir: Path) -> int:
@@ -643,12 +804,9 @@ async def run_stack(
         if "HWSCHED_PRICES__SOURCE" not in env and not _prices_source_chosen():
             env["HWSCHED_PRICES__SOURCE"] = "energyzero"
         services = [
-            ("poller", [sys.executable, "-m", "services.poller"]),
-            ("prices", [sys.executable, "-m", "services.prices"]),
-            ("scheduler", [sys.executable, "-m", "services.scheduler"]),
-            ("actuator", [sys.executable, "-m", "services.actuator"]),
-            ("bridge", [sys.executable, "-m", "services.bridge"]),
-            ("dashboard", [sys.executable, "-m", "services.dashboard"]),
+            (name, [sys.executable, "-m", f"services.{name}"])
+            for name in SERVICES
+            if name != "forecaster"
         ]
         dashboard = plan_dashboard(run_dir, base_env)
         state.dashboard = {
@@ -658,7 +816,8 @@ async def run_stack(
         if FORECASTER_PYTHON.exists():
             # The service runs here; quartz's model runs in its island, as a worker process.
             env["HWSCHED_FORECAST__WORKER_PYTHON"] = str(FORECASTER_PYTHON)
-            services.insert(1, ("forecaster", [sys.executable, "-m", "services.forecaster"]))
+            at = SERVICES.index("forecaster")
+            services.insert(at, ("forecaster", [sys.executable, "-m", "services.forecaster"]))
         else:
             print(
                 "[stack] no forecaster environment (.venv-forecaster): run `make venv-forecaster`"
@@ -679,6 +838,14 @@ async def run_stack(
         state.save()
         _print_guide(state.base, port, sim, run_dir, dashboard)
         supervisor = asyncio.create_task(supervise(children[2:], stop, state.save))
+        plans = asyncio.create_task(
+            watch_plans(
+                _watcher(port, users.get("ha")),
+                f"{state.base}/plan",
+                _local_tz(),
+                lambda line: print(line, flush=True),
+            )
+        )
         while not stop.is_set():
             if simulator.proc is not None and simulator.proc.returncode is not None:
                 raise StackError(f"the simulated house stopped (see {simulator.log})")
@@ -689,9 +856,10 @@ async def run_stack(
                 state.save()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
-        supervisor.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await supervisor
+        for task in (supervisor, plans):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         return 0
     finally:
         print("\n[stack] stopping…", flush=True)

@@ -4,8 +4,12 @@ Two files, two owners:
 
 - the devices file, `config/config_devices.json`, is the ORIGINAL project's
   (IanVliet/control-homewizard-devices) `config_devices.json`, read as it is: a user
-  moving over keeps it. Unknown keys are ignored; what hwsched uses is validated
-  strictly (a power given as the string "2000" is refused, an integer is fine).
+  moving over keeps it. Its keys, hwsched's documented additions and comment keys
+  (starting with `_`, e.g. `_comment`) are read; any other key is refused with the
+  closest known one (`daily_needs`: did you mean "daily_need"?), since a typo would
+  silently change what a socket is. Values are validated strictly (a power given as the
+  string "2000" is refused, an integer is fine) and for plausibility (a PV array's
+  `capacity_kwp` above 100 is taken for W; a socket above 3680 W is more than it switches).
   hwsched reads two optional additions: `v2_port` (P1 meter, battery: the API v2 port
   when not 443, as in the simulated house's file) and the P1 meter's own `user_info`
   (its API v2 token, for battery control), validated as a battery's.
@@ -20,6 +24,7 @@ API v2 tokens and the broker password are `SecretStr`: never in a repr or a mess
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import os
@@ -61,6 +66,7 @@ from shared.topics import RESERVED_NAMES
 DEVICE_TYPES = ("HWE-P1", "HWE-SKT", "HWE-BAT")
 DEFAULT_SETTINGS_FILE = Path("config/settings.toml")
 DEFAULT_DEVICES_FILE = Path("config/config_devices.json")
+EXAMPLE_DEVICES_FILE = Path("config/config_devices.example.json")
 SETTINGS_FILE_ENV = "HWSCHED_SETTINGS_FILE"
 ENV_PREFIX = "HWSCHED_"
 ENV_NESTED_DELIMITER = "__"
@@ -212,6 +218,42 @@ def _upper(value: object) -> object:
     return value.upper() if isinstance(value, str) else value
 
 
+#: The largest PV array a house's devices file may name, kWp (a large home roof is ~30).
+MAX_ARRAY_KWP = 100.0
+#: The most an Energy Socket switches, W (16 A at 230 V).
+MAX_SOCKET_W = 3680.0
+#: The most a battery's charge or discharge power may be, W (a Plug-In Battery: 800 W).
+MAX_BATTERY_W = 20_000.0
+
+
+def _check_kwp(value: float) -> float:
+    """A PV array's peak power in kWp: more than `MAX_ARRAY_KWP` is taken for watts."""
+    if value > MAX_ARRAY_KWP:
+        raise ValueError(
+            f"must be the array's peak power in kWp, at most {MAX_ARRAY_KWP:g} (got "
+            f"{_bound(value)}: if that is W, write {_bound(value / 1000)})"
+        )
+    return value
+
+
+def _check_socket_w(value: float) -> float:
+    if value > MAX_SOCKET_W:
+        raise ValueError(
+            f"must be the load's power in W, at most {MAX_SOCKET_W:g} (an Energy Socket "
+            f"switches at most 16 A at 230 V; got {_bound(value)})"
+        )
+    return value
+
+
+def _check_battery_w(value: float) -> float:
+    if value > MAX_BATTERY_W:
+        raise ValueError(
+            f"must be the battery's charge/discharge power in W, at most {MAX_BATTERY_W:g} "
+            f"(got {_bound(value)})"
+        )
+    return value
+
+
 NonBlank = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_not_blank)]
 Host = Annotated[str, AfterValidator(_check_host)]
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -224,8 +266,83 @@ TopicPrefix = Annotated[str, Field(max_length=250), AfterValidator(_check_topic)
 # --- the devices file ---------------------------------------------------------------
 
 
+#: Keys of the devices file read elsewhere or not used, per model class name: the simulated
+#: house's own `"simulator"` settings (services/simulator/settings.py), quartz's
+#: `PVSite.inverter_type` (hwsched forecasts from the weather, not from an inverter).
+_UNUSED_KEYS: dict[str, frozenset[str]] = {
+    "DevicesConfig": frozenset({"simulator"}),
+    "QuartzParameters": frozenset({"inverter_type"}),
+}
+
+
+def _is_comment_key(key: str) -> bool:
+    """`_comment`, `_note`, ...: a key starting with `_` is a comment, accepted anywhere."""
+    return key.startswith("_")
+
+
+def _known_elsewhere(key: str) -> str:
+    """` (a key of a battery (HWE-BAT) ...)` when `key` belongs to another device type."""
+    kinds = [
+        f"{label} ({tag})"
+        for tag, label, model in (
+            ("HWE-P1", "P1 meter", P1Config),
+            ("HWE-SKT", "socket", SocketConfig),
+            ("HWE-BAT", "battery", BatteryConfig),
+        )
+        if key in model.model_fields
+    ]
+    return f": a key of a {' or '.join(kinds)}" if kinds else ""
+
+
+def unknown_key_message(
+    key: str, known: Iterable[str], model: str = "", shown: Sequence[str] = ()
+) -> str:
+    """`unknown key (did you mean "daily_need"?)` for a key the devices file does not have;
+    `shown`: the keys to list when none is close (default: all `known`)."""
+    known = sorted(known)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6) or difflib.get_close_matches(
+        key.lower().replace(" ", "_").replace("-", "_"),
+        [k.lower().replace(" ", "_") for k in known],
+        n=1,
+        cutoff=0.75,
+    )
+    if close:
+        match = next(k for k in known if k.lower().replace(" ", "_") == close[0] or k == close[0])
+        return f"unknown key (did you mean {_shown(match)}?)"
+    devices = ("P1Config", "SocketConfig", "BatteryConfig")
+    elsewhere = _known_elsewhere(key) if model in devices else ""
+    if elsewhere:
+        return f"unknown key here{elsewhere}"
+    return f"unknown key (known here: {', '.join(shown or known)}; comments start with _)"
+
+
 class _Strict(BaseModel):
+    """A part of the devices file: its own keys, hwsched's documented additions and
+    comment keys (`_comment`, ...) are read; any other key is refused, naming the closest
+    known one (a typo such as `daily_needs` would otherwise silently change a socket)."""
+
     model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
+
+    @classmethod
+    def _prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """An older form of this part rewritten to the current one (default: as it is)."""
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unknown_keys(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        data = cls._prepare(data)
+        if not isinstance(data, dict):
+            return data
+        shown = [f.alias or name for name, f in cls.model_fields.items()]
+        known = set(cls.model_fields) | set(shown) | _UNUSED_KEYS.get(cls.__name__, frozenset())
+        for key in data:
+            if isinstance(key, str) and key not in known and not _is_comment_key(key):
+                message = unknown_key_message(key, known, cls.__name__, shown)
+                raise _FieldError((key,), message)
+        return data
 
 
 class _Device(_Strict):
@@ -285,7 +402,7 @@ class SocketConfig(_Device):
     """An Energy Socket (HWE-SKT) with an energy-storing load behind it."""
 
     device_type: Literal["HWE-SKT"]
-    max_power_usage: PositiveFloat  # W while on
+    max_power_usage: Annotated[PositiveFloat, AfterValidator(_check_socket_w)]  # W while on
     energy_capacity: PositiveFloat  # Wh the store holds
     priority: int = 1  # lower first
     daily_need: bool = False  # needed: filled every day, from the grid if need be
@@ -316,7 +433,7 @@ class BatteryConfig(_Device):
     """
 
     device_type: Literal["HWE-BAT"]
-    max_power_usage: PositiveFloat  # W, charge and discharge
+    max_power_usage: Annotated[PositiveFloat, AfterValidator(_check_battery_w)]  # W, both ways
     energy_capacity: PositiveFloat  # Wh
     user_info: UserInfo
     #: TCP port of the API v2 (HTTPS) when not 443; wins over `port`.
@@ -342,7 +459,7 @@ class QuartzParameters(_Strict):
 
     latitude: Annotated[float, Field(ge=-90, le=90)]
     longitude: Annotated[float, Field(ge=-180, le=180)]
-    capacity_kwp: PositiveFloat
+    capacity_kwp: Annotated[PositiveFloat, AfterValidator(_check_kwp)]
     tilt: Annotated[float, Field(ge=0, le=90)]  # degrees from horizontal
     orientation: Annotated[float, Field(ge=0, le=360)]  # degrees, 180 = south
 
@@ -353,11 +470,10 @@ class SolarPanelConfig(_Strict):
     name: NonBlank
     quartz_parameters: QuartzParameters
 
-    @model_validator(mode="before")
     @classmethod
-    def _from_flat(cls, data: object) -> object:
+    def _prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
         """Older original files put the parameters flat, with "total peak power" (kWp)."""
-        if not isinstance(data, dict) or "quartz_parameters" in data or "latitude" not in data:
+        if "quartz_parameters" in data or "latitude" not in data:
             return data
         flat = {k: v for k, v in data.items() if k != "name"}
         if "total peak power" in flat:
@@ -436,6 +552,34 @@ class DevicesConfig(_Strict):
     @property
     def batteries(self) -> list[BatteryConfig]:
         return [d for d in self.devices if isinstance(d, BatteryConfig)]
+
+    def warnings(self) -> list[str]:
+        """Values that load but are probably a mistake (a unit or a placeholder), one line
+        each as `field: problem`; `hwsched check-config` prints them."""
+        out: list[str] = []
+        for i, d in enumerate(self.devices):
+            if isinstance(d, SocketConfig | BatteryConfig):
+                minutes = d.energy_capacity / d.max_power_usage * 60
+                if minutes < 5:
+                    out.append(
+                        f"devices[{i}].energy_capacity: {_bound(d.energy_capacity)} Wh is full "
+                        f"after {minutes:.1f} min at {_bound(d.max_power_usage)} W: the unit "
+                        f"is Wh (2 kWh = 2000)"
+                    )
+        for i, p in enumerate(self.solar_panels):
+            q = p.quartz_parameters
+            if q.latitude == 0 and q.longitude == 0:
+                out.append(
+                    f"solar panels[{i}].quartz_parameters: latitude 0, longitude 0 (the "
+                    "original's example placeholder): set where the panels are"
+                )
+            if q.capacity_kwp < 0.05:
+                out.append(
+                    f"solar panels[{i}].quartz_parameters.capacity_kwp: "
+                    f"{_bound(q.capacity_kwp)} kWp is less than one panel: the unit is kWp "
+                    "(a 300 Wp panel = 0.3)"
+                )
+        return out
 
     def device_by_slug(self, slug: str) -> P1Config | SocketConfig | BatteryConfig | None:
         """The device whose topic name is `slug`, if any."""
@@ -596,6 +740,13 @@ def load_devices(path: Path | str = DEFAULT_DEVICES_FILE) -> DevicesConfig:
     Raises ConfigError (one line: file, field, problem) on anything wrong.
     """
     path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        raise ConfigError(
+            f"{path}: file not found: start from the example (cp {EXAMPLE_DEVICES_FILE} "
+            f"{path}), then set each device's ip_address (and a battery's user_info token: "
+            "hwsched pair ADDRESS), your sockets' max_power_usage, energy_capacity and "
+            "daily_need, and your panels' latitude, longitude and capacity_kwp"
+        )
     data = _read_json(path)
     if not isinstance(data, dict):
         raise ConfigError(f'{path}: must be a JSON object with a "devices" list')

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 import typing
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
@@ -35,6 +35,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
     StringConstraints,
     ValidationError,
     model_validator,
@@ -95,6 +96,23 @@ MAX_OVERRIDE_S = 7 * 86_400
 MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
 #: Tolerance of the surplus sum check, W.
 _SURPLUS_TOLERANCE_W = 1.0
+
+
+def wire_time(value: datetime) -> str:
+    """A time as every payload carries it: UTC, to the second, `Z`: `2026-06-21T10:15:00Z`.
+
+    One form for every message (parsing still takes any offset and fractions of a second,
+    e.g. older retained messages' `...T10:15:07.310355Z` or `+02:00`). The fraction is cut,
+    not rounded: a time is never sent later than it was."""
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:  # beyond year 9999 in UTC: its own offset, still to the second
+        return value.replace(microsecond=0).isoformat()
+    return utc.replace(microsecond=0).isoformat().removesuffix("+00:00") + "Z"
+
+
+#: An aware time in a message: parsed with any offset and precision, sent by `wire_time`.
+WireTime = Annotated[AwareDatetime, PlainSerializer(wire_time, return_type=str, when_used="json")]
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -161,7 +179,7 @@ class DeviceMeasurement(Message):
     """
 
     schema_version: Literal[1] = 1
-    timestamp: AwareDatetime
+    timestamp: WireTime
     device: Name
     device_type: DeviceType
     power_w: FiniteFloat
@@ -197,7 +215,7 @@ class HouseSurplus(Message):
     """
 
     schema_version: Literal[1] = 1
-    timestamp: AwareDatetime
+    timestamp: WireTime
     surplus_w: FiniteFloat
     #: P1 meter power, negative = export.
     p1_power_w: FiniteFloat
@@ -239,12 +257,12 @@ class Forecast(Message):
     """Solar production forecast: one mean power per step from `start`."""
 
     schema_version: Literal[1] = 1
-    timestamp: AwareDatetime
-    start: AwareDatetime
+    timestamp: WireTime
+    start: WireTime
     step_s: StepS
     #: Mean solar power per step, W (never negative).
     power_w: NonNegativeSteps
-    made_at: AwareDatetime
+    made_at: WireTime
     #: Where it came from: "open-meteo", "simulated", "clear-sky", ...
     source: Name
     #: Weather model name (e.g. "best_match", "icon_d2"); "" when not applicable.
@@ -277,7 +295,7 @@ class ForecastRequest(Message):
     wire_version_required: ClassVar[bool] = False
 
     schema_version: Literal[1] = 1
-    timestamp: AwareDatetime | None = None
+    timestamp: WireTime | None = None
     #: Echoed in the response so the requester can pair them.
     transaction: Transaction | None = None
 
@@ -285,7 +303,7 @@ class ForecastRequest(Message):
 class ForecastResult(Message):
     """What a successful re-forecast produced (the forecast itself is on the forecast topic)."""
 
-    made_at: AwareDatetime
+    made_at: WireTime
     source: Name
     fallback: bool
     #: Number of steps in the new forecast.
@@ -296,7 +314,7 @@ class ForecastResponse(Message):
     """The forecaster's answer: status ok with `data`, or error with `error`."""
 
     schema_version: Literal[1] = 1
-    timestamp: AwareDatetime
+    timestamp: WireTime
     status: Literal["ok", "error"]
     data: ForecastResult | None = None
     error: Text | None = None
@@ -335,9 +353,9 @@ class PlanMessage(Message):
     """The scheduler's current plan (all per-step lists have the same length)."""
 
     schema_version: Literal[1] = 1
-    timestamp: AwareDatetime
-    made_at: AwareDatetime
-    start: AwareDatetime
+    timestamp: WireTime
+    made_at: WireTime
+    start: WireTime
     step_s: StepS
     sockets: Annotated[
         dict[Name, SocketPlan], Field(max_length=MAX_DEVICES, json_schema_extra=_key("socket"))
@@ -350,7 +368,7 @@ class PlanMessage(Message):
     status: PlanStatus
     solve_s: NonNegativeFloat
     #: `made_at` of the forecast planned on (absent when planned without one).
-    forecast_made_at: AwareDatetime | None = None
+    forecast_made_at: WireTime | None = None
     #: The surplus per step the plan was made for, W.
     available_power_w: Steps
     #: The forecast solar power per step, resampled to the plan's steps, before the shift
@@ -421,15 +439,15 @@ class SocketCommand(Message):
     """The scheduler's desired state for one socket (not retained: never replayed stale)."""
 
     schema_version: Literal[1] = 1
-    timestamp: AwareDatetime
+    timestamp: WireTime
     socket: Name
     state: OnOff
     #: Why, in a few words ("plan step 12", "needed before 07:00", "fallback: no plan").
     reason: Text
     #: `made_at` of the plan this comes from (absent for a fallback without a plan).
-    plan_made_at: AwareDatetime | None = None
+    plan_made_at: WireTime | None = None
     #: Until when the command holds (end of the plan step); the actuator's fallback applies after.
-    valid_until: AwareDatetime | None = None
+    valid_until: WireTime | None = None
 
 
 class OverrideRequest(Message):
@@ -443,9 +461,9 @@ class OverrideRequest(Message):
     wire_version_required: ClassVar[bool] = False
 
     schema_version: Literal[1] = 1
-    timestamp: AwareDatetime | None = None
+    timestamp: WireTime | None = None
     state: Literal["on", "off", "auto"]
-    until: AwareDatetime | None = None
+    until: WireTime | None = None
     duration_s: Annotated[float, Field(gt=0, le=MAX_OVERRIDE_S, allow_inf_nan=False)] | None = None
 
     @model_validator(mode="after")
@@ -482,14 +500,14 @@ class OverrideState(Message):
     """The override in force on one socket (retained); state `auto` = none, the plan rules."""
 
     schema_version: Literal[1] = 1
-    timestamp: AwareDatetime
+    timestamp: WireTime
     socket: Name
     state: Literal["on", "off", "auto"]
     #: End of the lease (required for on/off: an override always expires; absent for auto).
-    until: AwareDatetime | None = None
+    until: WireTime | None = None
     #: Who set it: an MQTT `/set` command, the socket's own button/app, or the lease running out.
     source: Literal["mqtt", "manual-switch", "expiry"]
-    set_at: AwareDatetime
+    set_at: WireTime
 
     @model_validator(mode="after")
     def _lease(self) -> OverrideState:
@@ -504,30 +522,30 @@ class SocketState(Message):
     """What the socket actually does, as the actuator last saw it (retained)."""
 
     schema_version: Literal[1] = 1
-    timestamp: AwareDatetime
+    timestamp: WireTime
     socket: Name
     #: Relay state; absent when the socket could not be read.
     power_on: bool | None = None
     switch_lock: bool | None = None
     controlled_by: Literal["plan", "override", "manual", "fallback"]
-    last_switch_at: AwareDatetime | None = None
+    last_switch_at: WireTime | None = None
     last_switch_reason: Text | None = None
     #: The state the socket should be in now (absent: nothing asks for one yet).
     desired: OnOff | None = None
     #: A switch to `desired` waits until then (the switch interval, or a retry after a failure).
-    held_until: AwareDatetime | None = None
+    held_until: WireTime | None = None
 
 
 class SwitchEvent(Message):
     """One relay switch the actuator made (not retained)."""
 
     schema_version: Literal[1] = 1
-    timestamp: AwareDatetime
+    timestamp: WireTime
     socket: Name
     from_state: OnOff
     to_state: OnOff
     reason: Literal["plan", "override", "fallback"]
-    at: AwareDatetime
+    at: WireTime
 
     @model_validator(mode="after")
     def _a_change(self) -> SwitchEvent:
@@ -543,12 +561,12 @@ class SocketNextOn(Message):
     """
 
     schema_version: Literal[1] = 1
-    timestamp: AwareDatetime
+    timestamp: WireTime
     socket: Name
     #: Start of the planned on-block running now or next to come (absent: none left).
-    next_on: AwareDatetime | None = None
+    next_on: WireTime | None = None
     #: End of that block (absent with `next_on`).
-    next_off: AwareDatetime | None = None
+    next_off: WireTime | None = None
     #: The plan has the socket on in the current step.
     on_now: bool = False
     #: The socket has a row in the plan (false: left out, e.g. under an override).
@@ -556,7 +574,7 @@ class SocketNextOn(Message):
     #: Energy the plan still gives the socket, from the current step on, Wh.
     planned_energy_wh: NonNegativeFloat = 0.0
     #: `made_at` of the plan read.
-    plan_made_at: AwareDatetime
+    plan_made_at: WireTime
 
     @model_validator(mode="after")
     def _block(self) -> SocketNextOn:
@@ -576,11 +594,11 @@ class ServiceStatus(Message):
     """A service's status and counters (retained; liveness itself is the plain availability)."""
 
     schema_version: Literal[1] = 1
-    timestamp: AwareDatetime
+    timestamp: WireTime
     service: Slug
     state: Availability
     version: Name
-    started_at: AwareDatetime
+    started_at: WireTime
     #: Running counters (messages received, dropped, polls failed, ...).
     counters: Annotated[
         dict[Slug, Annotated[int, Field(ge=0)]],
@@ -600,8 +618,8 @@ class Prices(Message):
     """
 
     schema_version: Literal[1] = 1
-    timestamp: AwareDatetime
-    start: AwareDatetime
+    timestamp: WireTime
+    start: WireTime
     step_s: StepS
     import_eur_kwh: Steps
     export_eur_kwh: Steps
@@ -612,7 +630,7 @@ class Prices(Message):
     #: True when the configured source failed and the fixed tariff stands in.
     fallback: bool = False
     #: When the prices were fetched (or the tariff applied).
-    made_at: AwareDatetime
+    made_at: WireTime
     #: Bidding zone of the day-ahead prices (e.g. `NL`); absent for a fixed tariff.
     area: Text | None = None
 
@@ -639,13 +657,13 @@ class BatteryCommand(Message):
     """
 
     schema_version: Literal[1] = 1
-    timestamp: AwareDatetime
+    timestamp: WireTime
     mode: BatteryMode
     #: Why, in a few words ("plan step 12", "keep for the evening peak").
     reason: Text
-    plan_made_at: AwareDatetime | None = None
+    plan_made_at: WireTime | None = None
     #: Until when the command holds; after it the actuator puts the batteries back in `zero`.
-    valid_until: AwareDatetime | None = None
+    valid_until: WireTime | None = None
 
 
 class BatteryOverrideRequest(Message):
@@ -655,7 +673,7 @@ class BatteryOverrideRequest(Message):
     wire_version_required: ClassVar[bool] = False
 
     schema_version: Literal[1] = 1
-    timestamp: AwareDatetime | None = None
+    timestamp: WireTime | None = None
     state: Literal["auto"]
 
 
@@ -663,7 +681,7 @@ class BatteryState(Message):
     """The batteries' mode as the actuator last saw it on the P1 meter, and who controls it."""
 
     schema_version: Literal[1] = 1
-    timestamp: AwareDatetime
+    timestamp: WireTime
     #: The mode in force, in the plan's terms (absent: unknown, e.g. the P1 meter unreadable).
     mode: BatteryMode | None = None
     #: What the P1 meter reports: its `mode` and `permissions` as they are.
@@ -675,19 +693,19 @@ class BatteryState(Message):
     controlled_by: Literal["plan", "app", "fallback", "none"]
     #: The mode the batteries should be in now (absent: nothing asks for one).
     desired: BatteryMode | None = None
-    last_change_at: AwareDatetime | None = None
+    last_change_at: WireTime | None = None
     last_change_reason: Text | None = None
     #: A change to `desired` waits until then (the switch interval, or a retry).
-    held_until: AwareDatetime | None = None
+    held_until: WireTime | None = None
 
 
 class CostSummary(Message):
     """Money today (retained): prices now, the day's cost so far, what the plan saves."""
 
     schema_version: Literal[1] = 1
-    timestamp: AwareDatetime
+    timestamp: WireTime
     #: The day (from the daily boundary) the figures are for.
-    day_start: AwareDatetime
+    day_start: WireTime
     #: The prices in force now, EUR/kWh.
     import_now_eur_kwh: FiniteFloat | None = None
     export_now_eur_kwh: FiniteFloat | None = None
@@ -712,7 +730,7 @@ class CostSummary(Message):
     #: and export, kWh), so a restarted scheduler counts on from there without a gap.
     meter_import_kwh: NonNegativeFloat | None = None
     meter_export_kwh: NonNegativeFloat | None = None
-    meter_read_at: AwareDatetime | None = None
+    meter_read_at: WireTime | None = None
 
 
 # --- energy books -------------------------------------------------------------------------
@@ -723,7 +741,7 @@ class SocketBook(Message):
 
     name: Name
     #: The day this book counts for (absent: not started yet).
-    day_start: AwareDatetime | None = None
+    day_start: WireTime | None = None
     #: Energy delivered to the load since `day_start`, Wh.
     energy_wh: NonNegativeFloat = 0.0
     #: The store reads full.
@@ -731,11 +749,11 @@ class SocketBook(Message):
     #: Switched on by hand: out of the scheduler's control until full or the day boundary.
     manual: bool = False
     #: Last power sample integrated, so a restart continues the integration.
-    last_sample_at: AwareDatetime | None = None
+    last_sample_at: WireTime | None = None
     last_power_w: NonNegativeFloat = 0.0
     #: First sample of the current run of 'on' samples (absent: off), so a low power
     #: read just after a switch-on is not taken for a full store.
-    on_since: AwareDatetime | None = None
+    on_since: WireTime | None = None
 
     @model_validator(mode="after")
     def _on_since_sampled(self) -> SocketBook:
@@ -750,7 +768,7 @@ class BatteryBook(Message):
     energy_wh: NonNegativeFloat
     state_of_charge_pct: Percent | None = None
     #: When the reading was made.
-    measured_at: AwareDatetime | None = None
+    measured_at: WireTime | None = None
 
 
 class EnergyBooks(Message):
@@ -762,8 +780,8 @@ class EnergyBooks(Message):
     """
 
     schema_version: Literal[1] = 1
-    timestamp: AwareDatetime
-    day_start: AwareDatetime
+    timestamp: WireTime
+    day_start: WireTime
     sockets: Annotated[
         dict[Name, SocketBook], Field(max_length=MAX_DEVICES, json_schema_extra=_key("socket"))
     ] = {}
@@ -775,7 +793,7 @@ class EnergyBooks(Message):
     #: The scheduler's mean offset (measured surplus − forecast) its fading shift tends to,
     #: W, and when it was last updated (kept so a restart does not start it over).
     shift_baseline_w: FiniteFloat | None = None
-    shift_baseline_at: AwareDatetime | None = None
+    shift_baseline_at: WireTime | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> EnergyBooks:

@@ -40,6 +40,7 @@ import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -110,18 +111,46 @@ class _OneLineFormatter(logging.Formatter):
         name = exc_type.__name__ if exc_type is not None else "Exception"
         return f"{name}: {exc}{at}"
 
+    def __init__(self, fmt: str, tz: tzinfo | None = None, sim_clock: Clock | None = None) -> None:
+        super().__init__(fmt)
+        self.tz = tz
+        self.sim_clock = sim_clock
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        """Local time with its UTC offset, to the millisecond: `2026-06-21T14:03:07.123+02:00`
+        (the settings' time zone: a container's own is UTC, the house's is not); on a
+        simulated clock, the simulated time after it (`[simulated 2026-06-21T06:12:30+02:00]`):
+        the times and durations in such a run's messages are simulated ones."""
+        when = datetime.fromtimestamp(record.created, self.tz or UTC)
+        if self.tz is None:
+            when = when.astimezone()  # the host's local time zone
+        text = when.isoformat(timespec="milliseconds")
+        if self.sim_clock is not None:
+            sim = self.sim_clock.now().astimezone(when.tzinfo)
+            text += f" [simulated {sim.isoformat(timespec='seconds')}]"
+        return text
+
     def format(self, record: logging.LogRecord) -> str:
         return super().format(record).replace("\n", " | ")
 
 
-def setup_logging(level: str = "INFO", *, stream: Any = None) -> None:
-    """Log one line per event to stderr: `time level logger: message`.
+def setup_logging(
+    level: str = "INFO",
+    *,
+    stream: Any = None,
+    tz: tzinfo | None = None,
+    sim_clock: Clock | None = None,
+) -> None:
+    """Log one line per event to stderr: `time level logger: message`, the time local (in
+    `tz`, default the host's) with its UTC offset (and `sim_clock`'s time, on one).
 
     The libraries' own loggers (aiomqtt/paho's `mqtt`, httpx's one line per request) are
     kept at WARNING unless `level` is DEBUG.
     """
     handler = logging.StreamHandler(sys.stderr if stream is None else stream)
-    handler.setFormatter(_OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        _OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", tz, sim_clock)
+    )
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -736,7 +765,8 @@ def run_service(
     except ConfigError as err:
         print(f"hwsched {name}: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    setup_logging(settings.log_level)
+    sim_clock = clock_for(settings) if settings.sim_clock is not None else None
+    setup_logging(settings.log_level, tz=settings.tz, sim_clock=sim_clock)
 
     async def main() -> int:
         service = Service(name, settings, options=options, handle_signals=True)

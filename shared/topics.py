@@ -642,8 +642,9 @@ service levels are slugs of the configured names (`Kitchen Boiler` → `kitchen_
   current while the poller is `online`: Home Assistant should require both).
 - **Request/response**: `{DEFAULT_BASE}/request/forecast` is answered on
   `{DEFAULT_BASE}/response/forecast`, echoing `transaction`.
-- **Every JSON payload** has `schema_version` and `timestamp` (ISO 8601 with offset; naive times
-  are refused), units in field names, finite numbers only; unknown extra fields are ignored.
+- **Every JSON payload** has `schema_version` and `timestamp`, units in field names, finite
+  numbers only; unknown extra fields are ignored. Times are sent in UTC to the second
+  (`2026-06-21T10:15:00Z`); any ISO 8601 time with an offset is read (naive times are refused).
 - **Schema versioning**: adding an optional field keeps a model's version; anything else (new
   required field, removed/renamed field, changed type, unit or meaning) bumps it. Consumers drop
   (and count) messages with a version they do not know. Hand-typed commands (`override/set`,

@@ -98,15 +98,133 @@ def test_original_format_loads_with_every_part(tmp_path: Path) -> None:
     assert config.sockets[0].port is None
 
 
-def test_extra_keys_of_a_users_file_are_ignored(tmp_path: Path) -> None:
+def test_comment_keys_and_quartz_inverter_type_are_accepted(tmp_path: Path) -> None:
     data = _base()
-    data["display"] = {"width": 250}
-    data["devices"][1]["icon"] = "boiler.png"
-    data["devices"][2]["user_info"]["note"] = "made 2024"
+    data["_comment"] = "my house"
+    data["devices"][1]["_note"] = "the one in the cellar"
+    data["devices"][2]["user_info"]["_comment"] = "made 2024"
     data["solar panels"][0]["quartz_parameters"]["inverter_type"] = "enphase"
     config = load_devices(_write(tmp_path, data))
     assert config.sockets[0].max_power_usage == 2000.0
-    assert not hasattr(config.sockets[0], "icon")
+    assert not hasattr(config.sockets[0], "_note")
+
+
+def test_the_originals_own_file_loads_as_it_is(tmp_path: Path) -> None:
+    """The original project's file: sockets without min_battery_charge, the P1 last, the
+    older flat solar panel with "total peak power"."""
+    original = {
+        "devices": [
+            {
+                "device_name": "E-bike shed",
+                "device_type": "HWE-SKT",
+                "ip_address": "192.168.1.45",
+                "max_power_usage": 80,
+                "energy_capacity": 400,
+                "priority": 1,
+                "daily_need": True,
+            },
+            {"device_name": "P1 meter", "device_type": "HWE-P1", "ip_address": "192.168.1.122"},
+        ],
+        "solar panels": [
+            {
+                "name": "Roof",
+                "latitude": 51.94,
+                "longitude": 4.25,
+                "total peak power": 4.1,
+                "tilt": 31,
+                "orientation": 240,
+            }
+        ],
+    }
+    config = load_devices(_write(tmp_path, original))
+    assert config.sockets[0].daily_need
+    assert config.solar_panels[0].quartz_parameters.capacity_kwp == 4.1
+    assert config.warnings() == []
+
+
+DEV1, USER2 = ("devices", 1), ("devices", 2, "user_info")
+QUARTZ0 = ("solar panels", 0, "quartz_parameters")
+
+
+@pytest.mark.parametrize(
+    ("where", "key", "field", "problem"),
+    [
+        (DEV1, "daily_needs", "devices[1]", 'unknown key (did you mean "daily_need"?)'),
+        (DEV1, "Daily_Need", "devices[1]", 'unknown key (did you mean "daily_need"?)'),
+        (DEV1, "max_power", "devices[1]", 'unknown key (did you mean "max_power_usage"?)'),
+        (
+            DEV1,
+            "user_info",
+            "devices[1]",
+            "unknown key here: a key of a P1 meter (HWE-P1) or battery (HWE-BAT)",
+        ),
+        (("devices", 0), "icon", "devices[0]", "unknown key (known here: device_name, "),
+        ((), "solar_panel", "", 'unknown key (did you mean "solar panels"?)'),
+        (USER2, "tokn", "devices[2].user_info", 'unknown key (did you mean "token"?)'),
+        (
+            QUARTZ0,
+            "capacity_kw",
+            "solar panels[0].quartz_parameters",
+            'unknown key (did you mean "capacity_kwp"?)',
+        ),
+    ],
+)
+def test_an_unknown_key_is_refused_with_the_closest_known_one(
+    tmp_path: Path, where: tuple[str | int, ...], key: str, field: str, problem: str
+) -> None:
+    """A typo must not silently change a socket: `daily_needs` would make a needed boiler
+    optional (no hot water on a cloudy day)."""
+    data = _base()
+    target: Any = data
+    for part in where:
+        target = target[part]
+    target[key] = True
+    message = _refusal(_write(tmp_path, data))
+    where_text = f"{field}.{key}" if field else key
+    assert message.startswith(f"{tmp_path / 'config_devices.json'}: {where_text}: {problem}")
+
+
+@pytest.mark.parametrize(
+    ("where", "key", "value", "expected"),
+    [
+        (("solar panels", 0, "quartz_parameters"), "capacity_kwp", 3200,
+         "solar panels[0].quartz_parameters.capacity_kwp: must be the array's peak power in kWp, "
+         "at most 100 (got 3200: if that is W, write 3.2)"),
+        (("devices", 1), "max_power_usage", 20000,
+         "devices[1].max_power_usage: must be the load's power in W, at most 3680"),
+        (("devices", 2), "max_power_usage", 800000,
+         "devices[2].max_power_usage: must be the battery's charge/discharge power in W"),
+    ],
+)  # fmt: skip
+def test_an_implausible_value_is_refused_saying_the_unit(
+    tmp_path: Path, where: tuple[str | int, ...], key: str, value: float, expected: str
+) -> None:
+    data = _base()
+    target: Any = data
+    for part in where:
+        target = target[part]
+    target[key] = value
+    assert expected in _refusal(_write(tmp_path, data))
+
+
+def test_doubtful_values_load_with_a_warning(tmp_path: Path) -> None:
+    data = _base()
+    data["devices"][1]["energy_capacity"] = 2  # kWh written where Wh is meant
+    data["solar panels"][0]["quartz_parameters"].update(latitude=0.0, longitude=0.0)
+    data["solar panels"].append(
+        {"name": "balcony", "quartz_parameters": {**data["solar panels"][0]["quartz_parameters"],
+                                                  "latitude": 52.1, "capacity_kwp": 0.01}}
+    )  # fmt: skip
+    warnings = load_devices(_write(tmp_path, data)).warnings()
+    assert warnings == [
+        "devices[1].energy_capacity: 2 Wh is full after 0.1 min at 2000 W: the unit is Wh "
+        "(2 kWh = 2000)",
+        "solar panels[0].quartz_parameters: latitude 0, longitude 0 (the original's example "
+        "placeholder): set where the panels are",
+        "solar panels[1].quartz_parameters.capacity_kwp: 0.01 kWp is less than one panel: the "
+        "unit is kWp (a 300 Wp panel = 0.3)",
+    ]
+    assert load_devices(EXAMPLE_DEVICES).warnings() == []
 
 
 def test_example_file_loads_as_a_realistic_house() -> None:

@@ -198,7 +198,17 @@ DEVICE_MISTAKES = [
         lambda d: d["devices"][1].__setitem__(
             "max_power_usge", d["devices"][1].pop("max_power_usage")
         ),
-        "devices[1].max_power_usage: is required",
+        'devices[1].max_power_usge: unknown key (did you mean "max_power_usage"?)',
+    ),
+    D(
+        "typo-daily-needs",
+        lambda d: d["devices"][1].__setitem__("daily_needs", d["devices"][1].pop("daily_need")),
+        'devices[1].daily_needs: unknown key (did you mean "daily_need"?)',
+    ),
+    D(
+        "kwp-given-in-w",
+        lambda d: d["solar panels"][0]["quartz_parameters"].__setitem__("capacity_kwp", 3200),
+        "solar panels[0].quartz_parameters.capacity_kwp: must be the array's peak power in kWp",
     ),
     D("unknown-device-type", dev(1, "device_type", "HWE-KWH"), "devices[1].device_type: unknown"),
     D("device-type-missing", drop(1, "device_type"), "devices[1].device_type: is required"),

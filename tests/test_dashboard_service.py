@@ -264,7 +264,7 @@ async def test_the_stream_sends_every_section_then_what_changes(
             assert set(events[0]) == {
                 "summary", "timeline", "sockets", "battery", "money", "services"
             }  # fmt: skip
-            now = datetime.now(UTC)
+            now = datetime.now(UTC).replace(microsecond=0)  # payload times: whole seconds
             the_plan = plan(start=now, made_at=now)
             await publish(mqtt_broker, f"{base}/plan", dump_message(the_plan))
             made = f'data-plan-made-at="{the_plan.made_at.isoformat()}"'
@@ -396,7 +396,7 @@ async def test_bad_messages_are_counted_drops_and_the_history_survives_a_restart
     base = settings.base_topic
     history = settings.dashboard.history_file
     assert history is not None
-    now = datetime.now(UTC)
+    now = datetime.now(UTC).replace(microsecond=0)  # payload times are whole seconds
     on = SocketState(
         timestamp=now - timedelta(seconds=5),
         socket="Kitchen boiler",

@@ -748,7 +748,7 @@ async def test_bridge_publishes_the_next_on_time_from_the_plan(
     mqtt_broker: MqttBroker, settings: Settings
 ) -> None:
     topics = Topics(settings.base_topic)
-    now = datetime.now(UTC)
+    now = datetime.now(UTC).replace(microsecond=0)  # payload times are whole seconds
     start = now - timedelta(minutes=10)
     the_plan = plan([1, 0, 0, 1, 1], start=start)
     async with aiomqtt.Client(mqtt_broker.host, mqtt_broker.port) as client:

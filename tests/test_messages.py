@@ -270,22 +270,67 @@ def test_round_trip(model: type[Message], message: Message) -> None:
 def test_version_and_offset_timestamp_on_the_wire(model: type[Message], message: Message) -> None:
     doc = as_doc(message)
     assert doc["schema_version"] == 1
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?[+-]\d\d:\d\d", doc["timestamp"])
-    assert doc["timestamp"] == "2024-05-01T12:00:00+02:00"
+    assert doc["timestamp"] == "2024-05-01T10:00:00Z"  # 12:00+02:00: UTC, to the second
 
 
-def test_utc_timestamp_keeps_an_offset_designator() -> None:
+def _times(doc: object) -> list[str]:
+    """Every string of a payload that reads as a date-time."""
+    if isinstance(doc, dict):
+        return [t for v in doc.values() for t in _times(v)]
+    if isinstance(doc, list):
+        return [t for v in doc for t in _times(v)]
+    if isinstance(doc, str) and re.match(r"\d{4}-\d\d-\d\dT", doc):
+        return [doc]
+    return []
+
+
+@pytest.mark.parametrize(("model", "message"), ALL, ids=IDS)
+def test_every_time_of_every_payload_is_utc_to_the_second(
+    model: type[Message], message: Message
+) -> None:
+    """One form on the wire: microseconds and local offsets of the values are not sent."""
+    fields = {
+        name: value.replace(microsecond=310355)
+        for name, value in message
+        if isinstance(value, datetime)
+    }
+    doc = as_doc(message.model_copy(update=fields))
+    times = _times(doc)
+    assert times, model
+    for text in times:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", text), text
+    for name, value in fields.items():  # cut, not rounded: never later than the time it is
+        assert datetime.fromisoformat(doc[name]) == value.replace(microsecond=0)
+
+
+def test_other_offsets_become_z() -> None:
     msg = SwitchEvent(
         timestamp=datetime(2024, 1, 1, tzinfo=UTC),
         socket="a",
         from_state="on",
         to_state="off",
         reason="override",
-        at=datetime(2024, 1, 1, tzinfo=timezone(timedelta(hours=-5))),
+        at=datetime(2024, 1, 1, 0, 0, 0, 999_999, tzinfo=timezone(timedelta(hours=-5))),
     )
     doc = as_doc(msg)
     assert doc["timestamp"] == "2024-01-01T00:00:00Z"
-    assert doc["at"] == "2024-01-01T00:00:00-05:00"
+    assert doc["at"] == "2024-01-01T05:00:00Z"
+
+
+def test_older_payloads_with_microseconds_and_offsets_still_parse() -> None:
+    """Retained messages of an older build carry `...310355Z` or `+02:00`: still read."""
+    doc = as_doc(samples()[SwitchEvent])
+    doc["timestamp"] = "2024-05-01T11:31:52.310355Z"
+    doc["at"] = "2024-05-01T13:31:52.310355+02:00"
+    back = parse_message(SwitchEvent, json.dumps(doc))
+    assert back.timestamp == back.at == datetime(2024, 5, 1, 11, 31, 52, 310355, tzinfo=UTC)
+    assert as_doc(back)["at"] == "2024-05-01T11:31:52Z"
+
+
+def test_a_time_beyond_the_utc_calendar_is_still_sent_to_the_second() -> None:
+    late = datetime(9999, 12, 31, 23, 59, 59, 5, tzinfo=timezone(timedelta(hours=-2)))
+    doc = as_doc(samples()[SwitchEvent].model_copy(update={"at": late}))
+    assert doc["at"] == "9999-12-31T23:59:59-02:00"
 
 
 @pytest.mark.parametrize(("model", "message"), ALL, ids=IDS)

@@ -153,7 +153,7 @@ async def test_plan_and_commands_from_forecast_measurements_and_surplus(
         await listener.subscribe(t.all_socket_sets(), qos=1)
         await asyncio.wait_for(service.wait_connected(), 5)
         await asyncio.wait_for(scheduler.restored.wait(), 5)
-        now = datetime.now(UTC)
+        now = datetime.now(UTC).replace(microsecond=0)  # payload times are whole seconds
         battery = DeviceMeasurement(
             timestamp=now,
             device="Battery",
@@ -206,7 +206,7 @@ async def test_restart_mid_day_restores_the_books(
     t = Topics(settings.base_topic)
     service, scheduler, task = start(settings)
     await asyncio.wait_for(scheduler.restored.wait(), 5)
-    now = datetime.now(UTC)
+    now = datetime.now(UTC).replace(microsecond=0)  # payload times are whole seconds
     await publish(
         mqtt_broker,
         (

@@ -344,6 +344,24 @@ async def test_a_forecast_is_never_published_for_the_day_that_just_ended(
     await stop(rig)
 
 
+async def test_the_worker_run_is_logged_in_real_seconds_not_the_clocks(
+    make_rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture
+) -> None:
+    """At --speed 600 a 17 s run of the model took 10200 simulated seconds: the log says
+    what the machine spent (real seconds), whatever the clock's speed."""
+    start = day_at("2026-06-21", 6, 0)
+    rig = make_rig(start)
+    rig.worker.takes_s = 10_229.4  # the simulated clock moves on while the worker runs
+    real = iter([100.0, 117.3])
+    rig.forecaster._real_seconds = lambda: next(real)
+    with caplog.at_level(logging.INFO, "hwsched.forecaster"):
+        await rig.start()
+    (made,) = [r.getMessage() for r in caplog.records if "made in" in r.getMessage()]
+    assert "made in 17.3 s of real time" in made
+    assert "10229" not in made
+    await stop(rig)
+
+
 # --- failures ---------------------------------------------------------------------------------
 
 

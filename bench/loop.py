@@ -361,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [d for d in days if d not in DAYS] + [p for p in planners if p not in PLANNERS]
     if unknown:
         parser.error(f"unknown: {', '.join(unknown)}")
-    print(f"bench-loop: seed {args.seed}, speed {args.speed:g}x", flush=True)
+    load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"bench-loop: seed {args.seed}, speed {args.speed:g}x, load {load}", flush=True)
     began = time.monotonic()
     results = asyncio.run(bench(days, planners, args.seed, args.speed, Path(args.run_dir)))
     took = time.monotonic() - began
@@ -372,7 +373,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(text + f"\n{command}: {took:.0f} s", flush=True)
     if args.out:
-        Path(args.out).write_text(f"`{command}` ({took:.0f} s)\n\n{text}")
+        end_load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
+        Path(args.out).write_text(
+            f"`{command}` ({took:.0f} s; load average {load} at the start, {end_load} at "
+            f"the end)\n\n{text}"
+        )
     return 0
 
 

@@ -174,7 +174,7 @@ class SchedulerOptions:
     #: Work that simulated time does not speed up (a poll cycle, a broker round trip), real
     #: s: added (in clock seconds) to the surplus's and a full plan's allowed age and to
     #: the commands' validity, so an accelerated healthy run is not taken for a broken one.
-    work_allowance_s: float = 2.0
+    work_allowance_s: float = 5.0
     log_every_s: float = 60.0
 
 
@@ -643,14 +643,24 @@ class Scheduler:
         allowed += self._work_s(self.options.work_allowance_s)
         if age > allowed:
             self._counters.inc("surplus_stale")
-            self._rate_limited.log(
-                "surplus_stale",
-                logging.WARNING,
-                "the latest surplus is %.0f s old (more than %.0f s): not planning "
-                "(is the poller running?)",
-                age,
-                allowed,
-            )
+            if isinstance(self._clock, ScaledClock) and self._clock.speed > 1:
+                self._rate_limited.log(
+                    "surplus_stale",
+                    logging.WARNING,
+                    "the latest surplus is %.0f simulated s old (%.1f real s at %gx): not "
+                    "planning until a fresh one (is the poller running, or the machine too "
+                    "busy for this speed?)",
+                    age,
+                    age / self._clock.speed,
+                    self._clock.speed,
+                )
+            else:
+                self._rate_limited.log(
+                    "surplus_stale",
+                    logging.WARNING,
+                    "the latest surplus is %.0f s old: not planning (is the poller running?)",
+                    age,
+                )
             return None
         self.books = roll_books(self.books, self._today())
         prepared = prepare(

@@ -750,8 +750,9 @@ class Scheduler:
         start: Mapping[str, Sequence[int]] | None = problem.previous or None
         tier: Tier = "quick"
         full = self._take_full(key, problem, now)
+        full_status = None
         if full is not None:
-            start, tier = full, "full"
+            (start, full_status), tier = full, "full"
         try:
             plan = self._quick_planner(problem, start)
         except Exception as err:  # a bug in the planner: the reference plan, never nothing
@@ -771,15 +772,16 @@ class Scheduler:
             )
             tier = "quick"
         elif tier == "full":
-            self._log.info("full plan adopted (%s)", plan.status)
+            self._log.info("full plan (%s) adopted", full_status)
         self._counters.inc("plans_full" if tier == "full" else "plans_quick")
         self._maybe_start_full(key, problem, now)
         return plan, tier
 
     def _take_full(
         self, key: PlanKey, problem: PlanningProblem, now: datetime
-    ) -> dict[str, list[int]] | None:
-        """A finished full plan's rows moved onto `problem`'s steps, if it is current."""
+    ) -> tuple[dict[str, list[int]], str] | None:
+        """A finished full plan's rows moved onto `problem`'s steps and its status, if it is
+        current."""
         job = self.full_job
         if job is None or not job.task.done():
             return None
@@ -805,7 +807,7 @@ class Scheduler:
             self._log.info("full plan discarded: %s", why)
             return None
         names = [s.name for s in problem.sockets]
-        return moved_rows(plan.sockets, shift or 0, names, problem.n_steps)
+        return moved_rows(plan.sockets, shift or 0, names, problem.n_steps), plan.status
 
     def _maybe_start_full(self, key: PlanKey, problem: PlanningProblem, now: datetime) -> None:
         """Start a full plan in the background when one is due and none runs."""

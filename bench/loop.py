@@ -72,7 +72,9 @@ class DayResult:
     import_kwh: float | None = None
     export_kwh: float | None = None
     optional_wh: float | None = None
-    full_at_boundary: dict[str, bool] = field(default_factory=dict)
+    #: Each needed store full at some time in the day (it became full, or was still full at
+    #: the day's start): the daily need met.
+    full_in_day: dict[str, bool] = field(default_factory=dict)
     switches: dict[str, int] = field(default_factory=dict)
     max_per_hour: dict[str, int] = field(default_factory=dict)
     tiers: dict[str, int] = field(default_factory=dict)
@@ -194,25 +196,31 @@ def max_in_window(times: list[datetime], window_s: float = 3600.0) -> int:
     return best
 
 
-def measure(run: LoopRun, day: str, begin: datetime, end: datetime) -> DayResult:
-    """The day's figures from what the harness saw."""
-    result = DayResult(day=day, planner=run.planner, seed=run.o.seed)
+def measure(run_dir: Path, day: str, planner: str, seed: int) -> DayResult:
+    """The day's figures from what the harness saw (the run directory's dumps)."""
+    _, on, _ = DAYS[day]
+    begin = local(on, 6, 0)
+    end = begin + timedelta(days=1)
+    result = DayResult(day=day, planner=planner, seed=seed)
     meter: list[tuple[datetime, float, float]] = []
     books: dict[str, Any] | None = None
-    for _, topic, payload, _ in run.seen.messages[: run.seen.until_stop]:
-        if not payload or not topic.startswith(BASE + "/"):
-            continue
-        if topic.endswith("/measurement") or topic in (f"{BASE}/books", f"{BASE}/plan"):
-            with contextlib.suppress(ValueError):
-                data = json.loads(payload)
+    plan_topic, books_topic = f"{BASE}/plan", f"{BASE}/books"
+    with (run_dir / "mqtt.jsonl").open() as lines:
+        for line in lines:
+            message = json.loads(line)
+            topic = message["topic"]
+            if not (topic.endswith("/measurement") or topic in (plan_topic, books_topic)):
+                continue
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                data = json.loads(message["payload"])
                 if not isinstance(data, dict):
                     continue
-                if topic == f"{BASE}/plan":
+                if topic == plan_topic:
                     made = datetime.fromisoformat(data["made_at"])
-                    if begin <= made < end:
+                    if begin <= made < end and not message["retained"]:
                         tier = data.get("tier") or data.get("planner", "?")
                         result.tiers[tier] = result.tiers.get(tier, 0) + 1
-                elif topic == f"{BASE}/books":
+                elif topic == books_topic:
                     at = datetime.fromisoformat(data["timestamp"])
                     if datetime.fromisoformat(data["day_start"]) == begin and at <= end:
                         books = data
@@ -229,23 +237,23 @@ def measure(run: LoopRun, day: str, begin: datetime, end: datetime) -> DayResult
     if books is not None:
         book = books.get("sockets", {}).get(OPTIONAL)
         result.optional_wh = float(book["energy_wh"]) if book else 0.0
-    events = run.seen.events
+    events: list[dict[str, Any]] = json.loads((run_dir / "house-events.json").read_text())
     for name in NEEDED:
-        marks = [
+        marks = sorted(
             (datetime.fromisoformat(e["time"]), e["event"])
             for e in events
             if e["socket"] == name and e["event"] in ("full", "not-full")
-        ]
-        before = [what for at, what in sorted(marks) if at <= end]
-        result.full_at_boundary[name] = bool(before) and before[-1] == "full"
+        )
+        before = [what for at, what in marks if at < begin]
+        became = any(what == "full" and begin <= at < end for at, what in marks)
+        result.full_in_day[name] = became or (bool(before) and before[-1] == "full")
     for name in SOCKETS:
         times = _times(events, name, begin, end)
         result.switches[name] = len(times)
         result.max_per_hour[name] = max_in_window(times)
-    for log in sorted(run.run_dir.glob("*.log")):
-        count = sum(
-            1 for line in log.read_text(errors="replace").splitlines() if " WARNING " in line
-        )
+    for log in sorted(run_dir.glob("*.log")):
+        text = log.read_text(errors="replace")
+        count = sum(1 for line in text.splitlines() if " WARNING " in line)
         if count:
             result.warnings[log.stem] = count
     return result
@@ -265,7 +273,7 @@ async def run_one(day: str, planner: str, seed: int, speed: float, run_dir: Path
     run = LoopRun(options, planner, cloudiness)
     began = time.monotonic()
     await run.run_day()
-    result = measure(run, day, begin, end)
+    result = measure(options.run_dir, day, planner, seed)
     result.took_s = time.monotonic() - began
     return result
 
@@ -277,15 +285,13 @@ def _kwh(v: float | None) -> str:
 def table(results: list[DayResult]) -> str:
     short = {"Kitchen boiler": "Kitchen", "Shower boiler": "Shower", "E-bike charger": "E-bike"}
     head = (
-        "| day | planner | seed | import kWh | export kWh | optional Wh | needed full at 06:00 "
+        "| day | planner | seed | import kWh | export kWh | optional Wh | needed full in the day "
         "| switches (" + " / ".join(short[s] for s in SOCKETS) + ") | total | max/h "
         "| plans by tier | warnings |"
     )
     lines = [head, "|" + "---|" * 12]
     for r in results:
-        full = ", ".join(
-            f"{short[n]} {'yes' if r.full_at_boundary.get(n) else 'NO'}" for n in NEEDED
-        )
+        full = ", ".join(f"{short[n]} {'yes' if r.full_in_day.get(n) else 'NO'}" for n in NEEDED)
         sw = " / ".join(str(r.switches.get(s, 0)) for s in SOCKETS)
         per_hour = max(r.max_per_hour.values(), default=0)
         tiers = ", ".join(f"{k} {v}" for k, v in sorted(r.tiers.items())) or "—"
@@ -355,6 +361,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--planners", default=",".join(PLANNERS), help="optimal,reference")
     parser.add_argument("--run-dir", default=str(ROOT / "run" / "loop"), help="logs (run/loop)")
     parser.add_argument("--out", help="write the table and the targets to this Markdown file")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="no runs: the figures of the runs already in --run-dir",
+    )
     args = parser.parse_args(argv)
     days = [d for d in args.days.split(",") if d]
     planners = [p for p in args.planners.split(",") if p]
@@ -364,7 +375,16 @@ def main(argv: list[str] | None = None) -> int:
     load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"bench-loop: seed {args.seed}, speed {args.speed:g}x, load {load}", flush=True)
     began = time.monotonic()
-    results = asyncio.run(bench(days, planners, args.seed, args.speed, Path(args.run_dir)))
+    if args.report_only:
+        run_dir = Path(args.run_dir)
+        results = [
+            measure(run_dir / f"{d}-{p}", d, p, args.seed)
+            for d in days
+            for p in planners
+            if (run_dir / f"{d}-{p}" / "house-events.json").is_file()
+        ]
+    else:
+        results = asyncio.run(bench(days, planners, args.seed, args.speed, Path(args.run_dir)))
     took = time.monotonic() - began
     text = table(results) + "\n\n" + "\n".join(f"- {t}" for t in targets(results)) + "\n"
     command = (

@@ -1020,6 +1020,14 @@ class Settings(BaseSettings):
     forecast_shift_half_life_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 3_600.0
     #: Time constant of the mean offset (measured − forecast) the fading shift tends to, s.
     forecast_shift_baseline_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 43_200.0
+    #: Scheduler, calm plans (issue 14): what one relay switch (or battery mode change)
+    #: costs in the plan, Wh of grid import; a socket just switched stays so for at least
+    #: `min_on_s` / `min_off_s` unless a needed socket's deadline demands otherwise; a new
+    #: plan replaces the previous one only when it gains more than `hold_gain_wh`.
+    switch_cost_wh: Annotated[float, Field(ge=0, le=100_000, allow_inf_nan=False)] = 20.0
+    min_on_s: Annotated[int, Field(ge=0, le=86_400)] = 1200
+    min_off_s: Annotated[int, Field(ge=0, le=86_400)] = 1200
+    hold_gain_wh: Annotated[float, Field(ge=0, le=100_000, allow_inf_nan=False)] = 50.0
     log_level: Annotated[LogLevel, BeforeValidator(_upper)] = "INFO"
     #: Energy prices: the source and the contract (`[prices]`, see docs/prices.md).
     prices: PriceSettings = PriceSettings()

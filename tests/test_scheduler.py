@@ -6,7 +6,6 @@ import asyncio
 import json
 import math
 import os
-import threading
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -56,7 +55,7 @@ from shared.messages import (
     parse_message,
 )
 from shared.planning.fallback import is_due
-from shared.planning.problem import Plan, PlanningProblem
+from shared.planning.problem import PlanningProblem
 from shared.planning.reference import plan_reference
 from shared.service import Counters
 from shared.topics import Topics
@@ -591,8 +590,16 @@ def settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
     return Settings(base_topic="t", poll_interval_s=30.0, planner_time_limit_s=0.2)
 
 
+def reference(settings: Settings) -> Settings:
+    """The settings with the reference planner (every plan inline)."""
+    return settings.model_copy(update={"planner": "reference"})
+
+
 def make_scheduler(
-    settings: Settings, clock: ManualClock, planner: Any = None
+    settings: Settings,
+    clock: ManualClock,
+    planner: Any = None,
+    options: SchedulerOptions | None = None,
 ) -> tuple[Scheduler, Recorder, Counters]:
     rec = Recorder()
     counters = Counters()
@@ -603,7 +610,7 @@ def make_scheduler(
         topics=Topics("t"),
         counters=counters,
         clock=clock,
-        options=SchedulerOptions(restore_wait_s=1.0),
+        options=options if options is not None else SchedulerOptions(restore_wait_s=1.0),
         planner=planner,
     )
     return s, rec, counters
@@ -665,7 +672,7 @@ async def test_samples_wait_for_the_books_then_count_on_top(settings: Settings) 
 
 async def test_no_books_starts_empty_after_the_wait(settings: Settings) -> None:
     clock = ManualClock(T0)
-    s, rec, counters = make_scheduler(settings, clock, planner=plan_reference)
+    s, rec, counters = make_scheduler(reference(settings), clock)
     task = asyncio.create_task(s.run())
     await clock.run_for(0.5)
     assert not s.restored.is_set()
@@ -680,7 +687,7 @@ async def test_no_books_starts_empty_after_the_wait(settings: Settings) -> None:
 
 async def test_boundary_resets_the_books_and_plans_a_new_day(settings: Settings) -> None:
     clock = ManualClock(datetime(2024, 6, 22, 5, 50, tzinfo=AMS))
-    s, rec, counters = make_scheduler(settings, clock, planner=plan_reference)
+    s, rec, counters = make_scheduler(reference(settings), clock)
     s._finish_restore(None)
     for minutes, power in ((-5, 2000.0), (0, 2000.0)):
         at = clock.now() + timedelta(minutes=minutes)
@@ -704,82 +711,9 @@ async def test_boundary_resets_the_books_and_plans_a_new_day(settings: Settings)
     await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_plans_on_the_latest_surplus_one_at_a_time(settings: Settings) -> None:
-    clock = ManualClock(T0)
-    calls: list[float] = []
-    release = threading.Event()
-
-    def slow_planner(problem: PlanningProblem) -> Plan:
-        calls.append(problem.available_power_w[0])
-        release.wait(5)
-        return plan_reference(problem)
-
-    s, rec, counters = make_scheduler(settings, clock, planner=slow_planner)
-    s._finish_restore(None)
-    await s.on_forecast("t/forecast", dump_message(make_forecast(T0 - timedelta(minutes=1))))
-    task = asyncio.create_task(s.run())
-    await s.on_surplus("t/surplus", dump_message(make_surplus(T0, 1000.0)))
-    await clock.settle()
-    for i, watts in enumerate((1100.0, 1200.0, 1300.0)):  # arrive while the first plan runs
-        await s.on_surplus(
-            "t/surplus", dump_message(make_surplus(T0 + timedelta(seconds=i + 1), watts))
-        )
-    release.set()
-    for _ in range(200):
-        if counters["plans_published"] >= 2:
-            break
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.05)
-    assert counters["plans_published"] == 2  # the first, then one on the latest surplus
-    assert len(calls) == 2
-    plans = rec.on("t/plan")
-    assert [p.measured_surplus_w for p in plans] == [1000.0, 1300.0]
-    assert plans[-1].planner == "reference"
-    assert plans[-1].fallback_reason is None
-    assert len(rec.on("t/boiler/set")) == 2
-    assert len(rec.on("t/e_bike/set")) == 2
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-
-
-async def test_planner_time_out_uses_the_reference_and_never_overlaps(settings: Settings) -> None:
-    clock = ManualClock(T0)
-    release = threading.Event()
-    running = threading.Semaphore(1)
-    overlaps: list[bool] = []
-
-    def stuck_planner(problem: PlanningProblem) -> Plan:
-        overlaps.append(not running.acquire(blocking=False))
-        release.wait(5)
-        running.release()
-        return plan_reference(problem)
-
-    s, rec, counters = make_scheduler(settings, clock, planner=stuck_planner)
-    s._finish_restore(None)
-    await s.on_forecast("t/forecast", dump_message(make_forecast(T0)))
-    await s.on_surplus("t/surplus", dump_message(make_surplus(T0, 1000.0)))
-    first = asyncio.create_task(s.plan_once())
-    await clock.settle()
-    await clock.run_for(3 * 0.2 + 2.0 + 0.1)  # past the hard limit
-    got = await asyncio.wait_for(first, 5)
-    assert got is not None
-    assert counters["planner_timeouts"] == 1
-    plan = rec.on("t/plan")[-1]
-    assert plan.planner == "reference"
-    assert plan.fallback_reason == "optimal planner timed out"
-    # the stuck solve still runs: the next plan does not start another one
-    await s.on_surplus("t/surplus", dump_message(make_surplus(clock.now(), 1100.0)))
-    await s.plan_once()
-    assert counters["planner_busy"] == 1
-    assert rec.on("t/plan")[-1].fallback_reason == "optimal planner still busy"
-    release.set()
-    await asyncio.sleep(0.1)
-    assert overlaps == [False]
-
-
 async def test_stale_surplus_is_not_planned_on(settings: Settings) -> None:
     clock = ManualClock(T0)
-    s, rec, counters = make_scheduler(settings, clock, planner=plan_reference)
+    s, rec, counters = make_scheduler(reference(settings), clock)
     s._finish_restore(None)
     await s.on_surplus("t/surplus", dump_message(make_surplus(T0 - timedelta(minutes=5))))
     assert await s.plan_once() is None
@@ -792,7 +726,7 @@ GARBAGE = [b"", b"not json", b"[]", b'{"schema_version": 99}', b'{"schema_versio
 
 async def test_garbage_on_every_topic_is_counted_and_changes_nothing(settings: Settings) -> None:
     clock = ManualClock(T0)
-    s, rec, counters = make_scheduler(settings, clock, planner=plan_reference)
+    s, rec, counters = make_scheduler(reference(settings), clock)
     s._finish_restore(None)
     await s.on_forecast("t/forecast", dump_message(make_forecast(T0)))
     await s.on_surplus("t/surplus", dump_message(make_surplus(T0, 900.0)))
@@ -829,35 +763,3 @@ async def test_garbage_on_every_topic_is_counted_and_changes_nothing(settings: S
     assert plan.excluded == ["E-bike"]
     assert list(plan.sockets) == ["Boiler"]
     assert json.loads(dump_message(plan))["planner"] == "reference"
-
-
-async def test_quick_re_plans_continue_from_the_previous_plan_until_a_full_one_is_due(
-    settings: Settings,
-) -> None:
-    """First plan: full (MILP + search). Next surpluses on the same forecast: quick re-plans
-    from the previous plan. A new forecast, or `full_plan_every_s` later: full again."""
-    clock = ManualClock(T0)
-    s, rec, counters = make_scheduler(settings, clock)
-    s._finish_restore(None)
-    await s.on_forecast("t/forecast", dump_message(make_forecast(T0 - timedelta(minutes=1))))
-
-    async def plan_at(offset_s: float, watts: float) -> None:
-        at = T0 + timedelta(seconds=offset_s)
-        clock.set(at)
-        await s.on_surplus("t/surplus", dump_message(make_surplus(at, watts)))
-        assert await s.plan_once() is not None
-
-    await plan_at(0, 1000.0)
-    assert (counters["plans_full"], counters["plans_quick"]) == (1, 0)
-    await plan_at(30, 1100.0)
-    await plan_at(60, 900.0)
-    assert (counters["plans_full"], counters["plans_quick"]) == (1, 2)
-    # a quick re-plan is still the optimal planner's, from the previous plan's rows
-    assert rec.on("t/plan")[-1].planner == "optimal"
-    # a new forecast: full again
-    await s.on_forecast("t/forecast", dump_message(make_forecast(T0 + timedelta(seconds=61))))
-    await plan_at(90, 1000.0)
-    assert (counters["plans_full"], counters["plans_quick"]) == (2, 2)
-    # long after the last full plan: full again
-    await plan_at(90 + s.options.full_plan_every_s, 1000.0)
-    assert counters["plans_full"] == 3

@@ -313,7 +313,7 @@ async def test_with_prices_the_plan_carries_money_and_the_battery_command(
         modes: list[BatteryMode] = ["charge_only"] * p.n_steps
         return plan.model_copy(update={"battery_mode": modes})
 
-    s._planner = planner
+    s._quick_planner = lambda p, _start: planner(p)
     message = await plan(s, rec, clock)
     problem = captured[-1]
     assert problem.priced
@@ -353,7 +353,7 @@ async def test_a_person_holding_the_batteries_plans_zero_and_commands_zero(
         seen.append(p)
         return plan_reference(p).model_copy(update={"battery_mode": ["standby"] * p.n_steps})
 
-    s._planner = planner
+    s._quick_planner = lambda p, _start: planner(p)
     message = await plan(s, rec, clock)
     assert seen[-1].battery_modes is False
     assert message.battery_mode is None  # modes not allowed: zero throughout

@@ -182,7 +182,11 @@ async def test_plan_and_commands_from_forecast_measurements_and_surplus(
     got = await retained(mqtt_broker, settings.base_topic, lambda g: t.plan() in g)
     plan = parse_message(PlanMessage, got[t.plan()])
     assert plan.planner == "optimal"
-    assert plan.status in ("optimal", "time-limited", "fallback")
+    assert plan.status in ("optimal", "time-limited", "heuristic", "fallback")
+    assert plan.tier in ("quick", "full")
+    begin = day_start(now, settings.tz, settings.daily_boundary)
+    assert (plan.start - begin).total_seconds() % plan.step_s == 0  # on the day's step grid
+    assert plan.start <= now < plan.start + timedelta(seconds=plan.step_s)
     assert plan.forecast_made_at == now - timedelta(seconds=5)
     assert plan.fallback_reason is None
     assert plan.measured_surplus_w == 2500.0

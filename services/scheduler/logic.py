@@ -16,6 +16,11 @@
   is then house load: subtracted from the measured surplus); the others with their stored
   energy from the books; the batteries with theirs; or, without a usable forecast, a one-step
   problem on the measured surplus for the original's fallback rule (`fallback_plan`).
+  Steps lie on the day's grid (`grid_start`: from the daily boundary in whole steps; the
+  first step is the one holding now), so planned times are step boundaries. The calm
+  settings go into every problem (`PlanContext`: switch cost, minimum on / off times, the
+  hysteresis threshold) with each socket's relay state and the time since its last switch;
+  `moved_rows` / `moved_modes` carry a previous plan onto a new problem's steps.
 * **Output**: `plan_message` (the retained plan, with the simulated energies) and `commands`
   (one `SocketCommand` per planned socket, for now).
 * **Books**: `restore_books` reads the retained books back for today only; `books_message`
@@ -27,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -45,7 +50,7 @@ from shared.messages import (
     SocketPlan,
 )
 from shared.planning.fallback import is_due
-from shared.planning.problem import Plan, PlanningProblem
+from shared.planning.problem import BatteryMode, Plan, PlanningProblem
 from shared.planning.reference import fallback_states
 from shared.planning.simulate import simulate
 
@@ -66,8 +71,11 @@ __all__ = [
     "fallback_plan",
     "forecast_at",
     "forecast_problem",
+    "grid_start",
     "horizon",
     "measured_available_w",
+    "moved_modes",
+    "moved_rows",
     "override_active",
     "plan_message",
     "prepare",
@@ -100,6 +108,32 @@ def horizon(now: datetime, tz: ZoneInfo, boundary: time, step_s: int) -> int:
     """
     left_s = (next_boundary(now, tz, boundary) - now).total_seconds()
     return max(1, math.floor(left_s / step_s + 1e-9))
+
+
+def grid_start(now: datetime, tz: ZoneInfo, boundary: time, step_s: int) -> datetime:
+    """The start of the step holding `now` on the day's grid: the daily boundary plus whole
+    steps (UTC, whole seconds)."""
+    begin = day_start(now, tz, boundary).astimezone(UTC)
+    k = math.floor((now - begin).total_seconds() / step_s + 1e-9)
+    return begin + timedelta(seconds=k * step_s)
+
+
+def moved_rows(
+    rows: Mapping[str, Sequence[int]], shift: int, names: Sequence[str], n: int
+) -> dict[str, list[int]]:
+    """A plan's rows moved `shift` steps on (its step `shift` is step 0), for the sockets
+    `names`, `n` steps long: a socket it has no row for, and steps past its end, are off."""
+    out: dict[str, list[int]] = {}
+    for name in names:
+        row = [1 if v else 0 for v in list(rows.get(name, ()))[max(0, shift) :]]
+        out[name] = (row + [0] * n)[:n]
+    return out
+
+
+def moved_modes(modes: Sequence[BatteryMode], shift: int, n: int) -> list[BatteryMode]:
+    """A plan's battery modes moved `shift` steps on, `n` long (`zero` past their end)."""
+    out: list[BatteryMode] = list(modes[max(0, shift) :])
+    return (out + ["zero"] * n)[:n]
 
 
 def resample(forecast: Forecast, start: datetime, step_s: int, n_steps: int) -> list[float]:
@@ -281,6 +315,11 @@ class PlanContext:
     #: Without a forecast, a needed socket is on from this long before the time it takes to
     #: fill (before the boundary), as the actuator's own fallback does, s.
     fallback_margin_s: float = 1800.0
+    #: Calm plans (the settings of the same names; see `PlanningProblem`).
+    switch_cost_wh: float = 0.0
+    min_on_s: int = 0
+    min_off_s: int = 0
+    hold_gain_wh: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -314,10 +353,13 @@ def prepare(
     surplus: HouseSurplus,
     forecast: Forecast | None,
     baseline: Baseline | None = None,
+    last_switch_at: Mapping[str, datetime] | None = None,
 ) -> Prepared:
-    """The planning problem from now to the next boundary (or one step for the fallback rule).
+    """The planning problem from the step holding now to the next boundary (or one step for
+    the fallback rule).
 
-    `overrides`, `power_on` and `batteries` are keyed by device name.
+    `overrides`, `power_on`, `batteries` and `last_switch_at` (the actuator's last switch of
+    each socket) are keyed by device name.
     """
     excluded = excluded_sockets(devices.sockets, overrides, now)
     controlled = [s for s in devices.sockets if s.device_name not in excluded]
@@ -332,12 +374,19 @@ def prepare(
     initial_on = {
         s.device_name: power_on[s.device_name] for s in controlled if s.device_name in power_on
     }
+    switched = last_switch_at or {}
+    since = {
+        name: max(0.0, (now - switched[name]).total_seconds())
+        for name in initial_on
+        if name in switched
+    }
+    start = grid_start(now, ctx.tz, ctx.boundary, ctx.step_s)
     reason = forecast_problem(forecast, now, ctx.forecast_max_age_s)
     forecast_w: list[float] | None = None
     shift0: float | None = None
     if reason is None and forecast is not None:
-        n = horizon(now, ctx.tz, ctx.boundary, ctx.step_s)
-        forecast_w = resample(forecast, now, ctx.step_s, n)
+        n = horizon(start, ctx.tz, ctx.boundary, ctx.step_s)
+        forecast_w = resample(forecast, start, ctx.step_s, n)
         shift0 = measured - forecast_at(forecast, now)
         base = baseline.value_w if baseline is not None else None
         shift = shift_profile(shift0, n, ctx.step_s, ctx.shift, base)
@@ -349,13 +398,18 @@ def prepare(
     else:
         available = [measured]
     problem = PlanningProblem(
-        start=now,
+        start=start,
         step_s=ctx.step_s,
         available_power_w=available,
         sockets=sockets,
         batteries=battery_specs,
         switch_interval_s=ctx.switch_interval_s,
         initial_on=initial_on,
+        initial_since_s=since,
+        switch_cost_wh=ctx.switch_cost_wh,
+        min_on_s=ctx.min_on_s,
+        min_off_s=ctx.min_off_s,
+        hold_gain_wh=ctx.hold_gain_wh,
     )
     return Prepared(
         problem=problem,

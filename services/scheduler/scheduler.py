@@ -7,6 +7,8 @@ It reads (all retained, so a (re)start sees the latest at once):
 * `<base>/forecast`: the latest solar forecast (an older `made_at` than the one held is
   ignored);
 * `<base>/<socket>/override`: the actuator's override state per socket;
+* `<base>/<socket>`: the actuator's socket state: its last switch time (how long each socket
+  has been on / off, for the minimum on / off times);
 * `<base>/<device>/measurement`: socket samples go into the books (`shared.bookkeeping`:
   trapezoid integration, full detection, daily reset); battery readings give the batteries'
   energy (capacity x state of charge);
@@ -19,14 +21,40 @@ Until the books are restored (the retained books arrive, or `restore_wait_s` aft
 connecting without any) socket samples are held back and nothing is planned.
 
 A plan (on the latest surplus only: plans never overlap, a burst of surpluses gives one plan)
-runs from now to the next boundary in `planning_step_s` steps (`logic.prepare`): sockets under
-an active override are left out and their draw counted as house load; the forecast is
-resampled and shifted (`forecast_shift`). The configured planner runs in a thread with a
-time limit; on its time-out, failure, or while a timed-out solve still runs, the reference
-plan is used. Without a usable forecast (none, stale, not covering now), the original's
-fallback rule on the measured surplus (flagged: `planner` "fallback-rule", `fallback_reason`).
-Each plan publishes: the plan (retained), one `SocketCommand` per planned socket (not
-retained, `valid_until` = a few poll intervals on) and the books (retained).
+runs from the step holding now to the next boundary in `planning_step_s` steps on the day's
+grid (`logic.prepare`): sockets under an active override are left out and their draw counted
+as house load; the forecast is resampled and shifted (`forecast_shift`); the calm settings
+(`switch_cost_wh`, `min_on_s`, `min_off_s`, `hold_gain_wh`), each socket's time since its
+last switch and the incumbent (the last published plan, moved onto the new steps:
+`previous`, `previous_battery_mode`) go into the problem, so the planner keeps the
+incumbent's decisions unless a change gains more than `hold_gain_wh`.
+
+Two tiers (the optimal planner):
+
+* **quick**, in the poll: every plan is `plan_quick` (local search, a count of evaluations)
+  from the incumbent, or from the reference plan when there is none;
+* **full**, in the background: on the first plan, a new forecast, a changed set of controlled
+  sockets, a new step or `full_plan_every_s` after the last, `plan_optimal` runs in a worker
+  process (`python -m shared.planning.worker`, in a thread here) while the quick tier goes
+  on serving. When it is done and still **current** — planned on the same forecast, the same
+  controlled sockets and step, and started at most `full_plan_max_age_s` of clock time ago
+  (plus the work allowance, see below) — the next plan starts from it (moved onto the new
+  steps), through the same hysteresis against the incumbent; otherwise it is discarded
+  (`full_plans_discarded`). A worker that fails or hangs gives the reference plan (its
+  own time-out); one that outlives `full_timeout_s` here is abandoned (`planner_timeouts`)
+  and no other starts while it runs. The published plan says which tier made it (`tier`;
+  counters `plans_full` / `plans_quick`).
+
+With `planner = "reference"` every plan is the reference planner's, inline. Without a usable
+forecast (none, stale, not covering now), the original's fallback rule on the measured
+surplus (flagged: `planner` "fallback-rule", `fallback_reason`). Each plan publishes: the plan
+(retained), one `SocketCommand` per planned socket (not retained, `valid_until` = a few poll
+intervals on) and the books (retained).
+
+Time: staleness is judged on the injectable clock (simulated time in an accelerated run),
+with an allowance for work that simulated time does not speed up (`work_allowance_s` real
+seconds: a poll of the devices, a broker round trip; `sleep_for_work`): at `--speed 600`
+a surplus a poll cycle old is not stale.
 
 At the daily boundary the books start empty (and manual flags end) and a new day's plan is
 made. Every unusable message is a counted drop (`messages_dropped_<topic>`) with a
@@ -36,11 +64,12 @@ rate-limited log line; state is never changed by one.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import ValidationError
 
@@ -51,7 +80,7 @@ from shared.bookkeeping import (
     record_sample,
     roll_books,
 )
-from shared.clock import Clock, sleep_for_work
+from shared.clock import Clock, ScaledClock, sleep_for_work
 from shared.config import BatteryConfig, DevicesConfig, P1Config, Settings, SocketConfig
 from shared.daytime import day_start, next_boundary
 from shared.messages import (
@@ -62,10 +91,18 @@ from shared.messages import (
     Message,
     MessageError,
     OverrideState,
+    SocketState,
     parse_message,
 )
-from shared.planning.optimal import Options, plan_optimal, plan_quick
-from shared.planning.problem import Plan, PlanningProblem
+from shared.planning.optimal import (
+    QUICK_CEILING_S,
+    WORKER_START_S,
+    Options,
+    default_ceiling,
+    plan_optimal,
+    plan_quick,
+)
+from shared.planning.problem import BatteryMode, Plan, PlanningProblem
 from shared.planning.reference import plan_reference
 from shared.service import (
     Counters,
@@ -90,6 +127,8 @@ from .logic import (
     forecast_at,
     forecast_problem,
     measured_available_w,
+    moved_modes,
+    moved_rows,
     plan_message,
     prepare,
     restore_books,
@@ -102,6 +141,8 @@ __all__ = ["SERVICE_NAME", "Publisher", "Scheduler", "SchedulerOptions", "app", 
 SERVICE_NAME = "scheduler"
 
 Planner = Callable[[PlanningProblem], Plan]
+QuickPlanner = Callable[[PlanningProblem, Mapping[str, Sequence[int]] | None], Plan]
+Tier = Literal["full", "quick"]
 M = TypeVar("M", bound=Message)
 
 
@@ -117,19 +158,62 @@ class SchedulerOptions:
     restore_wait_s: float = 2.0
     #: A message time this far ahead of the clock is refused (clock skew), s.
     max_future_s: float = 120.0
-    #: The planner's thread is given up after factor x its time limit + margin.
-    planner_timeout_factor: float = 3.0
-    planner_timeout_margin_s: float = 2.0
     #: Socket samples held back while the books are restored.
     max_held_samples: int = 1000
-    #: Between full plans (MILP + search from scratch: the first of the day, a new forecast,
-    #: a changed set of controlled sockets, or this long since the last full plan, s), a new
-    #: surplus re-plans quickly: the local search only, continuing from the previous plan,
-    #: with this many evaluations (~20 ms). The search thus goes on across re-plans, and a
-    #: measurement reaches a command fast.
+    #: A full plan (the background tier) starts on the first plan, a new forecast, a changed
+    #: set of controlled sockets or step, or this long (clock time, s) after the last one.
     full_plan_every_s: float = 3 * 3600.0
+    #: A finished full plan is still current if it started at most this long ago (clock
+    #: time, s; plus the work allowance) and was planned on the same forecast, sockets, step.
+    full_plan_max_age_s: float = 1800.0
+    #: A full plan still running after this many real seconds is abandoned (None: the
+    #: worker's own limit, `default_ceiling` + `WORKER_START_S`, plus 5 s).
+    full_timeout_s: float | None = None
+    #: Evaluations of each quick re-plan (~20 ms for a 96-step day with 5 sockets).
     warm_evals: int = 250
+    #: Work that simulated time does not speed up (a poll cycle, a broker round trip), real
+    #: s: added (in clock seconds) to the surplus's and a full plan's allowed age and to
+    #: the commands' validity, so an accelerated healthy run is not taken for a broken one.
+    work_allowance_s: float = 5.0
     log_every_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class PlanKey:
+    """What a plan was made for, beyond the state it started from."""
+
+    step_s: int
+    forecast_made_at: datetime | None
+    controlled: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Incumbent:
+    """The last published forecast plan: what the next plan keeps unless a change pays."""
+
+    start: datetime
+    key: PlanKey
+    rows: dict[str, list[int]]
+    modes: list[BatteryMode] | None
+
+
+@dataclass
+class FullJob:
+    """A full plan running (or done) in the background."""
+
+    key: PlanKey
+    start: datetime
+    task: asyncio.Task[Plan | None]
+    abandoned: bool = False
+
+
+def clock_seconds_of_work(clock: Clock, real_s: float) -> float:
+    """What `real_s` seconds of work take longer in `clock`'s seconds than in real time:
+    `real_s x (speed - 1)` on an accelerated `ScaledClock`, else 0 (in real time the limits
+    already hold the work)."""
+    if isinstance(clock, ScaledClock) and clock.speed > 1:
+        return real_s * (clock.speed - 1)
+    return 0.0
 
 
 class _DropError(Exception):
@@ -150,6 +234,7 @@ class Scheduler:
         clock: Clock,
         options: SchedulerOptions | None = None,
         planner: Planner | None = None,
+        quick_planner: QuickPlanner | None = None,
         log: logging.Logger | None = None,
     ) -> None:
         self.devices = devices
@@ -168,6 +253,10 @@ class Scheduler:
                 half_life_s=settings.forecast_shift_half_life_s,
                 baseline_s=settings.forecast_shift_baseline_s,
             ),
+            switch_cost_wh=settings.switch_cost_wh,
+            min_on_s=settings.min_on_s,
+            min_off_s=settings.min_off_s,
+            hold_gain_wh=settings.hold_gain_wh,
         )
         self._publisher = publisher
         self._topics = topics
@@ -176,28 +265,33 @@ class Scheduler:
         self._log = log if log is not None else logging.getLogger(f"hwsched.{SERVICE_NAME}")
         self._rate_limited = RateLimitedLog(self._log, clock, self.options.log_every_s)
         self._planner_name = settings.planner
-        self._planner: Planner = planner if planner is not None else self._default_planner
+        #: The full tier (in a thread: by default the worker process) and the quick tier.
+        self._full_planner: Planner = planner if planner is not None else self._plan_full
+        self._quick_planner: QuickPlanner = (
+            quick_planner if quick_planner is not None else self._plan_quick
+        )
         # state
         self.books: Books = empty_books(self._today())
         self.batteries: dict[str, BatteryEnergy] = {}
         self.overrides: dict[str, OverrideState] = {}
         self.power_on: dict[str, bool] = {}
+        #: The actuator's last switch of each socket (device name).
+        self.last_switch_at: dict[str, datetime] = {}
+        self._state_seen: dict[str, datetime] = {}
         self.forecast: Forecast | None = None
         self.surplus: HouseSurplus | None = None
         self.baseline: Baseline | None = None
         self.last_plan: Prepared | None = None
-        #: The last plan's rows and what they were planned on (for quick re-plans):
-        #: (start, step_s, rows, forecast made_at, controlled sockets, last full plan at).
-        self._last_rows: (
-            tuple[datetime, int, dict[str, list[int]], datetime | None, tuple[str, ...], datetime]
-            | None
-        ) = None
-        #: The start of the plan being solved, when it is a quick re-plan.
-        self._warm_rows: dict[str, list[int]] | None = None
+        #: The last published forecast plan (None after a fallback-rule plan).
+        self.incumbent: Incumbent | None = None
+        #: The full plan running or done, and what the last one was started for (and when).
+        self.full_job: FullJob | None = None
+        self._full_started: tuple[PlanKey, datetime] | None = None
+        #: The thread of the last full plan (never two at once, even an abandoned one).
+        self._solver: asyncio.Future[Plan] | None = None
         self.restored = asyncio.Event()
         self._held: list[DeviceMeasurement] = []
         self._wake = asyncio.Event()
-        self._solver: asyncio.Future[Plan] | None = None
         self._mode: str | None = None
         #: Prices, battery modes and the day's cost (services/scheduler/money.py).
         self.money = Money(
@@ -223,52 +317,27 @@ class Scheduler:
     def time_limit_s(self) -> float:
         return self.settings.planner_time_limit_s
 
-    def _default_planner(self, problem: PlanningProblem) -> Plan:
-        if self._planner_name == "reference":
-            return plan_reference(problem)
-        warm = self._warm_rows
-        if warm is not None:
-            # The quick tier: local search from the previous plan (a count of evaluations).
-            return plan_quick(problem, warm, Options(quick_evals=self.options.warm_evals))
-        # The full tier in a short-lived worker: HiGHS and numpy never stay in memory here.
+    def _work_s(self, real_s: float) -> float:
+        """The allowance for `real_s` seconds of work, clock seconds."""
+        return clock_seconds_of_work(self._clock, real_s)
+
+    def _plan_full(self, problem: PlanningProblem) -> Plan:
+        """The full tier in a short-lived worker: HiGHS and numpy never stay in memory here."""
         return plan_optimal(problem, Options(milp_worker=True))
 
-    def _warm_start(self, prepared: Prepared, now: datetime) -> dict[str, list[int]] | None:
-        """The previous plan moved on to this problem's first step, when a quick re-plan will
-        do: same forecast, same sockets, same step, and a full plan not too long ago."""
-        last = self._last_rows
-        if last is None or prepared.fallback_reason is not None:
-            return None
-        start, step_s, rows, forecast_at, controlled, full_at = last
-        problem = prepared.problem
-        made_at = prepared.forecast.made_at if prepared.forecast is not None else None
-        if (
-            step_s != problem.step_s
-            or forecast_at != made_at
-            or controlled != tuple(prepared.controlled)
-            or (now - full_at).total_seconds() >= self.options.full_plan_every_s
-        ):
-            return None
-        shift = round((problem.start - start).total_seconds() / step_s)
-        if shift < 0:
-            return None
-        n = problem.n_steps
-        return {name: (row[shift:] + [0] * n)[:n] for name, row in rows.items()}
-
-    def _remember(self, prepared: Prepared, plan: Plan, now: datetime, full: bool) -> None:
-        if prepared.fallback_reason is not None:
-            self._last_rows = None
-            return
-        full_at = now if full or self._last_rows is None else self._last_rows[5]
-        made_at = prepared.forecast.made_at if prepared.forecast is not None else None
-        self._last_rows = (
-            prepared.problem.start,
-            prepared.problem.step_s,
-            {k: list(v) for k, v in plan.sockets.items()},
-            made_at,
-            tuple(prepared.controlled),
-            full_at,
+    def _plan_quick(
+        self, problem: PlanningProblem, start: Mapping[str, Sequence[int]] | None
+    ) -> Plan:
+        """The quick tier: local search from `start` (a count of evaluations)."""
+        limit = max(QUICK_CEILING_S, self.time_limit_s)
+        return plan_quick(
+            problem, start, Options(quick_evals=self.options.warm_evals, time_limit_s=limit)
         )
+
+    def _full_timeout_s(self, problem: PlanningProblem) -> float:
+        if self.options.full_timeout_s is not None:
+            return self.options.full_timeout_s
+        return default_ceiling(problem) + WORKER_START_S + 5.0
 
     # --- subscriptions ------------------------------------------------------------------
 
@@ -279,6 +348,7 @@ class Scheduler:
         self.money.subscribe(service)
         service.subscribe(t.forecast(), self.on_forecast)
         service.subscribe(t.all_overrides(), self.on_override)
+        service.subscribe(t.all_socket_states(), self.on_socket_state)
         service.subscribe(t.all_measurements(), self.on_measurement)
         service.subscribe(t.surplus(), self.on_surplus)
 
@@ -396,6 +466,35 @@ class Scheduler:
         self.overrides[name] = state
         self._counters.inc("overrides_received")
         self._wake.set()
+
+    async def on_socket_state(self, topic: str, payload: bytes) -> None:
+        """The actuator's state of a socket: its last switch time (`<base>/+` also matches
+        the plan, books, ...: those are left to their own handlers)."""
+        found = self._topics.match(topic)
+        if found is None or found[0].name != "socket_state":
+            return
+        try:
+            slug = found[1]["socket"]
+            device = self.devices.device_by_slug(slug)
+            if not isinstance(device, SocketConfig):
+                raise _DropError(f"{slug!r} is not a configured socket")
+            state = self._parse(SocketState, payload)
+            if state.socket != device.device_name:
+                raise _DropError(f"socket {state.socket!r} on the topic of {device.device_name!r}")
+            self._not_future(state.timestamp)
+            if state.last_switch_at is not None:
+                self._not_future(state.last_switch_at)
+        except _DropError as err:
+            self._drop("socket_state", topic, str(err))
+            return
+        name = device.device_name
+        seen = self._state_seen.get(name)
+        if seen is not None and state.timestamp < seen:
+            return
+        self._state_seen[name] = state.timestamp
+        if state.last_switch_at is not None:
+            self.last_switch_at[name] = state.last_switch_at
+        self._counters.inc("socket_states_received")
 
     async def on_measurement(self, topic: str, payload: bytes) -> None:
         try:
@@ -535,19 +634,33 @@ class Scheduler:
 
     async def plan_once(self) -> Prepared | None:
         """Plan on the latest surplus and publish plan, commands and books (None: not now)."""
-        now = self._clock.now()
+        now = self._clock.now().replace(microsecond=0)  # payload times to the second
         surplus = self.surplus
         if surplus is None or not self.restored.is_set():
             return None
         age = (now - surplus.timestamp).total_seconds()
-        if age > self.options.surplus_max_age_intervals * self.poll_interval_s:
+        allowed = self.options.surplus_max_age_intervals * self.poll_interval_s
+        allowed += self._work_s(self.options.work_allowance_s)
+        if age > allowed:
             self._counters.inc("surplus_stale")
-            self._rate_limited.log(
-                "surplus_stale",
-                logging.WARNING,
-                "the latest surplus is %.0f s old: not planning (is the poller running?)",
-                age,
-            )
+            if isinstance(self._clock, ScaledClock) and self._clock.speed > 1:
+                self._rate_limited.log(
+                    "surplus_stale",
+                    logging.WARNING,
+                    "the latest surplus is %.0f simulated s old (%.1f real s at %gx): not "
+                    "planning until a fresh one (is the poller running, or the machine too "
+                    "busy for this speed?)",
+                    age,
+                    age / self._clock.speed,
+                    self._clock.speed,
+                )
+            else:
+                self._rate_limited.log(
+                    "surplus_stale",
+                    logging.WARNING,
+                    "the latest surplus is %.0f s old: not planning (is the poller running?)",
+                    age,
+                )
             return None
         self.books = roll_books(self.books, self._today())
         prepared = prepare(
@@ -561,24 +674,30 @@ class Scheduler:
             surplus=surplus,
             forecast=self.forecast,
             baseline=self.baseline,
+            last_switch_at=self.last_switch_at,
         )
         prepared = self.money.price(prepared, now)
-        note: str | None = None
+        tier: Tier | None = None
         if prepared.fallback_reason is not None:
             boundary_at = next_boundary(now, self.ctx.tz, self.ctx.boundary)
             plan = fallback_plan(prepared.problem, boundary_at, self.ctx.fallback_margin_s)
             self._counters.inc("plans_fallback_rule")
+            self.incumbent = None
         else:
-            self._warm_rows = self._warm_start(prepared, now)
-            full = self._warm_rows is None
-            plan, note = await self._solve(prepared.problem)
-            self._warm_rows = None
-            if note is None:
-                self._counters.inc("plans_full" if full else "plans_quick")
-                self._remember(prepared, plan, now, full)
-        self._report_mode(prepared, plan, note)
+            prepared = replace_problem(prepared, self._with_previous(prepared.problem))
+            plan, tier = self._solve(prepared, now)
+            self.incumbent = Incumbent(
+                start=prepared.problem.start,
+                key=self._key(prepared),
+                rows={k: list(v) for k, v in plan.sockets.items()},
+                modes=list(plan.battery_mode) if plan.battery_mode is not None else None,
+            )
+        self._report_mode(prepared, plan, None)
         valid_s = self.options.command_valid_intervals * self.poll_interval_s
-        message = plan_message(prepared, plan, now, note)
+        valid_s += self._work_s(self.options.work_allowance_s)
+        message = plan_message(prepared, plan, now)
+        if tier is not None:
+            message = message.model_copy(update={"tier": tier})
         message = self.money.publish(prepared, plan, message, now, valid_s)
         self._publisher.publish(self._topics.plan(), message)
         for slug, command in commands(prepared, plan, now, valid_s):
@@ -589,18 +708,130 @@ class Scheduler:
         self.last_plan = prepared
         return prepared
 
-    async def _solve(self, problem: PlanningProblem) -> tuple[Plan, str | None]:
-        """The configured planner's plan in a thread, or the reference plan and why."""
+    def _key(self, prepared: Prepared) -> PlanKey:
+        made_at = prepared.forecast.made_at if prepared.forecast is not None else None
+        return PlanKey(prepared.problem.step_s, made_at, tuple(prepared.controlled))
+
+    def _shift(self, start: datetime, step_s: int, problem: PlanningProblem) -> int | None:
+        """Steps from a plan starting at `start` to `problem`'s start; None if they do not
+        line up (another step, a later start) or the plan has ended."""
+        if step_s != problem.step_s:
+            return None
+        offset = (problem.start - start).total_seconds()
+        shift = round(offset / step_s)
+        if shift < 0 or abs(offset - shift * step_s) > 1e-6:
+            return None
+        return shift
+
+    def _with_previous(self, problem: PlanningProblem) -> PlanningProblem:
+        """The problem with the incumbent moved onto its steps (`previous`, and
+        `previous_battery_mode` where the incumbent had modes), if it still has steps left."""
+        inc = self.incumbent
+        if inc is None:
+            return problem
+        shift = self._shift(inc.start, inc.key.step_s, problem)
+        length = max((len(r) for r in inc.rows.values()), default=0)
+        if shift is None or shift >= length:
+            return problem
+        names = [s.name for s in problem.sockets]
+        update: dict[str, object] = {
+            "previous": moved_rows(inc.rows, shift, names, problem.n_steps)
+        }
+        if inc.modes is not None and problem.priced and problem.batteries:
+            update["previous_battery_mode"] = moved_modes(inc.modes, shift, problem.n_steps)
+        return problem.model_copy(update=update)
+
+    def _solve(self, prepared: Prepared, now: datetime) -> tuple[Plan, Tier | None]:
+        """The plan for `prepared` and the tier that made it (None: the reference planner)."""
+        problem = prepared.problem
         if self._planner_name == "reference":
-            return self._planner(problem), None
-        if self._solver is not None and not self._solver.done():
-            self._counters.inc("planner_busy")
-            return plan_reference(problem), "optimal planner still busy"
-        solver = asyncio.ensure_future(asyncio.to_thread(self._planner, problem))
+            return plan_reference(problem), None
+        key = self._key(prepared)
+        start: Mapping[str, Sequence[int]] | None = problem.previous or None
+        tier: Tier = "quick"
+        full = self._take_full(key, problem, now)
+        full_status = None
+        if full is not None:
+            (start, full_status), tier = full, "full"
+        try:
+            plan = self._quick_planner(problem, start)
+        except Exception as err:  # a bug in the planner: the reference plan, never nothing
+            self._counters.inc("planner_errors")
+            self._rate_limited.log(
+                "planner_error",
+                logging.ERROR,
+                "the quick planner failed (%r): the reference plan is used",
+                err,
+            )
+            return plan_reference(problem), "quick"
+        if tier == "full" and plan.info.get("kept_previous") == 1:
+            self._counters.inc("full_plans_held_back")
+            self._log.info(
+                "full plan: no better than the current plan by %g Wh: kept the current",
+                problem.hold_gain_wh,
+            )
+            tier = "quick"
+        elif tier == "full":
+            self._log.info("full plan (%s) adopted", full_status)
+        self._counters.inc("plans_full" if tier == "full" else "plans_quick")
+        self._maybe_start_full(key, problem, now)
+        return plan, tier
+
+    def _take_full(
+        self, key: PlanKey, problem: PlanningProblem, now: datetime
+    ) -> tuple[dict[str, list[int]], str] | None:
+        """A finished full plan's rows moved onto `problem`'s steps and its status, if it is
+        current."""
+        job = self.full_job
+        if job is None or not job.task.done():
+            return None
+        self.full_job = None
+        if job.abandoned or job.task.cancelled():
+            return None
+        try:
+            plan = job.task.result()
+        except Exception:  # logged and counted by _run_full
+            return None
+        if plan is None:
+            return None
+        age = (now - job.start).total_seconds()
+        allowed = self.options.full_plan_max_age_s + self._work_s(self.options.work_allowance_s)
+        shift = self._shift(job.start, job.key.step_s, problem)
+        why = None
+        if job.key != key:
+            why = "planned on another forecast or other sockets"
+        elif shift is None or age > allowed:
+            why = f"started {age:.0f} s ago"
+        if why is not None:
+            self._counters.inc("full_plans_discarded")
+            self._log.info("full plan discarded: %s", why)
+            return None
+        names = [s.name for s in problem.sockets]
+        return moved_rows(plan.sockets, shift or 0, names, problem.n_steps), plan.status
+
+    def _maybe_start_full(self, key: PlanKey, problem: PlanningProblem, now: datetime) -> None:
+        """Start a full plan in the background when one is due and none runs."""
+        if self.full_job is not None or (self._solver is not None and not self._solver.done()):
+            return
+        last = self._full_started
+        due = (
+            last is None
+            or last[0] != key
+            or (now - last[1]).total_seconds() >= self.options.full_plan_every_s
+        )
+        if not due:
+            return
+        self._full_started = (key, now)
+        task = asyncio.ensure_future(self._run_full(problem))
+        self.full_job = FullJob(key=key, start=problem.start, task=task)
+        self._counters.inc("full_plans_started")
+
+    async def _run_full(self, problem: PlanningProblem) -> Plan | None:
+        """The full tier in a thread; the plan, or None (failed or abandoned: logged)."""
+        solver = asyncio.ensure_future(asyncio.to_thread(self._full_planner, problem))
         solver.add_done_callback(_retrieve)
         self._solver = solver
-        limit = self.options.planner_timeout_factor * self.time_limit_s
-        limit += self.options.planner_timeout_margin_s
+        limit = self._full_timeout_s(problem)
         try:
             plan = await with_timeout(self._clock, limit, asyncio.shield(solver), work=True)
         except TimeoutError:
@@ -608,22 +839,31 @@ class Scheduler:
             self._rate_limited.log(
                 "planner_timeout",
                 logging.WARNING,
-                "the %s planner took over %g s: the reference plan is used",
-                self._planner_name,
+                "the full plan took over %g s: abandoned, the quick plans go on",
                 limit,
             )
-            return plan_reference(problem), "optimal planner timed out"
+            return None
         except Exception as err:
             self._counters.inc("planner_errors")
             self._rate_limited.log(
                 "planner_error",
                 logging.ERROR,
-                "the %s planner failed (%r): the reference plan is used",
-                self._planner_name,
+                "the full planner failed (%r): the quick plans go on",
                 err,
             )
-            return plan_reference(problem), "optimal planner failed"
-        return plan, None
+            return None
+        finally:
+            self._wake.set()
+        reason = plan.info.get("fallback_reason")
+        if plan.status == "fallback" and isinstance(reason, str) and reason.startswith("worker"):
+            self._counters.inc("full_plan_worker_failures")
+            self._rate_limited.log(
+                "worker_failed",
+                logging.WARNING,
+                "full plan: %s: the reference plan stands in",
+                reason,
+            )
+        return plan
 
     def _report_mode(self, prepared: Prepared, plan: Plan, note: str | None) -> None:
         mode = prepared.fallback_reason or note or "forecast"
@@ -644,6 +884,11 @@ class Scheduler:
         )
         self._publisher.publish(self._topics.books(), message)
         self._counters.inc("books_published")
+
+
+def replace_problem(prepared: Prepared, problem: PlanningProblem) -> Prepared:
+    """`prepared` with another problem."""
+    return dataclasses.replace(prepared, problem=problem)
 
 
 def _retrieve(future: asyncio.Future[Plan]) -> None:

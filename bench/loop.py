@@ -1,0 +1,405 @@
+"""The planners in the loop: the whole stack on the simulated house, day by day.
+
+    python -m bench.loop [--speed 600] [--seed 1] [--days summer,clouds,winter]
+                         [--planners optimal,reference] [--out docs/bench-loop.md]
+    make bench-loop
+
+For each simulated day — a clear summer day, a summer day of passing clouds
+(`cloudiness = 0.5`), an overcast winter day — and each planner (`planner = optimal`, the
+default, and `reference`, the original's rules), `hwsched run --secure --speed S` runs as a
+process (broker, simulated house, poller, forecaster, prices, scheduler, actuator, bridge on
+one accelerated clock, as `bench.soak` starts it, without faults) from 05:30 local to just
+after the next day's 06:00 boundary. The harness watches from outside: the house's own event
+log (`/control/events`: every relay change and who made it, every store becoming full) and
+MQTT as Home Assistant sees it (the P1 meter's counters, the books, the plans).
+
+Per day and planner, over the planning day (06:00 to 06:00): P1 import and export (kWh, the
+meter's counters), energy into the optional stores (the books at the day's end), whether
+each needed store was full at the boundary, switches per socket (the relay changes the
+actuator made), the most switches of one socket within any hour, which tier made the
+plans, and the warnings the services logged.
+
+Targets (issue 14): the default planner's loop imports no more than the reference's; no
+socket switches more than 2 times in any hour; a needed socket at most 6 times a day; no more
+switches in total than the reference loop. Not in CI: minutes per day on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bench.soak import (
+    BASE,
+    HOUSE_TOML,
+    NEEDED,
+    OPTIONAL,
+    ROOT,
+    SERVICE_ENV,
+    Soak,
+    SoakOptions,
+    local,
+)
+from shared.clock import shared_scaled_clock
+
+#: The days: (key, description, date, cloudiness).
+DAYS: dict[str, tuple[str, date, float]] = {
+    "summer": ("clear summer day", date(2026, 6, 21), 0.0),
+    "clouds": ("summer, passing clouds", date(2026, 6, 22), 0.5),
+    "winter": ("overcast winter day", date(2026, 12, 15), 0.8),
+}
+PLANNERS = ("optimal", "reference")
+SOCKETS = (*NEEDED, OPTIONAL)
+#: Targets (issue 14).
+MAX_PER_HOUR = 2
+MAX_NEEDED_PER_DAY = 6
+
+
+@dataclass
+class DayResult:
+    day: str
+    planner: str
+    seed: int
+    import_kwh: float | None = None
+    export_kwh: float | None = None
+    optional_wh: float | None = None
+    #: Each needed store full at some time in the day (it became full, or was still full at
+    #: the day's start): the daily need met.
+    full_in_day: dict[str, bool] = field(default_factory=dict)
+    switches: dict[str, int] = field(default_factory=dict)
+    max_per_hour: dict[str, int] = field(default_factory=dict)
+    tiers: dict[str, int] = field(default_factory=dict)
+    warnings: dict[str, int] = field(default_factory=dict)
+    took_s: float = 0.0
+
+    @property
+    def total_switches(self) -> int:
+        return sum(self.switches.values())
+
+
+class LoopRun(Soak):
+    """One day of the stack with one planner, no faults."""
+
+    def __init__(self, options: SoakOptions, planner: str, cloudiness: float) -> None:
+        super().__init__(options)
+        self.planner = planner
+        self.cloudiness = cloudiness
+
+    def _write_inputs(self) -> tuple[Path, Path]:
+        devices_file, house = super()._write_inputs()
+        # first: TOML keys after a table header belong to that table
+        house.write_text(f"cloudiness = {self.cloudiness}\n" + HOUSE_TOML.format(seed=self.o.seed))
+        return devices_file, house
+
+    async def _start_stack(self) -> None:
+        devices_file, house = self._write_inputs()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HWSCHED_")}
+        env |= SERVICE_ENV | {"PYTHONUNBUFFERED": "1", "HWSCHED_PLANNER": self.planner}
+        out = (self.run_dir / "stack.out").open("wb")
+        self.stack = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "services.cli",
+            "run",
+            "--secure",
+            "--devices",
+            str(devices_file),
+            "--run-dir",
+            str(self.run_dir),
+            "--speed",
+            repr(self.o.speed),
+            "--start",
+            self.o.start.isoformat(),
+            "--sim-config",
+            str(house),
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        out.close()
+        stack_file = self.run_dir / "stack.json"
+        deadline = time.monotonic() + 60
+        while True:
+            if self.stack.returncode is not None:
+                raise RuntimeError(f"the stack stopped at start: see {self.run_dir}/stack.out")
+            with contextlib.suppress(OSError, ValueError):
+                info = json.loads(stack_file.read_text())
+                if info.get("state") == "running":
+                    self.info = info
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the stack did not start: see {self.run_dir}/stack.out")
+            await asyncio.sleep(0.2)
+        clock = self.info["clock"]
+        self.clock = shared_scaled_clock(
+            float(clock["speed"]), datetime.fromisoformat(clock["start"]), float(clock["origin"])
+        )
+        for line in (self.run_dir / "broker" / "passwords.env").read_text().splitlines():
+            name, _, value = line.partition("=")
+            self.passwords[name] = value
+        self.say(f"stack running ({self.planner} planner)")
+
+    async def run_day(self) -> None:
+        """Run the stack from the start to the end; the messages and events are in `seen`."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for old in self.run_dir.glob("*.log"):
+            old.unlink()
+        await self._start_stack()
+        assert self.clock is not None
+        watchers = [
+            asyncio.create_task(self._record()),
+            asyncio.create_task(self._house_events()),
+        ]
+        try:
+            await self.clock.sleep_until(self.o.end)
+            self.seen.until_stop = len(self.seen.messages)
+        finally:
+            self._stop.set()
+            await self._stop_stack()
+            for task in watchers:
+                task.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
+        self._dump()
+
+
+def _times(
+    events: list[dict[str, Any]], socket: str, begin: datetime, end: datetime
+) -> list[datetime]:
+    out = []
+    for e in events:
+        if e["socket"] != socket or e["by"] != "api" or e["event"] not in ("on", "off"):
+            continue
+        at = datetime.fromisoformat(e["time"])
+        if begin <= at < end:
+            out.append(at)
+    return sorted(out)
+
+
+def max_in_window(times: list[datetime], window_s: float = 3600.0) -> int:
+    """The most of `times` (sorted) within any window of `window_s`."""
+    best, lo = 0, 0
+    for hi, at in enumerate(times):
+        while (at - times[lo]).total_seconds() >= window_s:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+def measure(run_dir: Path, day: str, planner: str, seed: int) -> DayResult:
+    """The day's figures from what the harness saw (the run directory's dumps)."""
+    _, on, _ = DAYS[day]
+    begin = local(on, 6, 0)
+    end = begin + timedelta(days=1)
+    result = DayResult(day=day, planner=planner, seed=seed)
+    meter: list[tuple[datetime, float, float]] = []
+    books: dict[str, Any] | None = None
+    plan_topic, books_topic = f"{BASE}/plan", f"{BASE}/books"
+    with (run_dir / "mqtt.jsonl").open() as lines:
+        for line in lines:
+            message = json.loads(line)
+            topic = message["topic"]
+            if not (topic.endswith("/measurement") or topic in (plan_topic, books_topic)):
+                continue
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                data = json.loads(message["payload"])
+                if not isinstance(data, dict):
+                    continue
+                if topic == plan_topic:
+                    made = datetime.fromisoformat(data["made_at"])
+                    if begin <= made < end and not message["retained"]:
+                        tier = data.get("tier") or data.get("planner", "?")
+                        result.tiers[tier] = result.tiers.get(tier, 0) + 1
+                elif topic == books_topic:
+                    at = datetime.fromisoformat(data["timestamp"])
+                    if datetime.fromisoformat(data["day_start"]) == begin and at <= end:
+                        books = data
+                elif (
+                    data.get("device_type") == "HWE-P1"
+                    and data.get("energy_import_kwh") is not None
+                ):
+                    at = datetime.fromisoformat(data["timestamp"])
+                    meter.append((at, data["energy_import_kwh"], data["energy_export_kwh"]))
+    inside = sorted(m for m in meter if begin <= m[0] <= end)
+    if len(inside) >= 2:
+        result.import_kwh = inside[-1][1] - inside[0][1]
+        result.export_kwh = inside[-1][2] - inside[0][2]
+    if books is not None:
+        book = books.get("sockets", {}).get(OPTIONAL)
+        result.optional_wh = float(book["energy_wh"]) if book else 0.0
+    events: list[dict[str, Any]] = json.loads((run_dir / "house-events.json").read_text())
+    for name in NEEDED:
+        marks = sorted(
+            (datetime.fromisoformat(e["time"]), e["event"])
+            for e in events
+            if e["socket"] == name and e["event"] in ("full", "not-full")
+        )
+        before = [what for at, what in marks if at < begin]
+        became = any(what == "full" and begin <= at < end for at, what in marks)
+        result.full_in_day[name] = became or (bool(before) and before[-1] == "full")
+    for name in SOCKETS:
+        times = _times(events, name, begin, end)
+        result.switches[name] = len(times)
+        result.max_per_hour[name] = max_in_window(times)
+    for log in sorted(run_dir.glob("*.log")):
+        text = log.read_text(errors="replace")
+        count = sum(1 for line in text.splitlines() if " WARNING " in line)
+        if count:
+            result.warnings[log.stem] = count
+    return result
+
+
+async def run_one(day: str, planner: str, seed: int, speed: float, run_dir: Path) -> DayResult:
+    _, on, cloudiness = DAYS[day]
+    begin = local(on, 6, 0)
+    end = begin + timedelta(days=1)
+    options = SoakOptions(
+        start=local(on, 5, 30),
+        end=end + timedelta(minutes=3),
+        speed=speed,
+        seed=seed,
+        run_dir=run_dir / f"{day}-{planner}",
+    )
+    run = LoopRun(options, planner, cloudiness)
+    began = time.monotonic()
+    await run.run_day()
+    result = measure(options.run_dir, day, planner, seed)
+    result.took_s = time.monotonic() - began
+    return result
+
+
+def _kwh(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2f}"
+
+
+def table(results: list[DayResult]) -> str:
+    short = {"Kitchen boiler": "Kitchen", "Shower boiler": "Shower", "E-bike charger": "E-bike"}
+    head = (
+        "| day | planner | seed | import kWh | export kWh | optional Wh | needed full in the day "
+        "| switches (" + " / ".join(short[s] for s in SOCKETS) + ") | total | max/h "
+        "| plans by tier | warnings |"
+    )
+    lines = [head, "|" + "---|" * 12]
+    for r in results:
+        full = ", ".join(f"{short[n]} {'yes' if r.full_in_day.get(n) else 'NO'}" for n in NEEDED)
+        sw = " / ".join(str(r.switches.get(s, 0)) for s in SOCKETS)
+        per_hour = max(r.max_per_hour.values(), default=0)
+        tiers = ", ".join(f"{k} {v}" for k, v in sorted(r.tiers.items())) or "—"
+        warn = ", ".join(f"{k} {v}" for k, v in sorted(r.warnings.items())) or "none"
+        lines.append(
+            f"| {DAYS[r.day][0]} | {r.planner} | {r.seed} | {_kwh(r.import_kwh)} "
+            f"| {_kwh(r.export_kwh)} | {'—' if r.optional_wh is None else f'{r.optional_wh:.0f}'} "
+            f"| {full} | {sw} | {r.total_switches} | {per_hour} | {tiers} | {warn} |"
+        )
+    return "\n".join(lines)
+
+
+def targets(results: list[DayResult]) -> list[str]:
+    """One line per target and day: met or missed."""
+    out = []
+    by = {(r.day, r.planner): r for r in results}
+    for day in dict.fromkeys(r.day for r in results):
+        ours, ref = by.get((day, "optimal")), by.get((day, "reference"))
+        if ours is None:
+            continue
+        name = DAYS[day][0]
+        if ref is not None and ours.import_kwh is not None and ref.import_kwh is not None:
+            ok = ours.import_kwh <= ref.import_kwh + 1e-9
+            out.append(
+                f"{name}: import {ours.import_kwh:.2f} kWh vs reference {ref.import_kwh:.2f}: "
+                + ("met" if ok else "MISSED")
+            )
+        worst = max(ours.max_per_hour.values(), default=0)
+        out.append(
+            f"{name}: most switches of one socket in an hour {worst} (≤ {MAX_PER_HOUR}): "
+            + ("met" if worst <= MAX_PER_HOUR else "MISSED")
+        )
+        needed = max((ours.switches.get(n, 0) for n in NEEDED), default=0)
+        out.append(
+            f"{name}: most switches of a needed socket {needed} (≤ {MAX_NEEDED_PER_DAY}): "
+            + ("met" if needed <= MAX_NEEDED_PER_DAY else "MISSED")
+        )
+        if ref is not None:
+            ok = ours.total_switches <= ref.total_switches
+            out.append(
+                f"{name}: switches {ours.total_switches} vs reference {ref.total_switches}: "
+                + ("met" if ok else "MISSED")
+            )
+    return out
+
+
+async def bench(
+    days: list[str], planners: list[str], seed: int, speed: float, run_dir: Path
+) -> list[DayResult]:
+    results = []
+    for day in days:
+        for planner in planners:
+            print(f"loop: {DAYS[day][0]}, {planner} planner, seed {seed}, {speed:g}x", flush=True)
+            result = await run_one(day, planner, seed, speed, run_dir)
+            print(table([result]).splitlines()[-1], f"({result.took_s:.0f} s)", flush=True)
+            results.append(result)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.loop", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--speed", type=float, default=600.0, help="simulated s per real s (600)")
+    parser.add_argument("--seed", type=int, default=1, help="the house's seed (clouds, noise): 1")
+    parser.add_argument("--days", default=",".join(DAYS), help="summer,clouds,winter")
+    parser.add_argument("--planners", default=",".join(PLANNERS), help="optimal,reference")
+    parser.add_argument("--run-dir", default=str(ROOT / "run" / "loop"), help="logs (run/loop)")
+    parser.add_argument("--out", help="write the table and the targets to this Markdown file")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="no runs: the figures of the runs already in --run-dir",
+    )
+    args = parser.parse_args(argv)
+    days = [d for d in args.days.split(",") if d]
+    planners = [p for p in args.planners.split(",") if p]
+    unknown = [d for d in days if d not in DAYS] + [p for p in planners if p not in PLANNERS]
+    if unknown:
+        parser.error(f"unknown: {', '.join(unknown)}")
+    load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"bench-loop: seed {args.seed}, speed {args.speed:g}x, load {load}", flush=True)
+    began = time.monotonic()
+    if args.report_only:
+        run_dir = Path(args.run_dir)
+        results = [
+            measure(run_dir / f"{d}-{p}", d, p, args.seed)
+            for d in days
+            for p in planners
+            if (run_dir / f"{d}-{p}" / "house-events.json").is_file()
+        ]
+    else:
+        results = asyncio.run(bench(days, planners, args.seed, args.speed, Path(args.run_dir)))
+    took = time.monotonic() - began
+    text = table(results) + "\n\n" + "\n".join(f"- {t}" for t in targets(results)) + "\n"
+    command = (
+        f"python -m bench.loop --speed {args.speed:g} --seed {args.seed} "
+        f"--days {','.join(days)} --planners {','.join(planners)}"
+    )
+    print(text + f"\n{command}: {took:.0f} s", flush=True)
+    if args.out:
+        end_load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
+        Path(args.out).write_text(
+            f"`{command}` ({took:.0f} s; load average {load} at the start, {end_load} at "
+            f"the end)\n\n{text}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

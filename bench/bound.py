@@ -51,11 +51,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from shared.planning.milp import new_highs
-from shared.planning.problem import BatteryMode, PlanningProblem
+from shared.planning.problem import BatteryMode, Plan, PlanningProblem
 from shared.planning.simulate import (
     UNMET_TOLERANCE_WH,
     optional_value_eur_kwh,
     price_allows_optional,
+    simulate_plan,
 )
 
 BatteryModel = Literal["free", "modes"]
@@ -139,9 +140,11 @@ def solve_bound(
     model: BatteryModel = "free",
     seconds: float = 60.0,
     keep_min_battery_charge: bool = False,
+    start: Plan | None = None,
 ) -> BoundResult:
     """The day's MILP with the `model` battery, solved for up to `seconds` (one thread, a
-    fixed seed). Needs prices; raises ImportError without highspy."""
+    fixed seed), from `start` (a plan it then never does worse than, when that plan keeps
+    the model's rules). Needs prices; raises ImportError without highspy."""
     import highspy
     import numpy as np
 
@@ -160,6 +163,10 @@ def solve_bound(
     worth = optional_value_eur_kwh(problem)
     eur = dt / 1000.0 * _SCALE  # per W in one step, at 1 EUR/kWh, in the objective's unit
     lp = _Lp()
+    # The start plan's day, for its column values (`guess`).
+    day = simulate_plan(problem, start) if start is not None else None
+    guess: dict[int, float] = {}
+    mode_row: list[BatteryMode] = list((start.battery_mode if start else None) or ["zero"] * n)
 
     # -- sockets: exact draws ----------------------------------------------------------------
     load: list[list[tuple[int, float]]] = [[] for _ in range(n)]  # (column, W) per step
@@ -183,6 +190,11 @@ def solve_bound(
             if rem > 0:
                 zs.append(lp.var(0.0, 1.0 if ok_z else 0.0, -value * rem / dt, True))
         on_cols[s.name] = [[ys[t]] + ([zs[t]] if zs else []) for t in range(n)]
+        if day is not None:
+            for t, drawn in enumerate(day.socket_power_w[s.name]):
+                guess[ys[t]] = float(drawn >= s.max_power_usage - 1e-9)
+                if zs:
+                    guess[zs[t]] = float(1e-9 < drawn < s.max_power_usage - 1e-9)
         if k < n:
             lp.row([(j, 1.0) for j in ys], -inf, float(k))
         if zs:
@@ -212,6 +224,18 @@ def solve_bound(
     c = [lp.var(0.0, pb) for _ in range(n)] if has_batt else []
     u = [lp.var(0.0, pb) for _ in range(n)] if has_batt else []
     e = [lp.var(0.0, cap) for _ in range(n)] if has_batt else []
+    #: The start's grid (+ import) and battery (+ charging) power and charge per step.
+    g0 = day.grid_power_w if day is not None else [0.0] * n
+    b0 = day.battery_power_w if (day is not None and has_batt) else [0.0] * n
+    e0 = day.battery_energy_wh if (day is not None and has_batt) else [0.0] * n
+    if day is not None:
+        for t in range(n):
+            guess[imp[t]] = max(0.0, g0[t])
+            guess[exp[t]] = max(0.0, -g0[t])
+            if has_batt:
+                guess[c[t]] = max(0.0, b0[t])
+                guess[u[t]] = max(0.0, -b0[t])
+                guess[e[t]] = e0[t]
     for t in range(n):
         # a - load - c + u = export - import
         terms = [(j, w) for j, w in load[t]] + [(exp[t], 1.0), (imp[t], -1.0)]
@@ -224,6 +248,7 @@ def solve_bound(
             lp.row([(e[t], 1.0), (c[t], -dt), (u[t], dt), *prev], rhs, rhs)
         if p_imp[t] <= p_exp[t] + 1e-12 and most_imp[t] > 0 and most_exp[t] > 0:
             sig = lp.binary()  # 1: importing, 0: exporting
+            guess[sig] = float(g0[t] > 1e-9)
             lp.row([(imp[t], 1.0), (sig, -most_imp[t])], -inf, 0.0)
             lp.row([(exp[t], 1.0), (sig, most_exp[t])], -inf, most_exp[t])
         # Optional sockets only from surplus (unless the price allows).
@@ -254,10 +279,15 @@ def solve_bound(
             if model == "free":
                 if most_exp[t] > 0:
                     beta = lp.binary()  # 1: discharging, so nothing exported
+                    guess[beta] = float(b0[t] < -1e-9)
                     lp.row([(u[t], 1.0), (beta, -pb)], -inf, 0.0)
                     lp.row([(exp[t], 1.0), (beta, most_exp[t])], -inf, most_exp[t])
                 continue
             absorb, cover, full = lp.binary(), lp.binary(), lp.binary()
+            to_full = mode_row[t] == "to_full"
+            guess[full] = float(to_full)
+            guess[absorb] = float(b0[t] > 1e-9 and not to_full)
+            guess[cover] = float(b0[t] < -1e-9)
             kinds.append((absorb, cover, full))
             lp.row([(absorb, 1.0), (cover, 1.0), (full, 1.0)], -inf, 1.0)
             lp.row([(c[t], 1.0), (absorb, -pb), (full, -pb)], -inf, 0.0)  # charge: absorb/full
@@ -269,20 +299,26 @@ def solve_bound(
             # nothing left to export; discharge at full power, or empty, or (covering)
             # nothing left to import.
             c_full, b_full = lp.binary(), lp.binary()
+            guess[c_full] = float(b0[t] >= pb - 1e-9)
+            guess[b_full] = float(e0[t] >= cap - 1e-6)
             lp.row([(c[t], 1.0), (c_full, -pb)], 0.0, inf)
             lp.row([(e[t], 1.0), (b_full, -cap)], 0.0, inf)
             lp.row([(full, 1.0), (c_full, -1.0), (b_full, -1.0)], -inf, 0.0)
             if most_exp[t] > 0:
                 no_exp = lp.binary()
+                guess[no_exp] = float(g0[t] >= -1e-9)
                 lp.row([(exp[t], 1.0), (no_exp, most_exp[t])], -inf, most_exp[t])
                 lp.row([(absorb, 1.0), (c_full, -1.0), (b_full, -1.0), (no_exp, -1.0)], -inf, 0.0)
             else:
                 lp.row([(absorb, 1.0), (c_full, -1.0), (b_full, -1.0)], -inf, 1.0)
             u_full, b_empty = lp.binary(), lp.binary()
+            guess[u_full] = float(-b0[t] >= pb - 1e-9)
+            guess[b_empty] = float(e0[t] <= 1e-6)
             lp.row([(u[t], 1.0), (u_full, -pb)], 0.0, inf)
             lp.row([(e[t], 1.0), (b_empty, cap)], -inf, cap)
             if most_imp[t] > 0:
                 no_imp = lp.binary()
+                guess[no_imp] = float(g0[t] <= 1e-9)
                 lp.row([(imp[t], 1.0), (no_imp, most_imp[t])], -inf, most_imp[t])
                 lp.row([(cover, 1.0), (u_full, -1.0), (b_empty, -1.0), (no_imp, -1.0)], -inf, 0.0)
             else:
@@ -315,6 +351,9 @@ def solve_bound(
     )
     ints = np.array(lp.ints, dtype=np.int32)
     h.changeColsIntegrality(len(ints), ints, np.array([highspy.HighsVarType.kInteger] * len(ints)))
+    if guess:
+        cols = sorted(guess)
+        h.setSolution(len(cols), np.array(cols, dtype=np.int32), np.array([guess[j] for j in cols]))
     h.run()
     status = h.getModelStatus()
     info: Any = h.getInfo()

@@ -104,6 +104,7 @@ pytest: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.planners
+	$(BIN)/python -m bench.money
 
 ## Re-pin the locks from what is installed in the venv (review the diff!).
 lock:

@@ -36,9 +36,11 @@ and drawing < 10 % of its max power), as in the original project.
 
 A power cut is not a person: a relay found changed on the first good read after reads failed
 (the socket was off the network: without power, or restarting) is a restore, not a hand
-switch. It is unknown: the plan decides the socket at once (no switch interval begins), and
-without one the fallback rule does, so an optional socket a restore turned on stays on only
-on surplus.
+switch; so are changes of two or more sockets to the same state within `together_s` that
+leave every socket in that state (a cut too short for a failed read; holds already made for
+them are withdrawn). A restore is unknown: the plan decides the socket at once (no switch
+interval begins), and without one the fallback rule does, so an optional socket a restore
+turned on stays on only on surplus.
 
 The fallback rule (`fallback_targets`): in the planning order, a needed socket that is not
 full is on from its latest start (next boundary − remaining Wh / power − margin); any socket
@@ -139,6 +141,9 @@ class ActuatorOptions:
     #: A retained state or override read back with a time this far ahead of now is refused
     #: (clock skew), s.
     max_future_s: float = 120.0
+    #: Every socket found changed to the same state within this long is a power cut's
+    #: restore, not people (a few relay read intervals), s.
+    together_s: float = 30.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ActuatorOptions:
@@ -147,6 +152,7 @@ class ActuatorOptions:
             fallback_after_s=float(settings.fallback_after_s),
             fallback_margin_s=float(settings.fallback_margin_s),
             retry_min_s=max(1.0, settings.actuator_read_interval_s),
+            together_s=max(30.0, 3 * settings.actuator_read_interval_s),
         )
 
 
@@ -198,6 +204,10 @@ class SocketControl:
     published: tuple[object, ...] | None = None
     #: A read failed since the last good one (the socket off the network, or without power).
     unreachable: bool = False
+    #: When a change of its relay was last taken for a hand switch, and its last switch
+    #: before that (put back if the change turns out to be a restore).
+    hand_at: datetime | None = None
+    before_hand: tuple[datetime | None, str | None] = (None, None)
     #: It came back from being unreachable with its relay changed (a power cut's restore):
     #: until a plan says otherwise, the fallback rule decides it (never left on off-surplus).
     came_back: bool = False
@@ -732,7 +742,39 @@ class ActuatorCore:
             "the plan" if self.plan is not None else "the scheduler's plan or the fallback rule",
         )
 
+    def _all_at_once(self, c: SocketControl, power_on: bool, now: datetime) -> list[SocketControl]:
+        """The other sockets found changed to `power_on` by hand within `together_s`, when
+        with `c` every socket is now in that state (a power cut's restore); else []."""
+        window = timedelta(seconds=self.options.together_s)
+        others = [
+            d
+            for d in self.sockets.values()
+            if d is not c
+            and d.hand_at is not None
+            and now - d.hand_at <= window
+            and d.expected_on == power_on
+        ]
+        if not others:
+            return []
+        if any(d.power_on is not None and d.power_on != power_on for d in self.sockets.values()):
+            return []
+        return others
+
     def _hand_switch(self, c: SocketControl, power_on: bool, now: datetime) -> None:
+        together = self._all_at_once(c, power_on, now)
+        if together:
+            self._came_back(c, power_on)
+            for d in together:  # taken for people a moment ago: a restore after all
+                d.hand_at = None
+                d.last_switch_at, d.last_switch_reason = d.before_hand
+                self._counters.inc("hand_switches_undone")
+                if d.hold is not None and d.hold.source == MANUAL_SOURCE:
+                    d.hold = None
+                    self._publish_override(d, now, MANUAL_SOURCE)
+                self._came_back(d, power_on)
+            return
+        c.hand_at = now
+        c.before_hand = (c.last_switch_at, c.last_switch_reason)
         c.came_back = False
         wanted = self.desired(c.slug, now)
         c.expected_on = power_on

@@ -943,6 +943,21 @@ def test_real_speed_messages_do_not_talk_of_speed(caplog: pytest.LogCaptureFixtu
     rig.advance(900)
     (activation,) = [r.getMessage() for r in caplog.records if "in control" in r.getMessage()]
     assert "real time" not in activation
+    assert "none since the start at" in activation  # nothing came: no "last made at"
+
+
+def test_a_plan_that_came_late_says_so_when_it_hands_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rig = _speed_rig(600)
+    caplog.set_level("INFO", logger="hwsched.actuator")
+    rig.advance(900)
+    made = rig.now
+    rig.advance(800)  # planned for 800 s (1.3 s of real time at 600x)
+    rig.core.on_plan(plan_at(made, [0] * 4), rig.now)
+    rig.run("boiler")
+    (back,) = [r.getMessage() for r in caplog.records if "handed back" in r.getMessage()]
+    assert "13 min before it came" in back
 
 
 THREE = DevicesConfig.model_validate(

@@ -369,6 +369,10 @@ class ActuatorCore:
         self.restoring = True
         #: The latest moment the scheduler was heard from (a command's or plan's time).
         self.last_contact = started_at
+        #: A plan or command came since the start (else `last_contact` is the start).
+        self.heard = False
+        #: How long the newest plan or command took to come (its age on arrival), s.
+        self.contact_lag_s = 0.0
         self.fallback_active = False
         #: When the current fallback episode began (None: not in one).
         self.fallback_since: datetime | None = None
@@ -402,6 +406,9 @@ class ActuatorCore:
         return (now - self.last_contact).total_seconds() >= self.options.fallback_after_s
 
     def _contact(self, when: datetime, now: datetime) -> None:
+        if when >= self.last_contact:
+            self.contact_lag_s = max(0.0, (now - when).total_seconds())
+            self.heard = True
         self.last_contact = max(self.last_contact, min(when, now))
 
     def _publish_override(self, c: SocketControl, now: datetime, source: StateSource) -> None:
@@ -653,9 +660,10 @@ class ActuatorCore:
             self.fallback_since = now
             self._stale_told = False
             self._log.warning(
-                "no usable plan or command from the scheduler for %s (the last made at %s): "
+                "no usable plan or command from the scheduler for %s (%s %s): "
                 "fallback rule in control%s",
                 _duration(self.options.fallback_after_s),
+                "the last made at" if self.heard else "none since the start at",
                 self._clock_time(self.last_contact),
                 self._at_speed(
                     self.options.fallback_after_s,
@@ -665,10 +673,16 @@ class ActuatorCore:
         elif self.fallback_active and not due:
             self._counters.inc("fallback_handbacks")
             since = self.fallback_since if self.fallback_since is not None else now
+            lag = (
+                f", {_duration(self.contact_lag_s)} before it came"
+                if self.contact_lag_s >= 0.5 * self.options.fallback_after_s
+                else ""
+            )
             self._log.info(
-                "a plan from the scheduler again (made at %s) after %s on the fallback rule: "
+                "a plan from the scheduler again (made at %s%s) after %s on the fallback rule: "
                 "control handed back",
                 self._clock_time(self.last_contact),
+                lag,
                 _duration((now - since).total_seconds()),
             )
             self.fallback_since = None

@@ -943,3 +943,91 @@ def test_real_speed_messages_do_not_talk_of_speed(caplog: pytest.LogCaptureFixtu
     rig.advance(900)
     (activation,) = [r.getMessage() for r in caplog.records if "in control" in r.getMessage()]
     assert "real time" not in activation
+    assert "none since the start at" in activation  # nothing came: no "last made at"
+
+
+def test_a_plan_that_came_late_says_so_when_it_hands_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rig = _speed_rig(600)
+    caplog.set_level("INFO", logger="hwsched.actuator")
+    rig.advance(900)
+    made = rig.now
+    rig.advance(800)  # planned for 800 s (1.3 s of real time at 600x)
+    rig.core.on_plan(plan_at(made, [0] * 4), rig.now)
+    rig.run("boiler")
+    (back,) = [r.getMessage() for r in caplog.records if "handed back" in r.getMessage()]
+    assert "13 min before it came" in back
+
+
+THREE = DevicesConfig.model_validate(
+    {
+        "devices": [
+            *DEVICES.model_dump(mode="json", exclude_none=True)["devices"],
+            {
+                "device_name": "Kitchen",
+                "device_type": "HWE-SKT",
+                "ip_address": "10.0.0.4",
+                "max_power_usage": 1000,
+                "energy_capacity": 2000,
+                "daily_need": True,
+            },
+        ]
+    }
+)
+
+
+def _three_rig() -> Rig:
+    rig = make_rig()
+    rig.core = ActuatorCore(
+        THREE.sockets,
+        rig.out,
+        topics=TOPICS,
+        counters=rig.counters,
+        tz=TZ,
+        boundary=BOUNDARY,
+        started_at=T0,
+        options=ActuatorOptions(together_s=30),
+    )
+    rig.core.finish_restore(T0)
+    return rig
+
+
+def test_every_socket_changed_at_once_is_a_restore_even_without_a_failed_read() -> None:
+    """A cut shorter than a read interval: no read failed, but the sockets all came on within
+    seconds of each other. The first was taken for a person; the others show it was not."""
+    rig = _three_rig()
+    for slug in ("boiler", "e_bike", "kitchen"):
+        rig.read(slug, False)
+    rig.advance(600)
+    rig.read("boiler", True)  # one, then two while the third is off: people, for now
+    assert rig.core.socket("boiler").hold is not None
+    assert rig.last_override("boiler").source == "manual-switch"
+    rig.advance(4)
+    rig.read("e_bike", True)
+    rig.advance(3)
+    rig.read("kitchen", True)  # every socket now on: a restore, all three
+    for slug in ("boiler", "e_bike", "kitchen"):
+        c = rig.core.socket(slug)
+        assert (c.hold, c.came_back, c.last_switch_at) == (None, True, None), slug
+    assert rig.last_override("boiler").state == "auto"
+    assert rig.counters["hand_switches"] == 2  # the boiler's and the e-bike's, withdrawn
+    assert rig.counters["hand_switches_undone"] == 2
+    assert rig.counters["relay_restores"] == 3
+    assert rig.run("e_bike") is False  # the optional socket: no plan, no surplus: off
+
+
+def test_two_people_or_a_partial_change_stay_hand_switches() -> None:
+    rig = _three_rig()
+    for slug in ("boiler", "e_bike", "kitchen"):
+        rig.read(slug, False)
+    rig.advance(600)
+    rig.read("boiler", True)
+    rig.advance(5)
+    rig.read("e_bike", True)  # the kitchen is still off: people
+    assert rig.counters["hand_switches"] == 2
+    assert rig.core.socket("e_bike").hold is not None
+    rig.advance(60)
+    rig.read("kitchen", True)  # long after: a person too
+    assert rig.counters["hand_switches"] == 3
+    assert rig.counters["relay_restores"] == 0

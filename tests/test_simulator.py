@@ -843,6 +843,29 @@ async def test_power_cut_on_the_control_endpoint(sim: Simulator) -> None:
     assert (await p1.request("GET", "/api/system")).json()["uptime_s"] == 30
 
 
+async def test_a_restarted_house_brings_its_relays_back_as_they_were(tmp_path: Path) -> None:
+    """A restart of the simulator is a power cut: the sockets come back in their previous
+    state (not the settings' initial one), and the devices' uptime starts again."""
+    settings = SimulatorSettings(seed=5, cloudiness=0.0)
+    clock = ManualClock(NOON)
+    cfg = devices(batteries=0, sockets=2)
+    async with Simulator(cfg, clock=clock, settings=settings, state_dir=tmp_path) as first:
+        assert first.house.socket("Boiler 1").power_on  # the settings' default: on
+        async with httpx.AsyncClient(timeout=5) as client:
+            url = v1(first, "Boiler 1") + "/api/v1/state"
+            put = await client.put(url, json={"power_on": False})
+        assert put.status_code == 200
+        clock.advance(600)
+    clock.advance(60)
+    async with Simulator(cfg, clock=clock, settings=settings, state_dir=tmp_path) as second:
+        assert second.house.socket("Boiler 1").power_on is False
+        assert second.house.socket("Boiler 2").power_on is True
+        assert second.uptime_s(second.device("P1 meter")) == 0
+    # without a kept state directory, every run starts from the settings
+    async with Simulator(cfg, clock=clock, settings=settings) as fresh:
+        assert fresh.house.socket("Boiler 1").power_on is True
+
+
 async def test_control_state_and_manual_switch(sim: Simulator) -> None:
     async with httpx.AsyncClient(timeout=5) as client:
         state = (await client.get(sim.control_url + "/state")).json()

@@ -36,9 +36,11 @@ and drawing < 10 % of its max power), as in the original project.
 
 A power cut is not a person: a relay found changed on the first good read after reads failed
 (the socket was off the network: without power, or restarting) is a restore, not a hand
-switch. It is unknown: the plan decides the socket at once (no switch interval begins), and
-without one the fallback rule does, so an optional socket a restore turned on stays on only
-on surplus.
+switch; so are changes of two or more sockets to the same state within `together_s` that
+leave every socket in that state (a cut too short for a failed read; holds already made for
+them are withdrawn). A restore is unknown: the plan decides the socket at once (no switch
+interval begins), and without one the fallback rule does, so an optional socket a restore
+turned on stays on only on surplus.
 
 The fallback rule (`fallback_targets`): in the planning order, a needed socket that is not
 full is on from its latest start (next boundary − remaining Wh / power − margin); any socket
@@ -139,6 +141,9 @@ class ActuatorOptions:
     #: A retained state or override read back with a time this far ahead of now is refused
     #: (clock skew), s.
     max_future_s: float = 120.0
+    #: Every socket found changed to the same state within this long is a power cut's
+    #: restore, not people (a few relay read intervals), s.
+    together_s: float = 30.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ActuatorOptions:
@@ -147,6 +152,7 @@ class ActuatorOptions:
             fallback_after_s=float(settings.fallback_after_s),
             fallback_margin_s=float(settings.fallback_margin_s),
             retry_min_s=max(1.0, settings.actuator_read_interval_s),
+            together_s=max(30.0, 3 * settings.actuator_read_interval_s),
         )
 
 
@@ -198,6 +204,10 @@ class SocketControl:
     published: tuple[object, ...] | None = None
     #: A read failed since the last good one (the socket off the network, or without power).
     unreachable: bool = False
+    #: When a change of its relay was last taken for a hand switch, and its last switch
+    #: before that (put back if the change turns out to be a restore).
+    hand_at: datetime | None = None
+    before_hand: tuple[datetime | None, str | None] = (None, None)
     #: It came back from being unreachable with its relay changed (a power cut's restore):
     #: until a plan says otherwise, the fallback rule decides it (never left on off-surplus).
     came_back: bool = False
@@ -359,6 +369,10 @@ class ActuatorCore:
         self.restoring = True
         #: The latest moment the scheduler was heard from (a command's or plan's time).
         self.last_contact = started_at
+        #: A plan or command came since the start (else `last_contact` is the start).
+        self.heard = False
+        #: How long the newest plan or command took to come (its age on arrival), s.
+        self.contact_lag_s = 0.0
         self.fallback_active = False
         #: When the current fallback episode began (None: not in one).
         self.fallback_since: datetime | None = None
@@ -392,6 +406,9 @@ class ActuatorCore:
         return (now - self.last_contact).total_seconds() >= self.options.fallback_after_s
 
     def _contact(self, when: datetime, now: datetime) -> None:
+        if when >= self.last_contact:
+            self.contact_lag_s = max(0.0, (now - when).total_seconds())
+            self.heard = True
         self.last_contact = max(self.last_contact, min(when, now))
 
     def _publish_override(self, c: SocketControl, now: datetime, source: StateSource) -> None:
@@ -643,9 +660,10 @@ class ActuatorCore:
             self.fallback_since = now
             self._stale_told = False
             self._log.warning(
-                "no usable plan or command from the scheduler for %s (the last made at %s): "
+                "no usable plan or command from the scheduler for %s (%s %s): "
                 "fallback rule in control%s",
                 _duration(self.options.fallback_after_s),
+                "the last made at" if self.heard else "none since the start at",
                 self._clock_time(self.last_contact),
                 self._at_speed(
                     self.options.fallback_after_s,
@@ -655,10 +673,16 @@ class ActuatorCore:
         elif self.fallback_active and not due:
             self._counters.inc("fallback_handbacks")
             since = self.fallback_since if self.fallback_since is not None else now
+            lag = (
+                f", {_duration(self.contact_lag_s)} before it came"
+                if self.contact_lag_s >= 0.5 * self.options.fallback_after_s
+                else ""
+            )
             self._log.info(
-                "a plan from the scheduler again (made at %s) after %s on the fallback rule: "
+                "a plan from the scheduler again (made at %s%s) after %s on the fallback rule: "
                 "control handed back",
                 self._clock_time(self.last_contact),
+                lag,
                 _duration((now - since).total_seconds()),
             )
             self.fallback_since = None
@@ -732,7 +756,39 @@ class ActuatorCore:
             "the plan" if self.plan is not None else "the scheduler's plan or the fallback rule",
         )
 
+    def _all_at_once(self, c: SocketControl, power_on: bool, now: datetime) -> list[SocketControl]:
+        """The other sockets found changed to `power_on` by hand within `together_s`, when
+        with `c` every socket is now in that state (a power cut's restore); else []."""
+        window = timedelta(seconds=self.options.together_s)
+        others = [
+            d
+            for d in self.sockets.values()
+            if d is not c
+            and d.hand_at is not None
+            and now - d.hand_at <= window
+            and d.expected_on == power_on
+        ]
+        if not others:
+            return []
+        if any(d.power_on is not None and d.power_on != power_on for d in self.sockets.values()):
+            return []
+        return others
+
     def _hand_switch(self, c: SocketControl, power_on: bool, now: datetime) -> None:
+        together = self._all_at_once(c, power_on, now)
+        if together:
+            self._came_back(c, power_on)
+            for d in together:  # taken for people a moment ago: a restore after all
+                d.hand_at = None
+                d.last_switch_at, d.last_switch_reason = d.before_hand
+                self._counters.inc("hand_switches_undone")
+                if d.hold is not None and d.hold.source == MANUAL_SOURCE:
+                    d.hold = None
+                    self._publish_override(d, now, MANUAL_SOURCE)
+                self._came_back(d, power_on)
+            return
+        c.hand_at = now
+        c.before_hand = (c.last_switch_at, c.last_switch_reason)
         c.came_back = False
         wanted = self.desired(c.slug, now)
         c.expected_on = power_on

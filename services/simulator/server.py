@@ -99,6 +99,8 @@ DEFAULT_MISSING = (
     "power_on",
 )
 DEVICES_FILE = "devices.sim.json"
+#: The sockets' relays, kept for a restart (`Simulator.save_relays`).
+RELAYS_FILE = "relays.json"
 INFO_FILE = "simulator.json"
 _USER_NAME = re.compile(r"[a-zA-Z0-9\-_/\\# ]+")
 _SHUTDOWN_S = 0.25
@@ -357,6 +359,7 @@ class Simulator:
         self._control_runner: web.AppRunner | None = None
         self._physics: asyncio.Task[None] | None = None
         self._power_task: asyncio.Task[None] | None = None
+        self._saved_relays: dict[str, dict[str, bool]] | None = None
         self._stopping = asyncio.Event()
         self._garbage = random.Random(self.settings.seed)
         #: The simulated market answers 503 while this is set (`POST /control/market`).
@@ -373,6 +376,7 @@ class Simulator:
             (self.state_dir / "certs").mkdir(exist_ok=True)
         except OSError as err:
             raise SimulatorError(f"{self.state_dir}: cannot create: {err.strerror}") from None
+        self._restore_relays()
         now = self.net_clock.now()
         self._ca, self.ca_path = CertificateAuthority.load_or_create(
             self.state_dir, now, keep_key=self._state_dir_given
@@ -431,7 +435,62 @@ class Simulator:
     async def _run_physics(self) -> None:
         while True:
             self.house.advance_to(self.clock.now())
+            self.save_relays()
             await self.clock.sleep(self.tick_s)
+
+    def _relays(self) -> dict[str, dict[str, bool]]:
+        return {
+            s.name: {"power_on": s.power_on, "switch_lock": s.switch_lock}
+            for s in self.house.sockets.values()
+        }
+
+    def save_relays(self) -> None:
+        """Keep the sockets' relays in the state directory (when it is kept), so that a
+        restarted simulator brings them back as they were: a restart of the house is a power
+        cut, and real Energy Sockets come back in their previous state."""
+        if not self._state_dir_given or self.state_dir is None:
+            return
+        relays = self._relays()
+        if relays == self._saved_relays:
+            return
+        path = self.state_dir / RELAYS_FILE
+        try:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(relays) + "\n")
+            tmp.replace(path)
+        except OSError as err:
+            log.warning("%s: cannot keep the relays: %s", path, err.strerror)
+            return
+        self._saved_relays = relays
+
+    def _restore_relays(self) -> None:
+        """After a restart (the relays kept by the last run): every socket as it was."""
+        if not self._state_dir_given or self.state_dir is None:
+            return
+        path = self.state_dir / RELAYS_FILE
+        try:
+            saved = json.loads(path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as err:
+            log.warning("%s: not used: %s", path, err)
+            return
+        if not isinstance(saved, dict):
+            log.warning("%s: not used: not an object", path)
+            return
+        restored = []
+        for name, socket_state in self.house.sockets.items():
+            relay = saved.get(name)
+            if not isinstance(relay, dict):
+                continue
+            on, lock = relay.get("power_on"), relay.get("switch_lock")
+            if isinstance(lock, bool):
+                socket_state.switch_lock = lock
+            if isinstance(on, bool):
+                socket_state.power_on = on or socket_state.switch_lock
+                restored.append(f"{name} {'on' if socket_state.power_on else 'off'}")
+        if restored:
+            log.info("the house restarted (a power cut): relays as before: %s", ", ".join(restored))
 
     def advance(self) -> None:
         """Bring the house up to the clock's time."""
@@ -533,6 +592,7 @@ class Simulator:
             await self.clock.sleep_until(until)
             self.advance()
         now = self.clock.now()
+        self.save_relays()
         for dev in self.devices.values():
             dev.booted_at = now
             if not dev.faults.gone:
@@ -779,6 +839,7 @@ class Simulator:
                     )
                 except SwitchLockedError as err:
                     return _v1_error(400, 8, str(err))
+                self.save_relays()
                 return _json(changed)
 
             app.router.add_get("/api/v1/state", get_state)
@@ -1171,6 +1232,7 @@ class Simulator:
                 power_on = self.house.manual_switch(dev.name, want)
             except SwitchLockedError as err:
                 return bad(str(err), 409)
+            self.save_relays()
             return _json({"device": dev.name, "power_on": power_on})
 
         async def market_fault(request: web.Request) -> web.Response:

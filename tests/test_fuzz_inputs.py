@@ -430,7 +430,7 @@ def scheduler_rig(
                 s.restored.is_set(),
                 s.last_plan,
                 s.incumbent,
-            dict(s.last_switch_at),
+                dict(s.last_switch_at),
                 s._wake.is_set() if restoring else None,
                 s.money.prices,
                 s.money.battery_state,

@@ -182,7 +182,7 @@ class Model:
         self._energy: dict[str, tuple[list[int], list[float]]] = {}
         n, dt = problem.n_steps, problem.dt_h
         a = list(problem.available_power_w)
-        socks = problem.ordered_sockets()
+        socks = problem.optimal_order()
         self.socks = socks
         inf = math.inf
         cap = problem.battery_capacity_wh

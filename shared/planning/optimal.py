@@ -188,7 +188,7 @@ def window_plan(problem: PlanningProblem) -> dict[str, list[int]]:
     n = problem.n_steps
     free = list(problem.available_power_w)
     plan: dict[str, list[int]] = {}
-    for s in problem.ordered_sockets():
+    for s in problem.optimal_order():
         k = _fill_steps(problem, s.max_power_usage, s.room_wh())
         row = [0] * n
         if k > 0 and s.daily_need:
@@ -269,6 +269,41 @@ def _better(a: DayState, b: DayState) -> bool:
     return a.score < b.score
 
 
+def _twin_key(problem: PlanningProblem, name: str) -> tuple[object, ...]:
+    """What makes two sockets interchangeable: every field but the name, and their state."""
+    spec = next(s for s in problem.sockets if s.name == name)
+    return (
+        *spec.model_dump(exclude={"name"}).items(),
+        problem.initial_on.get(name),
+        problem.initial_since_s.get(name),
+    )
+
+
+def tie_break_twins(ctx: Context, state: DayState) -> DayState:
+    """Equal sockets (twins: the same spec and state, another name) could take each other's
+    rows with the same score, and which one a search ends with depends on where it started.
+    The tie goes to the name: among twins, the rows are dealt in name order, the row that
+    goes on first to the first name. Kept only when it scores no worse."""
+    problem = ctx.problem
+    groups: dict[tuple[object, ...], list[str]] = {}
+    for s in problem.sockets:
+        groups.setdefault(_twin_key(problem, s.name), []).append(s.name)
+    rows = state.plan()
+    dealt = dict(rows)
+    for names in groups.values():
+        if len(names) < 2:
+            continue
+        ordered = sorted(names)
+        for name, row in zip(
+            ordered, sorted((rows[n] for n in ordered), reverse=True), strict=True
+        ):
+            dealt[name] = row
+    if dealt == rows:
+        return state
+    cand = DayState(ctx, dealt, state.modes)
+    return cand if cand.score <= state.score else state
+
+
 # --- the plan ------------------------------------------------------------------------------
 
 
@@ -324,7 +359,9 @@ def _finish(
 ) -> Plan:
     """The guard against the reference, then hysteresis against `previous`.
 
-    With `previous`, any plan other than the previous one carries `hold_gain_wh` as a cost
+    Equal sockets tie-break by name (`tie_break_twins`), then by the previous plan (kept
+    when the new plan gains nothing over it). With `previous`, any plan other than the
+    previous one carries `hold_gain_wh` as a cost
     (the reference plan too), so a previous plan kept within that margin of the new plan is
     also within it of the reference: 'never worse than the reference' under that cost.
     """
@@ -332,6 +369,7 @@ def _finish(
     if _better(base, best):
         info["fallback_reason"] = "the reference plan scores better"
         best, status = base, "fallback"
+    best = tie_break_twins(ctx, best)
     if problem.previous:
         prev_modes: list[BatteryMode] | None = None
         if best.modes is not None:

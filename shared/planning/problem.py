@@ -220,6 +220,12 @@ class PlanningProblem(_Model):
         indexed.sort(key=lambda p: (p[1].priority, -p[1].max_power_usage, p[0]))
         return [s for _, s in indexed]
 
+    def optimal_order(self) -> list[SocketSpec]:
+        """Sockets in the optimal planner's order: priority ascending, power descending, then
+        name — so equal sockets tie-break by name, whatever order the list comes in (the
+        reference planner keeps the original's config order, `ordered_sockets`)."""
+        return sorted(self.sockets, key=lambda s: (s.priority, -s.max_power_usage, s.name))
+
     def steps_needed(self, socket: SocketSpec) -> int:
         """Steps of full power a socket needs to be full (the original's rule, never negative).
 

@@ -96,7 +96,7 @@ class Context:
         self.mean_price = mean
         self.allowed = price_allows_optional(problem)
         worth = optional_value_eur_kwh(problem)
-        socks = problem.ordered_sockets()
+        socks = problem.optimal_order()
         self.socks: list[_Sock] = []
         for i, s in enumerate(socks):
             init, held = initial_hold(problem, s.name)

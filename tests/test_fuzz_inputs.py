@@ -429,7 +429,8 @@ def scheduler_rig(
                 tuple(s._held),
                 s.restored.is_set(),
                 s.last_plan,
-                s._last_rows,
+                s.incumbent,
+                dict(s.last_switch_at),
                 s._wake.is_set() if restoring else None,
                 s.money.prices,
                 s.money.battery_state,
@@ -456,6 +457,8 @@ def scheduler_rig(
                 held = s.money.prices and s.money.prices.made_at
             elif model is BatteryState:
                 held = s.money.battery_state and s.money.battery_state.timestamp
+            elif model is SocketState and target is not None:
+                held = s._state_seen.get(target)
             else:
                 return None
             return bool(held == at)
@@ -891,6 +894,10 @@ CASES: tuple[Case, ...] = (
     Case(
         "scheduler", "surplus", f"{BASE}/surplus", _one("surplus", HouseSurplus),
         by_model(HouseSurplus), scheduler_rig(), follow_up=HouseSurplus,
+    ),
+    Case(
+        "scheduler", "socket_state", f"{BASE}/+", _topics("{}", SocketState, SOCKET_SLUGS),
+        by_model(SocketState), scheduler_rig(plan_after=True), follow_up=SocketState,
     ),
     # the actuator: per socket its commands, overrides, own state (read back while it
     # restores), measurement; and the plan, books and surplus

@@ -402,7 +402,7 @@ async def test_a_surplus_a_poll_cycle_old_is_not_stale_at_speed_600(settings: Se
     command = rec.commands("boiler")[-1]
     assert command.valid_until is not None
     assert (command.valid_until - clock.now()).total_seconds() > 240  # outlives a poll cycle
-    real[0] = 10.0  # 6000 simulated s: the poller has really stopped
+    real[0] = 30.0  # 18000 simulated s: the poller has really stopped
     assert await s.plan_once() is None
     assert counters["surplus_stale"] == 1
 

@@ -178,7 +178,7 @@ class SchedulerOptions:
     #: Work that simulated time does not speed up (a poll cycle, a broker round trip), real
     #: s: added (in clock seconds) to the surplus's and a full plan's allowed age and to
     #: the commands' validity, so an accelerated healthy run is not taken for a broken one.
-    work_allowance_s: float = 5.0
+    work_allowance_s: float = 10.0
     log_every_s: float = 60.0
 
 

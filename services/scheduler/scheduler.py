@@ -614,6 +614,7 @@ class Scheduler:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            self._log.debug("plan loop woken")
             try:
                 await self.plan_once()
             except Exception as err:  # a bug: counted and logged, the next surplus retries
@@ -710,6 +711,9 @@ class Scheduler:
             self._publisher.publish(self._topics.socket_set(slug), command)
             self._counters.inc("commands_sent")
         self._counters.inc("plans_published")
+        self._log.debug(
+            "plan published: %s planner, tier %s, status %s", plan.planner, tier, plan.status
+        )
         self._publish_books(now, prepared.excluded)
         self.last_plan = prepared
         return prepared

@@ -1,6 +1,6 @@
 """The planners in the loop: the whole stack on the simulated house, day by day.
 
-    python -m bench.loop [--speed 600] [--seed 1] [--days summer,clouds,winter]
+    python -m bench.loop [--speed 300] [--seed 1] [--days summer,clouds,winter]
                          [--planners optimal,reference] [--out docs/bench-loop.md]
     make bench-loop
 
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.loop", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--speed", type=float, default=600.0, help="simulated s per real s (600)")
+    parser.add_argument("--speed", type=float, default=300.0, help="simulated s per real s (300)")
     parser.add_argument("--seed", type=int, default=1, help="the house's seed (clouds, noise): 1")
     parser.add_argument("--days", default=",".join(DAYS), help="summer,clouds,winter")
     parser.add_argument("--planners", default=",".join(PLANNERS), help="optimal,reference")

@@ -73,6 +73,7 @@ from shared.messages import (
     dump_message,
     parse_message,
 )
+from shared.planning.problem import Plan, PlanningProblem
 from shared.service import Counters, Service, ServiceOptions
 from shared.sky import clear_sky_series_w
 from shared.topics import Topics
@@ -557,11 +558,9 @@ class Stack:
             topics=service.topics,
             counters=service.counters,
             clock=self.clock,
-            # the planner's own time limit is real time: its thread's time-out too
+            # the full plan's time-out is real time (work)
             options=SchedulerOptions(
                 restore_wait_s=0.3,  # work time-outs: real seconds
-                planner_timeout_factor=3.0,
-                planner_timeout_margin_s=2.0,
                 log_every_s=real(60),
             ),
             log=service.log,
@@ -573,6 +572,13 @@ class Stack:
                 return await plan_once()
 
         scheduler.plan_once = plan_once_frozen  # type: ignore[method-assign]
+        full_planner = scheduler._full_planner
+
+        def full_planner_frozen(problem: PlanningProblem) -> Plan:  # the background tier too
+            with self.time.frozen():
+                return full_planner(problem)
+
+        scheduler._full_planner = full_planner_frozen
         scheduler.subscribe(service)
         self.schedulers.append(scheduler)
         self.tasks["scheduler"] = asyncio.create_task(

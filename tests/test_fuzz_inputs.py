@@ -457,6 +457,8 @@ def scheduler_rig(
                 held = s.money.prices and s.money.prices.made_at
             elif model is BatteryState:
                 held = s.money.battery_state and s.money.battery_state.timestamp
+            elif model is SocketState and target is not None:
+                held = s._state_seen.get(target)
             else:
                 return None
             return bool(held == at)
@@ -892,6 +894,10 @@ CASES: tuple[Case, ...] = (
     Case(
         "scheduler", "surplus", f"{BASE}/surplus", _one("surplus", HouseSurplus),
         by_model(HouseSurplus), scheduler_rig(), follow_up=HouseSurplus,
+    ),
+    Case(
+        "scheduler", "socket_state", f"{BASE}/+", _topics("{}", SocketState, SOCKET_SLUGS),
+        by_model(SocketState), scheduler_rig(plan_after=True), follow_up=SocketState,
     ),
     # the actuator: per socket its commands, overrides, own state (read back while it
     # restores), measurement; and the plan, books and surplus

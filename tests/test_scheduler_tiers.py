@@ -150,7 +150,11 @@ class Quick:
 
 
 def make(
-    settings: Settings, clock: ManualClock, full: object, quick: object | None = None
+    settings: Settings,
+    clock: ManualClock,
+    full: object,
+    quick: object | None = None,
+    timeout_s: float = 60.0,
 ) -> tuple[Scheduler, Recorder, Counters]:
     rec = Recorder()
     counters = Counters()
@@ -161,7 +165,7 @@ def make(
         topics=Topics("t"),
         counters=counters,
         clock=clock,
-        options=SchedulerOptions(restore_wait_s=1.0, full_timeout_s=60.0),
+        options=SchedulerOptions(restore_wait_s=1.0, full_timeout_s=timeout_s),
         planner=full,  # type: ignore[arg-type]
         quick_planner=quick,  # type: ignore[arg-type]
     )
@@ -277,6 +281,25 @@ async def test_a_hung_full_plan_is_abandoned_and_never_overlaps(settings: Settin
     assert counters["plans_full"] == 0
 
 
+async def test_a_slow_full_plan_spaces_the_next_periodic_one(settings: Settings) -> None:
+    """A full plan that took 5000 s of clock time (a busy machine at an accelerated speed):
+    the next periodic one waits 4 x 5000 s, not `full_plan_every_s` (3 h)."""
+    clock = ManualClock(T0)
+    full, quick = Blocked(), Quick()
+    s, _, counters = make(settings, clock, full, quick, timeout_s=1e6)
+    await s.on_forecast("t/forecast", dump_message(forecast(T0 - timedelta(minutes=1))))
+    await plan_at(s, clock, T0, 2000.0)
+    await clock.run_for(5000.0)
+    full.release.set()
+    await full_done(s)
+    await plan_at(s, clock, clock.now(), 2000.0)  # takes it (stale: discarded)
+    assert counters["full_plans_started"] == 1
+    await plan_at(s, clock, T0 + timedelta(seconds=s.options.full_plan_every_s + 60), 2000.0)
+    assert counters["full_plans_started"] == 1
+    await plan_at(s, clock, T0 + timedelta(seconds=4 * 5000 + 60), 2000.0)
+    assert counters["full_plans_started"] == 2
+
+
 # --- what goes into the problem ---------------------------------------------------------------
 
 
@@ -379,7 +402,7 @@ async def test_a_surplus_a_poll_cycle_old_is_not_stale_at_speed_600(settings: Se
     command = rec.commands("boiler")[-1]
     assert command.valid_until is not None
     assert (command.valid_until - clock.now()).total_seconds() > 240  # outlives a poll cycle
-    real[0] = 10.0  # 6000 simulated s: the poller has really stopped
+    real[0] = 30.0  # 18000 simulated s: the poller has really stopped
     assert await s.plan_once() is None
     assert counters["surplus_stale"] == 1
 

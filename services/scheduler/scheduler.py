@@ -34,7 +34,9 @@ Two tiers (the optimal planner):
 * **quick**, in the poll: every plan is `plan_quick` (local search, a count of evaluations)
   from the incumbent, or from the reference plan when there is none;
 * **full**, in the background: on the first plan, a new forecast, a changed set of controlled
-  sockets, a new step or `full_plan_every_s` after the last, `plan_optimal` runs in a worker
+  sockets, a new step or `full_plan_every_s` after the last (and at least
+  `full_plan_duty` times as long as the last one took: a busy machine at an accelerated
+  speed is not kept solving full plans that come too late), `plan_optimal` runs in a worker
   process (`python -m shared.planning.worker`, in a thread here) while the quick tier goes
   on serving. When it is done and still **current** — planned on the same forecast, the same
   controlled sockets and step, and started at most `full_plan_max_age_s` of clock time ago
@@ -163,6 +165,8 @@ class SchedulerOptions:
     #: A full plan (the background tier) starts on the first plan, a new forecast, a changed
     #: set of controlled sockets or step, or this long (clock time, s) after the last one.
     full_plan_every_s: float = 3 * 3600.0
+    #: ... and at least this many times as long as the last full plan took (clock time).
+    full_plan_duty: float = 4.0
     #: A finished full plan is still current if it started at most this long ago (clock
     #: time, s; plus the work allowance) and was planned on the same forecast, sockets, step.
     full_plan_max_age_s: float = 1800.0
@@ -174,7 +178,7 @@ class SchedulerOptions:
     #: Work that simulated time does not speed up (a poll cycle, a broker round trip), real
     #: s: added (in clock seconds) to the surplus's and a full plan's allowed age and to
     #: the commands' validity, so an accelerated healthy run is not taken for a broken one.
-    work_allowance_s: float = 5.0
+    work_allowance_s: float = 10.0
     log_every_s: float = 60.0
 
 
@@ -287,6 +291,8 @@ class Scheduler:
         #: The full plan running or done, and what the last one was started for (and when).
         self.full_job: FullJob | None = None
         self._full_started: tuple[PlanKey, datetime] | None = None
+        #: How long the last full plan took, clock s.
+        self._full_took_s = 0.0
         #: The thread of the last full plan (never two at once, even an abandoned one).
         self._solver: asyncio.Future[Plan] | None = None
         self.restored = asyncio.Event()
@@ -608,6 +614,7 @@ class Scheduler:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            self._log.debug("plan loop woken")
             try:
                 await self.plan_once()
             except Exception as err:  # a bug: counted and logged, the next surplus retries
@@ -704,6 +711,9 @@ class Scheduler:
             self._publisher.publish(self._topics.socket_set(slug), command)
             self._counters.inc("commands_sent")
         self._counters.inc("plans_published")
+        self._log.debug(
+            "plan published: %s planner, tier %s, status %s", plan.planner, tier, plan.status
+        )
         self._publish_books(now, prepared.excluded)
         self.last_plan = prepared
         return prepared
@@ -817,7 +827,8 @@ class Scheduler:
         due = (
             last is None
             or last[0] != key
-            or (now - last[1]).total_seconds() >= self.options.full_plan_every_s
+            or (now - last[1]).total_seconds()
+            >= max(self.options.full_plan_every_s, self.options.full_plan_duty * self._full_took_s)
         )
         if not due:
             return
@@ -828,6 +839,7 @@ class Scheduler:
 
     async def _run_full(self, problem: PlanningProblem) -> Plan | None:
         """The full tier in a thread; the plan, or None (failed or abandoned: logged)."""
+        began = self._clock.monotonic()
         solver = asyncio.ensure_future(asyncio.to_thread(self._full_planner, problem))
         solver.add_done_callback(_retrieve)
         self._solver = solver
@@ -853,6 +865,7 @@ class Scheduler:
             )
             return None
         finally:
+            self._full_took_s = self._clock.monotonic() - began
             self._wake.set()
         reason = plan.info.get("fallback_reason")
         if plan.status == "fallback" and isinstance(reason, str) and reason.startswith("worker"):

@@ -1115,7 +1115,7 @@ def follow_up(
         return  # a topic of no configured device: nothing there is ever taken
     clock.advance(FOLLOW_UP_AFTER_S)
     loop.run_until_complete(quiesce())
-    at = clock.now()
+    at = clock.now().replace(microsecond=0)  # payload times are sent to the second
     message = sane(model, clock, tally.examples, target)
     before = rig.counters
     loop.run_until_complete(deliver(rig.service, topic, message))

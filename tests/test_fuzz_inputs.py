@@ -581,8 +581,9 @@ def actuator_rig(
             held: Any = None
             if model is DeviceMeasurement and target is not None:
                 held = core.books.book(target).last_sample_at
-            elif model is EnergyBooks:
+            elif model is EnergyBooks:  # read through model_dump(mode="json"): to the second
                 held = core.books.book(CTX.sockets[0]).last_sample_at
+                at = at.replace(microsecond=0)
             elif model is HouseSurplus:
                 held = core.surplus and core.surplus.timestamp
             elif model is PlanMessage:
@@ -1115,7 +1116,7 @@ def follow_up(
         return  # a topic of no configured device: nothing there is ever taken
     clock.advance(FOLLOW_UP_AFTER_S)
     loop.run_until_complete(quiesce())
-    at = clock.now().replace(microsecond=0)  # payload times are sent to the second
+    at = clock.now()
     message = sane(model, clock, tally.examples, target)
     before = rig.counters
     loop.run_until_complete(deliver(rig.service, topic, message))

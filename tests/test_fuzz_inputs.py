@@ -584,8 +584,9 @@ def actuator_rig(
             held: Any = None
             if model is DeviceMeasurement and target is not None:
                 held = core.books.book(target).last_sample_at
-            elif model is EnergyBooks:
+            elif model is EnergyBooks:  # read through model_dump(mode="json"): to the second
                 held = core.books.book(CTX.sockets[0]).last_sample_at
+                at = at.replace(microsecond=0)
             elif model is HouseSurplus:
                 held = core.surplus and core.surplus.timestamp
             elif model is PlanMessage:

@@ -569,7 +569,14 @@ class Stack:
 
         async def plan_once_frozen() -> Prepared | None:  # planning takes no simulated time
             with self.time.frozen():
-                return await plan_once()
+                prepared = await plan_once()
+                # The full tier too: the plan it started is waited for here, in frozen time
+                # (its end wakes the next plan, which takes it), so that no quick plan is
+                # published while simulated time stands still for it.
+                job = scheduler.full_job
+                if job is not None and not job.task.done():
+                    await asyncio.wait({job.task})
+                return prepared
 
         scheduler.plan_once = plan_once_frozen  # type: ignore[method-assign]
         full_planner = scheduler._full_planner

@@ -71,7 +71,8 @@ class MoneyStack(Stack):
 
     def start_scheduler(self) -> Scheduler:
         scheduler = super().start_scheduler()
-        scheduler._planner = with_modes(scheduler._planner)  # type: ignore[assignment]
+        # the e2e day's planner (the reference), plus battery modes
+        scheduler._reference_planner = with_modes(scheduler._reference_planner)  # type: ignore[assignment]
         return scheduler
 
     async def __aenter__(self) -> MoneyStack:

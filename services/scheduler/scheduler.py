@@ -274,6 +274,8 @@ class Scheduler:
         self._quick_planner: QuickPlanner = (
             quick_planner if quick_planner is not None else self._plan_quick
         )
+        #: The original's planner (`planner = "reference"`, and the stand-in on a failure).
+        self._reference_planner: Planner = plan_reference
         # state
         self.books: Books = empty_books(self._today())
         self.batteries: dict[str, BatteryEnergy] = {}
@@ -755,7 +757,7 @@ class Scheduler:
         """The plan for `prepared` and the tier that made it (None: the reference planner)."""
         problem = prepared.problem
         if self._planner_name == "reference":
-            return plan_reference(problem), None
+            return self._reference_planner(problem), None
         key = self._key(prepared)
         start: Mapping[str, Sequence[int]] | None = problem.previous or None
         tier: Tier = "quick"
@@ -773,7 +775,7 @@ class Scheduler:
                 "the quick planner failed (%r): the reference plan is used",
                 err,
             )
-            return plan_reference(problem), "quick"
+            return self._reference_planner(problem), "quick"
         if tier == "full" and plan.info.get("kept_previous") == 1:
             self._counters.inc("full_plans_held_back")
             self._log.info(

@@ -256,8 +256,10 @@ def test_the_dashboard_in_chromium(stack: dict[str, Any], tmp_path: Path) -> Non
         compared = 0
         seen: list[tuple[str, str]] = []
         # A plan every poll (3 s of real time at 10x): the page and the broker are compared
-        # when they hold the same one, for as long as a busy machine needs to line them up.
-        deadline = time.monotonic() + READY_S
+        # when they hold the same one, for as long as a busy machine needs to line them up
+        # and to make the first plan on the forecast (quartz's start takes a while: before
+        # it the fallback rule may plan nothing on).
+        deadline = time.monotonic() + 2 * READY_S
         while time.monotonic() < deadline:
             plan = parse_message(PlanMessage, _retained(info, f"{base}/plan") or b"")
             page = driver.execute_script(PAGE_PLAN)

@@ -497,9 +497,11 @@ def test_a_user_sees_the_house_on_the_broker(stack: Stack) -> None:
     # commands: the scheduler's, not retained, as they go by
     with stack.as_user() as ha:
         ha.subscribe(f"{BASE}/+/set")
-        seen = ha.wait_for(lambda ms: any(t.endswith("/set") for t, _, _ in ms), 120)
+        # the sockets' commands (`<base>/batteries/set` matches the pattern too)
+        socket_sets = {f"{BASE}/{slug}/set" for slug in sockets}
+        seen = ha.wait_for(lambda ms: any(t in socket_sets for t, _, _ in ms), 120)
         assert seen, "no socket command within 120 s"
-        topic, payload, retain = next(m for m in ha.messages if m[0].endswith("/set"))
+        topic, payload, retain = next(m for m in ha.messages if m[0] in socket_sets)
     assert not retain
     command = _json(payload)
     assert topic == f"{BASE}/{slugify(command['socket'])}/set"

@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -44,12 +43,10 @@ from bench.soak import (
     NEEDED,
     OPTIONAL,
     ROOT,
-    SERVICE_ENV,
     Soak,
     SoakOptions,
     local,
 )
-from shared.clock import shared_scaled_clock
 
 #: The days: (key, description, date, cloudiness).
 DAYS: dict[str, tuple[str, date, float]] = {
@@ -100,55 +97,12 @@ class LoopRun(Soak):
         house.write_text(f"cloudiness = {self.cloudiness}\n" + HOUSE_TOML.format(seed=self.o.seed))
         return devices_file, house
 
+    def _stack_env(self) -> dict[str, str]:
+        return {"HWSCHED_PLANNER": self.planner}
+
     async def _start_stack(self) -> None:
-        devices_file, house = self._write_inputs()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HWSCHED_")}
-        env |= SERVICE_ENV | {"PYTHONUNBUFFERED": "1", "HWSCHED_PLANNER": self.planner}
-        out = (self.run_dir / "stack.out").open("wb")
-        self.stack = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.cli",
-            "run",
-            "--secure",
-            "--devices",
-            str(devices_file),
-            "--run-dir",
-            str(self.run_dir),
-            "--speed",
-            repr(self.o.speed),
-            "--start",
-            self.o.start.isoformat(),
-            "--sim-config",
-            str(house),
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
-        out.close()
-        stack_file = self.run_dir / "stack.json"
-        deadline = time.monotonic() + 60
-        while True:
-            if self.stack.returncode is not None:
-                raise RuntimeError(f"the stack stopped at start: see {self.run_dir}/stack.out")
-            with contextlib.suppress(OSError, ValueError):
-                info = json.loads(stack_file.read_text())
-                if info.get("state") == "running":
-                    self.info = info
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the stack did not start: see {self.run_dir}/stack.out")
-            await asyncio.sleep(0.2)
-        clock = self.info["clock"]
-        self.clock = shared_scaled_clock(
-            float(clock["speed"]), datetime.fromisoformat(clock["start"]), float(clock["origin"])
-        )
-        for line in (self.run_dir / "broker" / "passwords.env").read_text().splitlines():
-            name, _, value = line.partition("=")
-            self.passwords[name] = value
-        self.say(f"stack running ({self.planner} planner)")
+        await super()._start_stack()
+        self.say(f"({self.planner} planner)")
 
     async def run_day(self) -> None:
         """Run the stack from the start to the end; the messages and events are in `seen`."""

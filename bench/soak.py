@@ -330,10 +330,14 @@ class Soak:
         house.write_text(HOUSE_TOML.format(seed=self.o.seed))
         return devices_file, house
 
+    def _stack_env(self) -> dict[str, str]:
+        """Settings of this run beyond the soak's (environment variables)."""
+        return {}
+
     async def _start_stack(self) -> None:
         devices_file, house = self._write_inputs()
         env = {k: v for k, v in os.environ.items() if not k.startswith("HWSCHED_")}
-        env |= SERVICE_ENV | {"PYTHONUNBUFFERED": "1"}
+        env |= SERVICE_ENV | {"PYTHONUNBUFFERED": "1"} | self._stack_env()
         out = (self.run_dir / "stack.out").open("wb")
         self.stack = await asyncio.create_subprocess_exec(
             sys.executable,

@@ -165,7 +165,7 @@ def make(
         topics=Topics("t"),
         counters=counters,
         clock=clock,
-        options=SchedulerOptions(restore_wait_s=1.0, full_timeout_s=timeout_s),
+        options=SchedulerOptions(restore_wait_s=1.0, full_timeout_s=timeout_s, first_full_wait_s=0),
         planner=full,  # type: ignore[arg-type]
         quick_planner=quick,  # type: ignore[arg-type]
     )
@@ -460,3 +460,101 @@ async def test_a_surplus_wobbling_around_a_sockets_power_does_not_toggle_it(
             relay, switched_at = want, at
     assert counters["plans_published"] == 120
     assert len(switches) <= 1, [t.astimezone(AMS).strftime("%H:%M:%S") for t in switches]
+
+
+# --- the first plan on a forecast ---------------------------------------------------------------
+
+
+def make_waiting(
+    settings: Settings, clock: ManualClock, full: object, quick: object
+) -> tuple[Scheduler, Recorder, Counters]:
+    """A scheduler whose first plan on a forecast waits (the default) for the full tier."""
+    s, rec, counters = make(settings, clock, full, quick)
+    s.options = SchedulerOptions(restore_wait_s=1.0, full_timeout_s=60.0)
+    assert s.options.first_full_wait_s > 0
+    return s, rec, counters
+
+
+async def test_the_first_plan_on_a_forecast_is_the_full_plan(settings: Settings) -> None:
+    """At start-up (no incumbent) the scheduler waits for the full plan instead of
+    publishing a quick plan that the full plan would reverse seconds later."""
+    clock = ManualClock(T0)
+    full, quick = Blocked(), Quick()
+    s, rec, counters = make_waiting(settings, clock, full, quick)
+    await s.on_forecast("t/forecast", dump_message(forecast(T0 - timedelta(minutes=1))))
+    clock.set(T0)
+    await s.on_surplus("t/surplus", surplus(T0, 2000.0))
+    planning = asyncio.ensure_future(s.plan_once())
+    for _ in range(200):  # the full plan started; nothing published while it runs
+        await asyncio.sleep(0.01)
+        if full.problems:
+            break
+    assert len(full.problems) == 1
+    assert not planning.done()
+    assert rec.plans() == []
+    full.release.set()
+    assert await asyncio.wait_for(planning, 30) is not None
+    first = rec.plans()[-1]
+    assert first.tier == "full"
+    assert len(rec.plans()) == 1
+    assert counters["full_plans_started"] == 1
+    assert counters["plans_quick"] == 0
+    # the next plans are quick re-plans from it: no second full plan at once
+    later = await plan_at(s, clock, T0 + timedelta(seconds=30), 2000.0)
+    assert later.tier == "quick"
+    assert counters["full_plans_started"] == 1
+
+
+async def test_a_slow_first_full_plan_lets_the_quick_plan_go_first(settings: Settings) -> None:
+    clock = ManualClock(T0)
+    full, quick = Blocked(), Quick()
+    s, rec, counters = make_waiting(settings, clock, full, quick)
+    await s.on_forecast("t/forecast", dump_message(forecast(T0 - timedelta(minutes=1))))
+    clock.set(T0)
+    await s.on_surplus("t/surplus", surplus(T0, 2000.0))
+    planning = asyncio.ensure_future(s.plan_once())
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if full.problems:
+            break
+    clock.advance(s.options.first_full_wait_s)  # the wait's time-out (a ManualClock's own)
+    assert await asyncio.wait_for(planning, 30) is not None
+    assert rec.plans()[-1].tier == "quick"
+    assert counters["first_full_waits_exceeded"] == 1
+    full.release.set()  # it arrives later and is adopted on a re-plan, as any full plan
+    await full_done(s)
+    assert (await plan_at(s, clock, T0 + timedelta(seconds=30), 2000.0)).tier == "full"
+
+
+async def test_waiting_for_a_forecast_is_info_and_a_warning_only_when_it_lasts(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A healthy start logs no warning: the fallback rule until the first forecast is
+    expected; still no forecast after the grace is a warning (once)."""
+    clock = ManualClock(T0)
+    s, _rec, _counters = make(settings, clock, Blocked(), Quick())
+    caplog.set_level("INFO", logger="hwsched.scheduler")
+    await plan_at(s, clock, T0, 2000.0)
+    waiting = [r for r in caplog.records if "no forecast" in r.getMessage()]
+    assert [r.levelname for r in waiting] == ["INFO"]
+    grace = s.options.forecast_grace_s + s._work_s(s.options.forecast_work_allowance_s)
+    await plan_at(s, clock, T0 + timedelta(seconds=grace - 60), 2000.0)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    await plan_at(s, clock, T0 + timedelta(seconds=grace + 60), 2000.0)
+    await plan_at(s, clock, T0 + timedelta(seconds=grace + 90), 2000.0)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1
+    assert "still no forecast after" in warned[0]
+    assert "forecaster" in warned[0]
+
+
+async def test_a_stale_forecast_is_a_warning_at_once(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = ManualClock(T0)
+    s, _rec, _counters = make(settings, clock, Blocked(), Quick())
+    caplog.set_level("INFO", logger="hwsched.scheduler")
+    await s.on_forecast("t/forecast", dump_message(forecast(T0 - timedelta(days=2))))
+    await plan_at(s, clock, T0, 2000.0)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("stale forecast" in m for m in warned), warned

@@ -1206,3 +1206,30 @@ def test_simulate_command_refuses_a_bad_bind_or_advertised_host(
     err = capsys.readouterr().err
     assert "--advertise-host" in err
     assert err.strip().count("\n") == 0
+
+
+async def test_a_battery_with_the_placeholder_token_is_paired_as_it_were(tmp_path: Path) -> None:
+    """The example devices file's battery has the all-zero placeholder token: the simulated
+    house gives it a token of its own in `devices.sim.json` (so `make run` is a healthy run:
+    no placeholder warning), which the battery and the P1 meter accept."""
+    from shared.config import load_devices
+
+    example = load_devices(Path("config/config_devices.example.json"))
+    assert any(b.user_info.token_is_placeholder for b in example.batteries)
+    async with Simulator(
+        example, clock=ManualClock(NOON), settings=SimulatorSettings(seed=3), state_dir=tmp_path
+    ) as sim:
+        loaded = load_devices(tmp_path / "devices.sim.json")
+        assert loaded.batteries
+        for battery in loaded.batteries:
+            token = battery.user_info.token.get_secret_value()
+            assert not battery.user_info.token_is_placeholder
+            assert len(token) == 32
+            ok = await V2(sim, battery.device_name, token=token).request("GET", "/api/measurement")
+            assert ok.status_code == 200, ok.text
+            p1 = await V2(sim, loaded.p1.device_name, token=token).request("GET", "/api/system")
+            assert p1.status_code == 200, p1.text
+            wrong = await V2(sim, battery.device_name, token="F" * 32).request(
+                "GET", "/api/measurement"
+            )
+            assert wrong.status_code == 401

@@ -173,13 +173,28 @@ class SchedulerOptions:
     #: A full plan still running after this many real seconds is abandoned (None: the
     #: worker's own limit, `default_ceiling` + `WORKER_START_S`, plus 5 s).
     full_timeout_s: float | None = None
+    #: The first plan on a forecast (no incumbent: at start-up, or the forecast back after
+    #: a gap) waits up to this many real s for the full tier, so the house is not switched
+    #: on a quick plan that the full plan reverses seconds later (meanwhile the actuator
+    #: leaves the sockets as they are, or keeps to the last commands); 0: no wait.
+    first_full_wait_s: float = 30.0
     #: Evaluations of each quick re-plan (~20 ms for a 96-step day with 5 sockets).
     warm_evals: int = 250
     #: Work that simulated time does not speed up (a poll cycle, a broker round trip), real
     #: s: added (in clock seconds) to the surplus's and a full plan's allowed age and to
     #: the commands' validity, so an accelerated healthy run is not taken for a broken one.
     work_allowance_s: float = 10.0
+    #: Planning without a forecast is expected for a while (at start-up, until the
+    #: forecaster's first forecast; at the boundary, until the day's): logged as info, and
+    #: as a warning only when it lasts longer than this (clock s), plus
+    #: `forecast_work_allowance_s` real s of the forecaster's work.
+    forecast_grace_s: float = 1800.0
+    forecast_work_allowance_s: float = 120.0
     log_every_s: float = 60.0
+
+
+#: Reasons to plan without a forecast that a healthy run meets (see `forecast_problem`).
+EXPECTED_WAITS = ("no forecast", "forecast ended", "forecast starts later")
 
 
 @dataclass(frozen=True)
@@ -301,6 +316,9 @@ class Scheduler:
         self._held: list[DeviceMeasurement] = []
         self._wake = asyncio.Event()
         self._mode: str | None = None
+        #: Since when the scheduler plans in `_mode`, and whether that has been warned of.
+        self._mode_since: datetime | None = None
+        self._mode_warned = False
         #: Prices, battery modes and the day's cost (services/scheduler/money.py).
         self.money = Money(
             devices,
@@ -694,6 +712,8 @@ class Scheduler:
             self.incumbent = None
         else:
             prepared = replace_problem(prepared, self._with_previous(prepared.problem))
+            if self.incumbent is None:
+                await self._await_first_full(prepared, now)
             plan, tier = self._solve(prepared, now)
             self.incumbent = Incumbent(
                 start=prepared.problem.start,
@@ -701,7 +721,7 @@ class Scheduler:
                 rows={k: list(v) for k, v in plan.sockets.items()},
                 modes=list(plan.battery_mode) if plan.battery_mode is not None else None,
             )
-        self._report_mode(prepared, plan, None)
+        self._report_mode(prepared, plan, now)
         valid_s = self.options.command_valid_intervals * self.poll_interval_s
         valid_s += self._work_s(self.options.work_allowance_s)
         message = plan_message(prepared, plan, now)
@@ -788,6 +808,28 @@ class Scheduler:
         self._counters.inc("plans_full" if tier == "full" else "plans_quick")
         self._maybe_start_full(key, problem, now)
         return plan, tier
+
+    async def _await_first_full(self, prepared: Prepared, now: datetime) -> None:
+        """Start the full plan for the first plan on a forecast and wait for it, up to
+        `first_full_wait_s` real s (then the quick plan goes first, as on every re-plan)."""
+        wait_s = self.options.first_full_wait_s
+        if self._planner_name == "reference" or wait_s <= 0:
+            return
+        self._maybe_start_full(self._key(prepared), prepared.problem, now)
+        job = self.full_job
+        if job is None or job.task.done():
+            return
+        try:
+            await with_timeout(self._clock, wait_s, asyncio.shield(job.task), work=True)
+        except TimeoutError:
+            self._counters.inc("first_full_waits_exceeded")
+            self._log.info(
+                "the first plan on this forecast: the full plan takes over %g s, the quick "
+                "plan goes first",
+                wait_s,
+            )
+        except Exception:  # logged and counted by _run_full
+            return
 
     def _take_full(
         self, key: PlanKey, problem: PlanningProblem, now: datetime
@@ -880,13 +922,34 @@ class Scheduler:
             )
         return plan
 
-    def _report_mode(self, prepared: Prepared, plan: Plan, note: str | None) -> None:
-        mode = prepared.fallback_reason or note or "forecast"
-        kind = "fallback" if prepared.fallback_reason else (note or "forecast")
+    def _report_mode(self, prepared: Prepared, plan: Plan, now: datetime) -> None:
+        """Log a change between planning on a forecast and the fallback rule. Waiting for a
+        forecast (at start-up, at the boundary) is expected: info, and a warning only when
+        it outlasts the grace; any other reason (a stale forecast) is a warning at once."""
+        reason = prepared.fallback_reason
+        kind = "fallback" if reason else "forecast"
         if kind != self._mode:
-            level = logging.INFO if kind == "forecast" else logging.WARNING
-            self._log.log(level, "planning: %s (%s planner)", mode, plan.planner)
-            self._mode = kind
+            expected = reason is None or reason.startswith(EXPECTED_WAITS)
+            level = logging.INFO if expected else logging.WARNING
+            until = "" if reason is None else ": the fallback rule until a forecast comes"
+            self._log.log(
+                level, "planning: %s (%s planner)%s", reason or "forecast", plan.planner, until
+            )
+            self._mode, self._mode_since, self._mode_warned = kind, now, not expected
+            return
+        if kind == "forecast" or self._mode_warned or self._mode_since is None:
+            return
+        waited = (now - self._mode_since).total_seconds()
+        grace = self.options.forecast_grace_s
+        grace += self._work_s(self.options.forecast_work_allowance_s)
+        if waited > grace:
+            self._log.warning(
+                "planning: still %s after %.0f min: the fallback rule plans (is the "
+                "forecaster running? see its log)",
+                reason,
+                waited / 60,
+            )
+            self._mode_warned = True
 
     def _publish_books(
         self, now: datetime | None = None, excluded: list[str] | None = None

@@ -18,7 +18,9 @@ press), the `user_info.token` of a battery in the devices file (the P1 accepts e
 battery's too), and `tokens` from the simulator settings. The P1 meter is paired as it
 were: its own `user_info` from the devices file, or else a token of its own that
 `devices.sim.json` carries (user `local/hwsched-sim`), so the services control the
-batteries on the simulated house as on a paired one.
+batteries on the simulated house as on a paired one. So is a battery whose devices file has
+the example's all-zero placeholder token: it gets a token of its own in `devices.sim.json`
+(the placeholder is still accepted, for files written for the simulator).
 Its TLS certificate is issued by the simulator's own CA for `appliance/<type>/<serial>`
 (see `tls.py`).
 
@@ -133,11 +135,18 @@ PRODUCTS = {
 
 #: The API v2 user the simulated P1 meter is paired with when the devices file names none.
 P1_USER = "local/hwsched-sim"
+BATTERY_USER = "local/hwsched-sim"
 
 
 def _p1_token(serial: str, seed: int) -> str:
     """The simulated P1's own token: the same for the same house (32 hex)."""
     return hashlib.sha256(f"p1-token:{serial}:{seed}".encode()).hexdigest()[:32].upper()
+
+
+def _battery_token(serial: str, seed: int) -> str:
+    """A simulated battery's own token when the devices file has the placeholder: the same
+    for the same house (32 hex)."""
+    return hashlib.sha256(f"battery-token:{serial}:{seed}".encode()).hexdigest()[:32].upper()
 
 
 def serial_for(name: str) -> str:
@@ -327,10 +336,18 @@ class Simulator:
         self.devices: dict[str, SimDevice] = {}
         #: The simulated P1 meter's token when the devices file gives it none (or a placeholder).
         self.p1_token: str | None = None
+        #: A simulated battery's own token (slug -> token) where the devices file has the
+        #: example's placeholder: paired as it were, `devices.sim.json` carries it.
+        self.battery_tokens: dict[str, str] = {
+            b.slug: _battery_token(serial_for(b.device_name), self.settings.seed)
+            for b in devices.batteries
+            if b.user_info.token_is_placeholder
+        }
         battery_tokens = {
             b.user_info.token.get_secret_value().upper(): b.user_info.name
             for b in devices.batteries
         }
+        battery_tokens.update(dict.fromkeys(self.battery_tokens.values(), BATTERY_USER))
         for dev in devices.devices:
             s = device_settings(self.settings, dev)
             sim = SimDevice(
@@ -344,6 +361,8 @@ class Simulator:
             if isinstance(dev, BatteryConfig):
                 token = dev.user_info.token.get_secret_value().upper()
                 sim.tokens[token] = dev.user_info.name
+                if dev.slug in self.battery_tokens:
+                    sim.tokens[self.battery_tokens[dev.slug]] = BATTERY_USER
             elif isinstance(dev, P1Config):
                 sim.tokens.update(battery_tokens)
                 if dev.user_info is not None and not dev.user_info.token_is_placeholder:
@@ -693,6 +712,11 @@ class Simulator:
             user_info = getattr(dev.config, "user_info", None)
             if isinstance(dev.config, P1Config) and self.p1_token is not None:
                 item["user_info"] = {"name": P1_USER, "token": self.p1_token}
+            elif dev.config.slug in self.battery_tokens:
+                item["user_info"] = {
+                    "name": BATTERY_USER,
+                    "token": self.battery_tokens[dev.config.slug],
+                }
             elif user_info is not None:  # the dump masks secrets: write the real token
                 item["user_info"] = {
                     "name": user_info.name,

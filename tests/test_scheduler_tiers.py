@@ -475,20 +475,28 @@ def make_waiting(
     return s, rec, counters
 
 
+async def first_plan_started(
+    s: Scheduler, clock: ManualClock, full: Blocked
+) -> asyncio.Future[object]:
+    """The first plan on a forecast under way, waiting for the (blocked) full plan."""
+    await s.on_forecast("t/forecast", dump_message(forecast(T0 - timedelta(minutes=1))))
+    clock.set(T0)
+    await s.on_surplus("t/surplus", surplus(T0, 2000.0))
+    planning: asyncio.Future[object] = asyncio.ensure_future(s.plan_once())
+    for _ in range(500):  # a bound on a failure only
+        await asyncio.sleep(0.01)
+        if full.problems:
+            break
+    return planning
+
+
 async def test_the_first_plan_on_a_forecast_is_the_full_plan(settings: Settings) -> None:
     """At start-up (no incumbent) the scheduler waits for the full plan instead of
     publishing a quick plan that the full plan would reverse seconds later."""
     clock = ManualClock(T0)
     full, quick = Blocked(), Quick()
     s, rec, counters = make_waiting(settings, clock, full, quick)
-    await s.on_forecast("t/forecast", dump_message(forecast(T0 - timedelta(minutes=1))))
-    clock.set(T0)
-    await s.on_surplus("t/surplus", surplus(T0, 2000.0))
-    planning = asyncio.ensure_future(s.plan_once())
-    for _ in range(200):  # the full plan started; nothing published while it runs
-        await asyncio.sleep(0.01)
-        if full.problems:
-            break
+    planning = await first_plan_started(s, clock, full)
     assert len(full.problems) == 1
     assert not planning.done()
     assert rec.plans() == []
@@ -509,14 +517,7 @@ async def test_a_slow_first_full_plan_lets_the_quick_plan_go_first(settings: Set
     clock = ManualClock(T0)
     full, quick = Blocked(), Quick()
     s, rec, counters = make_waiting(settings, clock, full, quick)
-    await s.on_forecast("t/forecast", dump_message(forecast(T0 - timedelta(minutes=1))))
-    clock.set(T0)
-    await s.on_surplus("t/surplus", surplus(T0, 2000.0))
-    planning = asyncio.ensure_future(s.plan_once())
-    for _ in range(200):
-        await asyncio.sleep(0.01)
-        if full.problems:
-            break
+    planning = await first_plan_started(s, clock, full)
     clock.advance(s.options.first_full_wait_s)  # the wait's time-out (a ManualClock's own)
     assert await asyncio.wait_for(planning, 30) is not None
     assert rec.plans()[-1].tier == "quick"

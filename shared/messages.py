@@ -192,6 +192,9 @@ class DeviceMeasurement(Message):
     state_of_charge_pct: Percent | None = None
     #: Local API version the reading came from.
     api: Literal["v1", "v2"]
+    #: When the device last booted (now − its API v2 `uptime_s`), when known: a later one
+    #: than before means it restarted (a power cut, say).
+    booted_at: WireTime | None = None
 
     @model_validator(mode="after")
     def _fields_fit_device(self) -> DeviceMeasurement:

@@ -174,7 +174,7 @@ TOPICS: list[TopicSpec] = [
         "measurement",
         "{device}/measurement",
         DeviceMeasurement,
-        "poller → scheduler, HA",
+        "poller → scheduler, actuator, HA",
         True,
         1,
         "Latest reading of one HomeWizard device (P1 meter, Energy Socket, Plug-In Battery).",

@@ -1031,3 +1031,76 @@ def test_two_people_or_a_partial_change_stay_hand_switches() -> None:
     rig.read("kitchen", True)  # long after: a person too
     assert rig.counters["hand_switches"] == 3
     assert rig.counters["relay_restores"] == 0
+
+
+def meter(at: datetime, booted_at: datetime | None) -> DeviceMeasurement:
+    return DeviceMeasurement(
+        timestamp=at,
+        device="P1 meter",
+        device_type="HWE-P1",
+        power_w=-500.0,
+        api="v1",
+        booted_at=booted_at,
+    )
+
+
+def test_a_relay_changed_around_the_meters_new_boot_is_a_restore() -> None:
+    """A cut too short for a failed read that changed one socket only: the P1 meter's new
+    boot time (its API v2 uptime from 0) tells it from a person, in either order."""
+    rig = _three_rig()
+    for slug in ("boiler", "e_bike", "kitchen"):
+        rig.read(slug, slug != "e_bike")  # the e-bike off, the others on
+    rig.core.on_meter(meter(rig.now, T0 - timedelta(days=3)), rig.now)  # its boot: known
+    rig.advance(600)
+    # the house's power back: the meter booted, then the e-bike found on (all on now, but
+    # the others did not change: not "all at once")
+    rig.core.on_meter(meter(rig.now, rig.now - timedelta(seconds=5)), rig.now)
+    assert rig.counters["meter_restarts"] == 1
+    rig.advance(10)
+    rig.read("e_bike", True)
+    c = rig.core.socket("e_bike")
+    assert (c.hold, c.came_back) == (None, True)
+    assert rig.counters["hand_switches"] == 0
+    assert rig.counters["relay_restores"] == 1
+    assert rig.run("e_bike") is False  # optional, no plan, no surplus: off again
+    # long after the restart, a change is a person again
+    rig.advance(3600)
+    rig.read("e_bike", True)
+    assert rig.counters["hand_switches"] == 1
+    assert rig.core.socket("e_bike").hold is not None
+
+
+def test_a_hand_switch_withdrawn_when_the_meters_new_boot_comes_after_it() -> None:
+    rig = _three_rig()
+    for slug in ("boiler", "e_bike", "kitchen"):
+        rig.read(slug, slug != "e_bike")
+    rig.core.on_meter(meter(rig.now, T0 - timedelta(days=3)), rig.now)
+    rig.advance(600)
+    cut_over = rig.now
+    rig.read("e_bike", True)  # seen first: taken for a person
+    assert rig.core.socket("e_bike").hold is not None
+    assert rig.last_override("e_bike").source == "manual-switch"
+    rig.advance(30)  # the poller's next P1 reading: booted when the power came back
+    rig.core.on_meter(meter(rig.now, cut_over - timedelta(seconds=3)), rig.now)
+    c = rig.core.socket("e_bike")
+    assert (c.hold, c.came_back) == (None, True)
+    assert rig.last_override("e_bike").state == "auto"
+    assert rig.counters["hand_switches_undone"] == 1
+    # the same boot read again changes nothing; no boot time (API v1 only) neither
+    rig.core.on_meter(meter(rig.now, cut_over - timedelta(seconds=3)), rig.now)
+    rig.core.on_meter(meter(rig.now, None), rig.now)
+    assert rig.counters["meter_restarts"] == 1
+
+
+def test_a_meter_reading_from_another_device_or_the_future_is_refused() -> None:
+    rig = _three_rig()
+    with pytest.raises(MessageError):
+        rig.core.on_meter(meter(rig.now + timedelta(hours=1), None), rig.now)
+    with pytest.raises(MessageError):
+        rig.core.on_meter(meter(rig.now, rig.now + timedelta(hours=1)), rig.now)
+    socket = DeviceMeasurement(
+        timestamp=rig.now, device="Boiler", device_type="HWE-SKT", power_w=0.0, api="v1"
+    )
+    with pytest.raises(MessageError):
+        rig.core.on_meter(socket, rig.now)
+    assert rig.core.meter_booted_at is None

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from shared.homewizard import (
     InvalidResponseError,
     Measurement,
     SocketState,
+    SystemInfo,
     UnauthorizedError,
     UnsupportedError,
 )
@@ -810,3 +811,90 @@ async def test_a_flood_beyond_the_incoming_queue_is_dropped_counted_and_logged_o
     assert other == [b"still here"]
     service.request_stop()
     assert await asyncio.wait_for(task, 10) == 0
+
+
+# --- the devices' uptime (API v2 `GET /api/system`) -------------------------------------------
+
+
+class FakeV2Device(FakeDevice):
+    """A device with API v2's `/api/system`: booted `booted` clock-monotonic s."""
+
+    def __init__(self, clock: Clock, name: str, power: float) -> None:
+        super().__init__(clock, name, power)
+        self.booted = -3600.0  # up an hour before the test starts
+        self.system_error: Exception | None = None
+        self.system_calls: list[float] = []
+
+    async def system(self) -> SystemInfo:
+        self.system_calls.append(self.clock.monotonic())
+        if self.system_error is not None:
+            raise self.system_error
+        return SystemInfo(uptime_s=int(self.clock.monotonic() - self.booted))
+
+
+def make_v2_rig(**options: Any) -> Rig:
+    rig = make_rig(**options)
+    for name in ("P1 meter", "Battery"):
+        rig.fakes[name] = FakeV2Device(rig.clock, name, POWER[name])
+    return rig
+
+
+def booted(rig: Rig, slug: str) -> list[datetime | None]:
+    return [m.booted_at for m in rig.recorder.payloads(TOPICS.measurement(slug))]
+
+
+async def test_the_boot_time_of_an_api_v2_device_goes_out_and_a_restart_is_seen() -> None:
+    rig = make_v2_rig(system_every_s=5.0)
+    p1 = rig.fakes["P1 meter"]
+    assert isinstance(p1, FakeV2Device)
+    await run_poller(rig, 12.0)
+    up = T0 - timedelta(hours=1)
+    assert set(booted(rig, "p1_meter")) == {up}
+    assert set(booted(rig, "battery")) == {up}
+    assert booted(rig, "boiler") == [None] * len(booted(rig, "boiler"))  # API v1: unknown
+    assert p1.system_calls == [0.0, 5.0, 10.0]  # every system_every_s, not every poll
+    # the meter restarts (a power cut too short for a failed poll): the next read shows it
+    p1.booted = rig.clock.monotonic()
+    restart = rig.clock.now().replace(microsecond=0)
+    await run_poller(rig, 6.0)
+    assert booted(rig, "p1_meter")[-1] == restart
+    assert rig.counters["device_restarts"] == 1
+    assert set(booted(rig, "battery")) == {up}
+
+
+async def test_uptime_jitter_is_not_a_restart_and_a_failed_read_is_not_a_failed_poll() -> None:
+    rig = make_v2_rig(system_every_s=2.0)
+    p1 = rig.fakes["P1 meter"]
+    assert isinstance(p1, FakeV2Device)
+    await run_poller(rig, 3.0)
+    first = booted(rig, "p1_meter")[-1]
+    assert first is not None
+    p1.booted += 30.0  # read 30 s "later" (a slow answer, whole seconds): the same boot
+    p1.system_error = InvalidResponseError("10.0.0.1", "GET /api/system: no JSON")
+    await run_poller(rig, 4.0)
+    assert set(booted(rig, "p1_meter")) == {first}
+    assert rig.counters["system_reads_failed"] >= 1
+    assert rig.counters["polls_failed"] == 0
+    p1.system_error = None
+    await run_poller(rig, 3.0)
+    assert set(booted(rig, "p1_meter")) == {first}
+    assert rig.counters["device_restarts"] == 0
+
+
+async def test_after_failed_polls_the_uptime_is_read_at_once() -> None:
+    """A device back after it could not be read may have lost its power: its uptime is
+    read on the first good poll, whatever `system_every_s`."""
+    rig = make_v2_rig(system_every_s=3600.0)
+    p1 = rig.fakes["P1 meter"]
+    assert isinstance(p1, FakeV2Device)
+    await run_poller(rig, 2.0)
+    assert len(p1.system_calls) == 1
+    p1.error = DeviceUnreachableError("10.0.0.1", "no route")
+    await run_poller(rig, 3.0)
+    p1.error = None
+    p1.booted = rig.clock.monotonic()
+    back = rig.clock.now().replace(microsecond=0)
+    await run_poller(rig, 5.0)
+    assert len(p1.system_calls) == 2
+    assert booted(rig, "p1_meter")[-1] == back
+    assert rig.counters["device_restarts"] == 1

@@ -13,7 +13,8 @@ The decisions are `services.actuator.core` (pure); this module is the I/O around
   switch back). The poller's measurements are used for power (energy, 'full').
 * It subscribes to each socket's `set`, `override/set`, its own retained `<socket>` and
   `<socket>/override` (read back at start: last switch times and overrides survive a
-  restart), the socket's `measurement`, and `plan`, `books`, `surplus`.
+  restart), the socket's `measurement`, the P1 meter's (its `booted_at`: a power cut),
+  and `plan`, `books`, `surplus`.
 * With batteries configured, one more task applies the plan's battery mode on the P1
   meter's `/api/batteries` (`services.actuator.battery`): `batteries/set`,
   `batteries/override/set` and its own retained `batteries` are its subscriptions.
@@ -132,6 +133,7 @@ def _default_limits() -> dict[str, Limit]:
         "own_state": Limit(8_192, 10, 1.0),
         "own_override": Limit(8_192, 10, 1.0),
         "measurement": Limit(16_384, 20, 2.0),
+        "meter": Limit(16_384, 20, 2.0),
         "surplus": Limit(65_536, 20, 2.0),
         "plan": Limit(8 * 1024 * 1024, 5, 0.5),
         "books": Limit(1024 * 1024, 5, 0.5),
@@ -200,6 +202,7 @@ class Actuator:
             log=self.log,
             speed=self.clock.speed if isinstance(self.clock, ScaledClock) else 1.0,
         )
+        self._p1_slug = devices.p1.slug
         self._factory = client_factory or default_client_factory(self.shell)
         # the batteries (services/actuator/battery.py): with the P1 meter's own token
         self.battery: BatteryShell | None = None
@@ -244,6 +247,7 @@ class Actuator:
             sub(t.socket_state(slug), self._guard("own_state", slug, self._on_own_state))
             sub(t.override(slug), self._guard("own_override", slug, self._on_own_override))
             sub(t.measurement(slug), self._guard("measurement", slug, self._on_measurement))
+        sub(t.measurement(self._p1_slug), self._guard("meter", "", self._on_meter))
         sub(t.plan(), self._guard("plan", "", self._on_plan))
         sub(t.books(), self._guard("books", "", self._on_books))
         sub(t.surplus(), self._guard("surplus", "", self._on_surplus))
@@ -314,6 +318,9 @@ class Actuator:
     def _on_measurement(self, slug: str, payload: bytes) -> None:
         measurement = parse_message(DeviceMeasurement, payload)
         self.core.on_measurement(slug, measurement, self.clock.now())
+
+    def _on_meter(self, _slug: str, payload: bytes) -> None:
+        self.core.on_meter(parse_message(DeviceMeasurement, payload), self.clock.now())
 
     def _on_plan(self, _slug: str, payload: bytes) -> None:
         plan = parse_message(PlanMessage, payload)

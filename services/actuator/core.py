@@ -38,9 +38,11 @@ A power cut is not a person: a relay found changed on the first good read after 
 (the socket was off the network: without power, or restarting) is a restore, not a hand
 switch; so are changes of two or more sockets to the same state within `together_s` that
 leave every socket in that state (a cut too short for a failed read; holds already made for
-them are withdrawn). A restore is unknown: the plan decides the socket at once (no switch
-interval begins), and without one the fallback rule does, so an optional socket a restore
-turned on stays on only on surplus.
+them are withdrawn), and so is a change found around the P1 meter's new boot (the poller's
+`booted_at`: its API v2 uptime from 0, the house's power back; `restart_window_s`, a hold
+made a moment before withdrawn). A restore is unknown: the plan decides the socket at once
+(no switch interval begins), and without one the fallback rule does, so an optional socket
+a restore turned on stays on only on surplus.
 
 The fallback rule (`fallback_targets`): in the planning order, a needed socket that is not
 full is on from its latest start (next boundary − remaining Wh / power − margin); any socket
@@ -144,6 +146,9 @@ class ActuatorOptions:
     #: Every socket found changed to the same state within this long is a power cut's
     #: restore, not people (a few relay read intervals), s.
     together_s: float = 30.0
+    #: A relay found changed this long around the P1 meter's new boot (its API v2 uptime
+    #: from 0: the house's power came back) is a restore, not a person, s.
+    restart_window_s: float = 120.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ActuatorOptions:
@@ -378,6 +383,10 @@ class ActuatorCore:
         self.fallback_since: datetime | None = None
         #: A stale plan or command was reported in this fallback episode.
         self._stale_told = False
+        #: The P1 meter's boot time (from the poller), and the latest new boot seen: a
+        #: power cut of the house (or the meter restarting).
+        self.meter_booted_at: datetime | None = None
+        self.house_restart_at: datetime | None = None
         #: Start-up (see the module docstring) ends at the first forecast plan or at this time.
         self.quiet_until: datetime | None = started_at + timedelta(
             seconds=self.options.fallback_after_s
@@ -618,6 +627,39 @@ class ActuatorCore:
             )
             self._publish_override(c, now, "expiry")
 
+    def on_meter(self, m: DeviceMeasurement, now: datetime) -> None:
+        """The P1 meter's reading: its boot time. A new one (the meter powered up again: a
+        power cut of the house) makes relay changes around it restores, not people; one
+        already taken for a hand switch is withdrawn."""
+        if m.device_type != "HWE-P1":
+            raise MessageError(f"device_type: {m.device_type} is not a P1 meter", "device_type")
+        self._not_future(m.timestamp, now, "timestamp")
+        booted = m.booted_at
+        if booted is None:
+            return
+        self._not_future(booted, now, "booted_at")
+        before, self.meter_booted_at = self.meter_booted_at, booted
+        if before is None or booted <= before:
+            return
+        self.house_restart_at = booted
+        self._counters.inc("meter_restarts")
+        self._log.info(
+            "the P1 meter restarted at %s: relay changes around it are a power cut's "
+            "restore, not people",
+            self._clock_time(booted),
+        )
+        for c in self.sockets.values():
+            if c.hand_at is not None and self._near_restart(c.hand_at):
+                self._undo_hand(c, now)
+
+    def _near_restart(self, when: datetime) -> bool:
+        """`when` is around the house's latest restart (the P1 meter's new boot)."""
+        at = self.house_restart_at
+        if at is None:
+            return False
+        before = timedelta(seconds=self.options.together_s)
+        return at - before <= when <= at + timedelta(seconds=self.options.restart_window_s)
+
     def on_override_request(self, slug: str, request: OverrideRequest, now: datetime) -> None:
         """`<socket>/override/set`: on/off for a lease (default: to the next boundary), or auto.
 
@@ -774,18 +816,26 @@ class ActuatorCore:
             return []
         return others
 
+    def _undo_hand(self, d: SocketControl, now: datetime) -> None:
+        """A change taken for a person a moment ago was a restore after all."""
+        d.hand_at = None
+        d.last_switch_at, d.last_switch_reason = d.before_hand
+        self._counters.inc("hand_switches_undone")
+        if d.hold is not None and d.hold.source == MANUAL_SOURCE:
+            d.hold = None
+            self._publish_override(d, now, MANUAL_SOURCE)
+        if d.expected_on is not None:
+            self._came_back(d, d.expected_on)
+
     def _hand_switch(self, c: SocketControl, power_on: bool, now: datetime) -> None:
+        if self._near_restart(now):  # the house's power came back: not a person
+            self._came_back(c, power_on)
+            return
         together = self._all_at_once(c, power_on, now)
         if together:
             self._came_back(c, power_on)
-            for d in together:  # taken for people a moment ago: a restore after all
-                d.hand_at = None
-                d.last_switch_at, d.last_switch_reason = d.before_hand
-                self._counters.inc("hand_switches_undone")
-                if d.hold is not None and d.hold.source == MANUAL_SOURCE:
-                    d.hold = None
-                    self._publish_override(d, now, MANUAL_SOURCE)
-                self._came_back(d, power_on)
+            for d in together:
+                self._undo_hand(d, now)
             return
         c.hand_at = now
         c.before_hand = (c.last_switch_at, c.last_switch_reason)

@@ -31,9 +31,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -50,8 +51,11 @@ from shared.homewizard import (
     InvalidResponseError,
     Measurement,
     SocketState,
+    SystemInfo,
     UnauthorizedError,
     UnsupportedError,
+    V1Client,
+    V2Client,
     client_for,
 )
 from shared.messages import (
@@ -105,6 +109,31 @@ class SocketReader(MeasurementReader, Protocol):
     async def socket_state(self) -> SocketState: ...
 
 
+@runtime_checkable
+class SystemReader(MeasurementReader, Protocol):
+    """A client that also reads the device's `GET /api/system` (API v2: its uptime)."""
+
+    async def system(self) -> SystemInfo: ...
+
+
+class P1WithSystem:
+    """A P1 meter read over API v1, with its API v2 `/api/system` beside it (when its own
+    token is configured): the meter's uptime tells a power cut of the house."""
+
+    def __init__(self, reader: V1Client, system: V2Client) -> None:
+        self._reader, self._system = reader, system
+
+    @property
+    def failed_attempts(self) -> int:
+        return _failed_attempts(self._reader) + _failed_attempts(self._system)
+
+    async def measurement(self) -> Measurement:
+        return await self._reader.measurement()
+
+    async def system(self) -> SystemInfo:
+        return await self._system.system()
+
+
 #: Makes the client of one device; used as `async with factory(device) as client`.
 ClientFactory = Callable[[AnyDevice], AbstractAsyncContextManager[MeasurementReader]]
 
@@ -155,6 +184,12 @@ class PollerOptions:
     stale_after_intervals: float = 2.0
     #: Repeated failure lines of one device: at most once per this many s.
     log_every_s: float = 60.0
+    #: An API v2 device's uptime (`GET /api/system`) is read at most this often (clock s),
+    #: and on the first good poll after failed ones; its boot time goes out as `booted_at`.
+    system_every_s: float = 60.0
+    #: A boot time later than the one before by more than this (clock s) is a restart;
+    #: less is the jitter of reading `uptime_s` (whole seconds, the request's time).
+    restart_min_s: float = 120.0
 
     @property
     def poll_timeout_s(self) -> float:
@@ -202,6 +237,9 @@ class DeviceState:
     #: Failures in a row.
     failures: int = 0
     availability: Availability | None = None
+    #: When the device last booted (its API v2 uptime), and when that was read (monotonic).
+    booted_at: datetime | None = None
+    system_at: float | None = None
 
 
 class Poller:
@@ -282,7 +320,7 @@ class Poller:
             self._polling[state.device.device_name] = self._clock.monotonic()
             try:
                 reading = await with_timeout(
-                    self._clock, opts.poll_timeout_s, self._read(state.device, client), work=True
+                    self._clock, opts.poll_timeout_s, self._read(state, client), work=True
                 )
             except Exception as err:  # every failure is counted and logged, never fatal
                 self._failed(state, err)
@@ -304,7 +342,8 @@ class Poller:
         k = math.floor(steps + 1e-9) + 1 if later else math.ceil(steps - 1e-9)
         return self._epoch + max(0, k) * self.options.interval_s
 
-    async def _read(self, device: AnyDevice, client: MeasurementReader) -> DeviceMeasurement:
+    async def _read(self, state: DeviceState, client: MeasurementReader) -> DeviceMeasurement:
+        device = state.device
         measured = await client.measurement()
         if measured.power_w is None:  # before asking a socket for its relay state
             raise ReadingError("the device sent no power")
@@ -315,6 +354,7 @@ class Poller:
                 raise ReadingError("its client cannot read a socket's relay state")
             relay = await client.socket_state()
             power_on, switch_lock = relay.power_on, relay.switch_lock
+        booted_at = await self._booted_at(state, client)
         try:
             return DeviceMeasurement(
                 timestamp=self._clock.now(),
@@ -329,9 +369,54 @@ class Poller:
                     measured.state_of_charge_pct if isinstance(device, BatteryConfig) else None
                 ),
                 api="v2" if isinstance(device, BatteryConfig) else "v1",
+                booted_at=booted_at,
             )
         except ValidationError as err:
             raise ReadingError(describe_validation_error(err)) from None
+
+    async def _booted_at(self, state: DeviceState, client: MeasurementReader) -> datetime | None:
+        """When the device booted (now − its API v2 `uptime_s`), read every `system_every_s`
+        and after failed polls; None for a device without API v2. A failed read of it is
+        not a failed poll (counted `system_reads_failed`, the last boot time kept)."""
+        if not isinstance(client, SystemReader):
+            return None
+        opts, now_m = self.options, self._clock.monotonic()
+        if (
+            state.system_at is not None
+            and not state.failures
+            and now_m - state.system_at < opts.system_every_s
+        ):
+            return state.booted_at
+        state.system_at = now_m
+        name = state.device.device_name
+        try:
+            info = await client.system()
+        except HomeWizardError as err:
+            self._counters.inc("system_reads_failed")
+            self._rate_limited.log(
+                f"system:{state.device.slug}",
+                logging.INFO,
+                "%s: GET /api/system failed (%s): its uptime is not known",
+                name,
+                err,
+            )
+            return state.booted_at
+        if info.uptime_s is None:
+            return state.booted_at
+        booted = (self._clock.now() - timedelta(seconds=info.uptime_s)).replace(microsecond=0)
+        before = state.booted_at
+        if before is not None and booted - before <= timedelta(seconds=opts.restart_min_s):
+            return before  # the same boot, read again (uptime in whole s, the request's time)
+        if before is not None:
+            self._counters.inc("device_restarts")
+            self._log.info(
+                "%s: restarted (up %d s since %s): a power cut or a restart",
+                name,
+                info.uptime_s,
+                booted.isoformat(),
+            )
+        state.booted_at = booted
+        return booted
 
     def _succeeded(self, state: DeviceState, reading: DeviceMeasurement) -> None:
         device = state.device
@@ -480,6 +565,8 @@ def default_client_factory(options: PollerOptions, ca_file: Path | None = None) 
     timeout_s = options.request_timeout_s
 
     def make(device: AnyDevice) -> AbstractAsyncContextManager[MeasurementReader]:
+        if isinstance(device, P1Config) and device.battery_token is not None:
+            return _p1_with_system(device, timeout_s, ca_file)
         return client_for(device, timeout_s=timeout_s, ca_file=ca_file)
 
     return make
@@ -514,3 +601,22 @@ async def app(service: Service, devices: DevicesConfig) -> None:
 def main() -> int:
     """`python -m services.poller`: settings from config/settings.toml and HWSCHED_* variables."""
     return run_service(SERVICE_NAME, app)
+
+
+@asynccontextmanager
+async def _p1_with_system(
+    device: P1Config, timeout_s: float, ca_file: Path | None
+) -> AsyncIterator[MeasurementReader]:
+    """A paired P1 meter: read over API v1, its uptime over API v2 (its own token)."""
+    token = device.battery_token
+    assert token is not None
+    system = V2Client(
+        device.ip_address,
+        token,
+        device.v2_port,
+        product_type=device.device_type,
+        ca_file=ca_file,
+        timeout_s=timeout_s,
+    )
+    async with client_for(device, timeout_s=timeout_s, ca_file=ca_file) as reader, system:
+        yield P1WithSystem(reader, system)

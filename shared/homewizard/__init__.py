@@ -37,6 +37,7 @@ from shared.homewizard.models import (
     DeviceInfo,
     Measurement,
     SocketState,
+    SystemInfo,
 )
 from shared.homewizard.tls import CERT_PRODUCT_TYPES, certificate_name, certificate_type
 from shared.homewizard.v1 import V1Client
@@ -101,6 +102,7 @@ __all__ = [
     "PairingTimeoutError",
     "SocketState",
     "SwitchLockedError",
+    "SystemInfo",
     "UnauthorizedError",
     "UnsupportedError",
     "V1Client",

@@ -113,6 +113,20 @@ class DeviceInfo(_Model):
         return _parse(cls, data, host, "GET /api")
 
 
+class SystemInfo(_Model):
+    """`GET /api/system` (API v2): the device's system state; only what hwsched reads.
+
+    `uptime_s` restarts from 0 when the device boots: after a power cut, say."""
+
+    uptime_s: int | None = Field(default=None, ge=0)
+    wifi_rssi_db: Number | None = None
+    cloud_enabled: bool | None = None
+
+    @classmethod
+    def from_api(cls, data: object, *, host: str = "device") -> SystemInfo:
+        return _parse(cls, data, host, "GET /api/system")
+
+
 # --- measurements -------------------------------------------------------------------
 
 

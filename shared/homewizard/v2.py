@@ -38,7 +38,7 @@ from shared.homewizard.errors import (
     UnauthorizedError,
     UnsupportedError,
 )
-from shared.homewizard.models import BatteriesState, DeviceInfo, Measurement
+from shared.homewizard.models import BatteriesState, DeviceInfo, Measurement, SystemInfo
 from shared.homewizard.tls import DeviceIdentity, certificate_type, device_ssl_context
 
 API_VERSION_HEADER = {"X-Api-Version": "2"}
@@ -151,6 +151,13 @@ class V2Client(ClientBase):
             await self._ensure_pinned()
             data = await self._get("/api/measurement")
             return Measurement.from_v2(data, host=self.host)
+
+    async def system(self) -> SystemInfo:
+        """`GET /api/system`: the device's system state (its `uptime_s`: since it booted)."""
+        with self._no_secret():
+            await self._ensure_pinned()
+            data = await self._get("/api/system")
+            return SystemInfo.from_api(data, host=self.host)
 
     async def batteries(self) -> BatteriesState:
         """`GET /api/batteries` (on the P1 or kWh meter): the battery group's control."""

@@ -346,6 +346,13 @@ async def test_poller_publishes_the_simulated_house(rig: Rig) -> None:
     assert bat.power_w == pytest.approx(want_bat["power_w"], abs=0.6)
     assert bat.state_of_charge_pct == round(want_bat["state_of_charge_pct"])
     assert bat.power_on is None
+    # the boot times over API v2 (the paired P1 meter's and the battery's `/api/system`;
+    # the simulated house's clock is frozen at NOON + 60 s, the poller's is real time)
+    for m in (p1, bat):
+        assert m.booted_at is not None
+        assert m.booted_at <= m.timestamp
+        assert (m.timestamp - m.booted_at).total_seconds() < 70
+    assert all(m.booted_at is None for m in rig.measurements("boiler"))  # API v1 only
 
     surplus = next(s for s in reversed(rig.surpluses()) if s.missing == [])
     assert sorted(surplus.based_on) == sorted(d.device_name for d in HOUSE.devices)

@@ -4,9 +4,10 @@ The simulator, poller, scheduler and actuator run in ONE process, on one `Scaled
 (`SPEED` simulated seconds per real second), talking to each other only as in production:
 HTTP(S) to the simulated devices, MQTT through the test broker. A forecast is published the
 way the forecaster would (retained, from `shared.sky`'s clear sky for the configured arrays),
-so the (reference) planner plans the day on it. Everything asserted is a simulated-time fact, read
-from the house itself (every physics step and every relay change is recorded by wrapping the
-in-process `House`) or from the MQTT messages (recorded with their simulated arrival time).
+so the (default, two-tier) planner plans the day on it. Everything asserted is a
+simulated-time fact, read from the house itself (every physics step and every relay change
+is recorded by wrapping the in-process `House`) or from the MQTT messages (recorded with
+their simulated arrival time).
 
 Timings are the production ones where they are simulated-time rules (switch interval 300 s,
 fallback after 900 s, 15-min planning steps) and scaled where they stand for real-time
@@ -41,7 +42,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from zoneinfo import ZoneInfo
 
 import aiomqtt
@@ -388,7 +389,10 @@ class SolveFreeTime:
     tasks wait their turn; at real speed it is ~1 % of a poll interval. So simulated time
     stops while the scheduler plans (`frozen()` around `plan_once`): the plan is, as in
     production, practically instantaneous. Everything else (HTTP, MQTT, the actuator's
-    reads) costs simulated time as usual.
+    reads) costs simulated time as usual. Every sleeper on the clock sleeps through a
+    frozen span (`ScaledClock.sleep` is measured on this time source): a full plan of a few
+    real seconds in the background worker does not let the poller's or the actuator's loops
+    run rounds at one frozen instant.
     """
 
     def __init__(self) -> None:
@@ -420,6 +424,10 @@ class SolveFreeTime:
 class Stack:
     """The house, the services and the recorders, on one scaled clock."""
 
+    #: The scheduler's planner: the default (the quick tier in the poll, the full tier in the
+    #: background worker, waited for in frozen simulated time: see `start_scheduler`).
+    planner: Literal["optimal", "reference"] = "optimal"
+
     def __init__(
         self,
         broker: MqttBroker,
@@ -450,6 +458,8 @@ class Stack:
         #: Every read of a relay by the actuator: (socket, simulated time read, power_on).
         self.relay_reads: list[tuple[str, datetime, bool]] = []
         self.schedulers: list[Scheduler] = []
+        #: The scheduler's services, the restarted one's after the first's.
+        self.scheduler_services: list[Service] = []
         self.actuator: Actuator | None = None
         self._forecaster: asyncio.Task[None] | None = None
 
@@ -470,13 +480,7 @@ class Stack:
             fallback_after_s=FALLBACK_AFTER_S,
             fallback_margin_s=1800,
             device_ca_file=self.sim.ca_path,
-            # The reference planner: this day tests the services' contract (overrides, hand
-            # switches, restarts, the fallback rule) on one clock. With the two-tier default
-            # planner at 1500x this harness saw the scheduler fall silent for 15 simulated
-            # minutes at a time (0.6 s of real time), an open finding (docs/bench-loop.md);
-            # the tiers are tested on a manual clock (test_scheduler_tiers.py) and in the
-            # loop by `make bench-loop`.
-            planner="reference",
+            planner=self.planner,
             planning_step_s=900,
             planner_time_limit_s=1.0,
         )
@@ -557,6 +561,7 @@ class Stack:
         assert self.devices is not None
         assert self.settings is not None
         service = self._service("scheduler")
+        self.scheduler_services.append(service)
         scheduler = Scheduler(
             self.devices,
             self.settings,
@@ -829,6 +834,23 @@ async def test_sunny_day(mqtt_broker: MqttBroker, tmp_path: Path) -> None:
         await stack.until(end)
         state = await stack.control_state()
         finals = {n: stack.schedulers[-1].books.book(n) for n in NEEDED}
+
+    # --- the plans kept coming: the actuator never needed its fallback rule ---------------
+    # The full tier ran (in the background worker, in frozen simulated time). Before the
+    # clock's sleeps honoured a frozen time source, the poller's fixed-rate loop ran a round
+    # per 0.2 real s of a full plan at one frozen instant, each moving its schedule an
+    # interval on: after the plan no surplus for up to half an hour, so no plan, and the
+    # actuator's fallback rule took over five to nine times a day. Counted in simulated
+    # time and rounds, which a busy machine can only make fewer.
+    started = sum(s.counters["full_plans_started"] for s in stack.scheduler_services)
+    assert started >= 1, "no full plan ran"
+    surplus_at = [s.timestamp for _, s in stack.mqtt.of(HouseSurplus, "surplus")]
+    rounds = (end - start).total_seconds() / POLL_S
+    assert len(surplus_at) <= rounds + 2, f"{len(surplus_at)} surpluses in {rounds:g} rounds"
+    twice = len(surplus_at) - len(set(surplus_at))
+    assert twice == 0, f"{twice} rounds at the simulated instant of another"
+    fallbacks = stack.services["actuator"].counters["fallback_activations"]
+    assert fallbacks == 0, f"the actuator fell back {fallbacks} times\n{_story(stack)}"
 
     # --- needed sockets full before the boundary (06:00 tomorrow) ------------------------
     boundary = local((2024, 6, 22), 6, 0)

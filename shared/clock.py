@@ -255,6 +255,26 @@ def shared_scaled_clock(speed: float, start: datetime, origin: float) -> ScaledC
     return ScaledClock(speed, start, real_monotonic=time.time, real_start=origin)
 
 
+#: Real seconds of work (a poll of the devices, a plan, a broker round trip) that the
+#: services' staleness limits allow for on an accelerated clock: see `clock_seconds_of_work`.
+WORK_ALLOWANCE_S = 10.0
+
+
+def seconds_of_work(speed: float, real_s: float) -> float:
+    """What `real_s` seconds of work take longer in the seconds of a clock running `speed`
+    times faster than real time: `real_s x (speed - 1)` when `speed > 1`, else 0 (in real
+    time a limit already holds the work)."""
+    return real_s * (speed - 1.0) if speed > 1.0 else 0.0
+
+
+def clock_seconds_of_work(clock: Clock, real_s: float) -> float:
+    """`seconds_of_work` on `clock`: on an accelerated `ScaledClock` a limit in clock seconds
+    that stands for "late" (a surplus's or a plan's age) grows by this, so an accelerated
+    healthy run on a busy machine is not taken for a broken one; on the other clocks 0."""
+    speed = clock.speed if isinstance(clock, ScaledClock) else 1.0
+    return seconds_of_work(speed, real_s)
+
+
 async def sleep_for_work(clock: Clock, seconds: float) -> None:
     """Sleep `seconds` that bound *work*: a device's answer, a broker's acknowledgement, a
     planner's CPU time. Simulated time does not make devices, networks or CPUs faster, so on

@@ -14,6 +14,8 @@ from shared.clock import (
     ManualClock,
     ScaledClock,
     SystemClock,
+    clock_seconds_of_work,
+    seconds_of_work,
     shared_scaled_clock,
     sleep_for_work,
 )
@@ -340,3 +342,13 @@ async def test_work_time_outs_are_real_seconds_on_a_scaled_clock() -> None:
     assert not sleeper.done()
     await manual.run_for(5.0)
     assert sleeper.done()
+
+
+def test_work_at_accelerated_speed_counts_in_simulated_seconds() -> None:
+    assert clock_seconds_of_work(ManualClock(START), 2.0) == 0.0
+    assert clock_seconds_of_work(SystemClock(), 2.0) == 0.0
+    assert clock_seconds_of_work(ScaledClock(1.0, START), 2.0) == 0.0
+    assert clock_seconds_of_work(ScaledClock(0.5, START), 2.0) == 0.0  # slowed: no allowance
+    assert clock_seconds_of_work(ScaledClock(600.0, START), 2.0) == pytest.approx(1198.0)
+    assert seconds_of_work(300.0, 10.0) == pytest.approx(2990.0)
+    assert seconds_of_work(1.0, 10.0) == 0.0

@@ -22,8 +22,9 @@ costs ~0.1–0.3 s of real CPU, so shorter intervals would not fit the time budg
   within 300 s, an MQTT override obeyed and expired, a hand switch respected (not fought),
   the scheduler cancelled and restarted mid-day keeping its books.
 * `test_fallback_fills_needed_sockets`: 02:30 → 06:05; the scheduler stops at 02:45 and
-  stays away: after `fallback_after_s` the actuator's fallback rule takes over, switches the
-  needed sockets on in time and both are full before the 06:00 boundary.
+  stays away: after `SILENCE_S` (`fallback_after_s` and the allowance for work at 1500x)
+  the actuator's fallback rule takes over, switches the needed sockets on in time and both
+  are full before the 06:00 boundary.
 * `test_surplus_counts_a_switched_socket_at_once`: real time, the poller alone against the
   house: the surplus right after a socket switch (the bug these tests found, see there).
 """
@@ -57,7 +58,7 @@ from services.scheduler.scheduler import Scheduler, SchedulerOptions
 from services.simulator.house import House, arrays_of
 from services.simulator.server import DEVICES_FILE, Simulator
 from services.simulator.settings import DeviceSettings, SimulatorSettings
-from shared.clock import ScaledClock
+from shared.clock import ScaledClock, seconds_of_work
 from shared.config import BrokerSettings, DevicesConfig, Settings, SocketConfig, load_devices
 from shared.homewizard import client_for
 from shared.messages import (
@@ -88,6 +89,10 @@ POLL_S = 300.0
 READ_S = 120.0
 SWITCH_INTERVAL_S = 300
 FALLBACK_AFTER_S = 900
+#: The actuator's allowance for work (real s; production: 10, `WORK_ALLOWANCE_S`, which at
+#: 1500x would be over 4 simulated hours): its fallback rule takes over after this silence.
+ACTUATOR_WORK_S = 0.4
+SILENCE_S = FALLBACK_AFTER_S + seconds_of_work(SPEED, ACTUATOR_WORK_S)
 BOILER, KITCHEN, EBIKE = "Boiler", "Kitchen boiler", "E-bike"
 NEEDED = (BOILER, KITCHEN)
 TOKEN = "AB" * 16
@@ -539,6 +544,7 @@ class Stack:
         options = ActuatorOptions(
             switch_interval_s=SWITCH_INTERVAL_S,
             fallback_after_s=FALLBACK_AFTER_S,
+            work_allowance_s=ACTUATOR_WORK_S,
             fallback_margin_s=1800,
             retry_min_s=READ_S,
             surplus_max_age_s=3 * POLL_S,
@@ -1001,22 +1007,23 @@ async def test_fallback_fills_needed_sockets(mqtt_broker: MqttBroker, tmp_path: 
         if r.kind in ("plan", "socket_set") and not r.retained and r.at > stopped_at
     ]
     assert not late, f"the scheduler was not stopped: {late}"
-    # the fallback takes over `fallback_after_s` after the scheduler's last word
+    # the fallback takes over `SILENCE_S` (fallback_after_s + the allowance for work) after
+    # the scheduler's last word
     last_word = max(p.made_at for _, p in stack.mqtt.of(PlanMessage, "plan"))
     all_states = [(at, s) for at, s in stack.mqtt.of(SocketState, "socket_state")]
     takeover, first = next((at, s) for at, s in all_states if s.controlled_by == "fallback")
     took = (takeover - last_word).total_seconds()
-    # Not before `fallback_after_s` of silence as the actuator heard it: at 1500x a busy
+    # Not before `SILENCE_S` of silence as the actuator heard it: at 1500x a busy
     # machine delivers a plan a few hundred simulated seconds late (0.2 real s), so the
     # silence is counted from the last plan that had arrived (here) before the take-over,
     # less a read interval for one on its way to the actuator at the same moment.
     heard = [p.made_at for at, p in stack.mqtt.of(PlanMessage, "plan") if at < takeover]
     silence = (takeover - max(heard)).total_seconds()
-    assert silence >= FALLBACK_AFTER_S - READ_S, (silence, took)
+    assert silence >= SILENCE_S - READ_S, (silence, took)
     # ... in the actuator's first cycle after that (a read under way at the deadline, and the
     # one whose state was on its way): counted in the actuator's reads of that socket, not in
     # simulated seconds, which a busy machine stretches at 1500x
-    deadline = last_word + timedelta(seconds=FALLBACK_AFTER_S)
+    deadline = last_word + timedelta(seconds=SILENCE_S)
     waited = reads_between(stack, first.socket, deadline, takeover)
     assert len(waited) <= 2, (took, [hm(t) for t in waited])
     for socket in HOUSE.sockets:

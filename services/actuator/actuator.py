@@ -355,7 +355,7 @@ class Actuator:
             len(self.core.sockets),
             self.shell.read_interval_s,
             self.core.options.switch_interval_s,
-            self.core.options.fallback_after_s,
+            self.core.silence_s,
         )
         async with asyncio.TaskGroup() as group:
             for slug in self.core.sockets:

@@ -372,11 +372,6 @@ class ActuatorCore:
         self.options = options if options is not None else ActuatorOptions()
         #: Simulated seconds per real second (an accelerated run).
         self.speed = speed
-        #: No fresh plan or command for this long (clock s): `fallback_after_s` plus the
-        #: allowance for work at `speed`.
-        self.silence_s = self.options.fallback_after_s + seconds_of_work(
-            speed, self.options.work_allowance_s
-        )
         self.sockets: dict[str, SocketControl] = {s.slug: SocketControl(s, s.slug) for s in sockets}
         self.tz = tz
         self.boundary = boundary
@@ -410,6 +405,14 @@ class ActuatorCore:
     def _check_name(self, c: SocketControl, name: str, field: str) -> None:
         if name != c.name and _slug_of(name) != c.slug:
             raise MessageError(f"{field}: {name[:60]!r} is not the socket {c.name!r}", field)
+
+    @property
+    def silence_s(self) -> float:
+        """No fresh plan or command for this long (clock s): `fallback_after_s` plus the
+        allowance for work at `speed`."""
+        return self.options.fallback_after_s + seconds_of_work(
+            self.speed, self.options.work_allowance_s
+        )
 
     def _fresh(self, when: datetime | None, now: datetime) -> bool:
         return when is not None and (now - when).total_seconds() < self.silence_s

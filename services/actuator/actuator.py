@@ -219,6 +219,7 @@ class Actuator:
                 has_token=token is not None,
                 options=battery_options or BatteryOptions.from_settings(settings),
                 log=self.log,
+                speed=self.core.speed,
             )
             self.battery = BatteryShell(
                 core,

@@ -187,9 +187,12 @@ class ManualClock:
 class ScaledClock:
     """Simulated time running `speed` times faster than real time, from `start`.
 
-    `sleep(s)` sleeps `s / speed` real seconds; `monotonic()` counts simulated seconds.
-    `real_monotonic` is where real time is read for `now()` / `monotonic()` (tests may
-    inject one); the sleeps themselves use the event loop's clock.
+    `sleep(s)` sleeps until `now()` has moved `s` on (`s / speed` real seconds while real
+    time runs); `monotonic()` counts simulated seconds. `real_monotonic` is where real time
+    is read for `now()`, `monotonic()` and the sleeps (tests may inject one): the event
+    loop's timers only pace the waiting, and a sleeper re-reads the clock when one fires, so
+    a sleep never ends before the clock says it should, also when the source stands still
+    for a while (a test freezing simulated time while a plan is made) or is stepped back.
 
     `real_start` is the reading of `real_monotonic` at which the clock shows `start`
     (default: the reading when it is made). Processes that share one simulated time (the
@@ -226,12 +229,18 @@ class ScaledClock:
         return (self._real_monotonic() - self._real_start) * self._speed
 
     async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(max(0.0, seconds) / self._speed)
+        if not seconds > 0:  # also NaN: just yield
+            await asyncio.sleep(0)
+            return
+        if math.isinf(seconds):  # for ever (no datetime holds it)
+            await asyncio.get_running_loop().create_future()
+        # measured on this clock, not on the event loop's: see the class docstring
+        await self.sleep_until(self.now() + timedelta(seconds=seconds))
 
     async def sleep_until(self, when: datetime) -> None:
         target = as_utc(when)
         await asyncio.sleep(0)
-        while True:  # the event loop may wake a hair early: check, sleep the rest
+        while True:  # a timer may fire early, or the time source have stood still: re-check
             left = (target - self.now()).total_seconds()
             if left <= 0:
                 return
@@ -244,6 +253,26 @@ def shared_scaled_clock(speed: float, start: datetime, origin: float) -> ScaledC
     `origin` it shows times before `start`). A process restarted mid-run picks up where
     the others are."""
     return ScaledClock(speed, start, real_monotonic=time.time, real_start=origin)
+
+
+#: Real seconds of work (a poll of the devices, a plan, a broker round trip) that the
+#: services' staleness limits allow for on an accelerated clock: see `clock_seconds_of_work`.
+WORK_ALLOWANCE_S = 10.0
+
+
+def seconds_of_work(speed: float, real_s: float) -> float:
+    """What `real_s` seconds of work take longer in the seconds of a clock running `speed`
+    times faster than real time: `real_s x (speed - 1)` when `speed > 1`, else 0 (in real
+    time a limit already holds the work)."""
+    return real_s * (speed - 1.0) if speed > 1.0 else 0.0
+
+
+def clock_seconds_of_work(clock: Clock, real_s: float) -> float:
+    """`seconds_of_work` on `clock`: on an accelerated `ScaledClock` a limit in clock seconds
+    that stands for "late" (a surplus's or a plan's age) grows by this, so an accelerated
+    healthy run on a busy machine is not taken for a broken one; on the other clocks 0."""
+    speed = clock.speed if isinstance(clock, ScaledClock) else 1.0
+    return seconds_of_work(speed, real_s)
 
 
 async def sleep_for_work(clock: Clock, seconds: float) -> None:

@@ -147,7 +147,7 @@ class Rig:
         return [p for t, p in self.out.sent if t == TOPICS.socket_state(slug)][-1]  # type: ignore[no-any-return]
 
 
-def make_rig(start: datetime = T0, restore: bool = True, **options: Any) -> Rig:
+def make_rig(start: datetime = T0, restore: bool = True, speed: float = 1.0, **options: Any) -> Rig:
     clock = ManualClock(start)
     out = Recorder()
     counters = Counters()
@@ -160,6 +160,7 @@ def make_rig(start: datetime = T0, restore: bool = True, **options: Any) -> Rig:
         boundary=BOUNDARY,
         started_at=start,
         options=ActuatorOptions(**options),
+        speed=speed,
     )
     if restore:
         core.finish_restore(start)
@@ -884,8 +885,9 @@ def test_options_from_settings() -> None:
 
 
 def _speed_rig(speed: float) -> Rig:
-    rig = make_rig()
-    rig.core.speed = speed
+    """At `speed`, without the allowance for work (these tests are about the limit itself
+    and what is said of it; the allowance: the tests after them)."""
+    rig = make_rig(speed=speed, work_allowance_s=0.0)
     rig.read("boiler", False)
     return rig
 
@@ -958,6 +960,71 @@ def test_a_plan_that_came_late_says_so_when_it_hands_back(
     rig.run("boiler")
     (back,) = [r.getMessage() for r in caplog.records if "handed back" in r.getMessage()]
     assert "13 min before it came" in back
+
+
+def plan_of(made_at: datetime, rows: dict[str, list[int]]) -> PlanMessage:
+    """A plan made at `made_at` from then on, in 15-min steps."""
+    n = max(len(r) for r in rows.values())
+    return plan_at(made_at, [0] * n).model_copy(
+        update={
+            "sockets": {k: SocketPlan(states=r, energy_wh=[0.0] * len(r)) for k, r in rows.items()}
+        }
+    )
+
+
+def _stalling_scheduler(rig: Rig, stalls: int) -> int:
+    """An hour per stall of a scheduler at 300x that plans every 30 s (0.1 real s), the
+    e-bike off, on a sunny surplus (1000 W: the fallback rule would switch the e-bike on),
+    and each hour falls silent for 1500 s (5 real s: a busy machine); the e-bike's switches."""
+    switches = 0
+    for _ in range(stalls):
+        for k in range(120):  # 3600 s in 30-s polls; silent from the 60th for 1500 s
+            if not 60 <= k < 110:
+                rig.core.on_plan(plan_of(rig.now, {"Boiler": [0] * 4, "E-bike": [0] * 4}), rig.now)
+            rig.core.on_surplus(
+                HouseSurplus(
+                    timestamp=rig.now, surplus_w=1000.0, p1_power_w=-1000.0, based_on=["P1 meter"]
+                ),
+                rig.now,
+            )
+            rig.read("e_bike", bool(rig.core.socket("e_bike").power_on))
+            if rig.run("e_bike") is not None:
+                switches += 1
+            rig.advance(30)
+    return switches
+
+
+def test_at_300x_a_busy_scheduler_keeps_control_with_the_allowance_for_work() -> None:
+    """The fallback's limit of silence grows by the allowance for work at an accelerated
+    speed (issue 14, bench-loop: the e-bike switched 7 times in an hour at 300x when the
+    scheduler was a few real seconds late): the same silences without the allowance hand
+    the e-bike to the fallback rule and back, every hour."""
+    calm = make_rig(speed=300.0)  # the default allowance: 10 real s
+    assert calm.core.silence_s == pytest.approx(900 + 10 * 299)
+    calm.read("e_bike", False)
+    assert _stalling_scheduler(calm, 3) == 0
+    assert calm.counters["fallback_activations"] == 0
+    restless = make_rig(speed=300.0, work_allowance_s=0.0)
+    assert restless.core.silence_s == 900
+    restless.read("e_bike", False)
+    assert _stalling_scheduler(restless, 3) == 6  # on under the fallback, off under the plan
+    assert restless.counters["fallback_activations"] == 3
+
+
+def test_the_allowance_for_work_is_nothing_at_real_speed() -> None:
+    """At real speed (and on any clock without a speed) the fallback takes over after exactly
+    `fallback_after_s`; at 300x after it plus 10 real s of work (2990 simulated s)."""
+    for speed, silence in ((1.0, 900.0), (0.5, 900.0), (300.0, 3890.0)):
+        rig = make_rig(speed=speed)
+        assert rig.core.silence_s == pytest.approx(silence)
+        assert rig.core.next_wake("boiler", rig.now) == T0 + timedelta(seconds=silence)
+        rig.core.on_plan(plan_of(rig.now, {"Boiler": [0] * 8}), rig.now)
+        rig.advance(silence - 1)
+        assert not rig.core.fallback_active
+        assert rig.core.desired("boiler", rig.now).controlled_by == "plan"
+        rig.advance(1)
+        assert rig.core.fallback_active, speed
+        assert rig.core.desired("boiler", rig.now).controlled_by == "fallback"
 
 
 THREE = DevicesConfig.model_validate(

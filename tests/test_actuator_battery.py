@@ -53,7 +53,9 @@ class Publisher:
         return [m for _, m in self.sent if isinstance(m, BatteryState)]
 
 
-def core_at(now: datetime, *, token: bool = True, **options: Any) -> tuple[BatteryCore, Publisher]:
+def core_at(
+    now: datetime, *, token: bool = True, speed: float = 1.0, **options: Any
+) -> tuple[BatteryCore, Publisher]:
     pub = Publisher()
     core = BatteryCore(
         pub,
@@ -64,6 +66,7 @@ def core_at(now: datetime, *, token: bool = True, **options: Any) -> tuple[Batte
         started_at=now,
         has_token=token,
         options=BatteryOptions(**options),
+        speed=speed,
     )
     core.finish_restore()
     return core, pub
@@ -435,3 +438,18 @@ async def test_the_shell_on_an_old_p1_counts_the_unsupported_mode() -> None:
     await shell._cycle(old)
     assert old.bodies == [{"mode": "zero", "permissions": None}]
     assert rt.counters.get("battery_mode_unsupported") == 1
+
+
+def test_a_command_stays_fresh_for_the_allowance_for_work_at_an_accelerated_speed() -> None:
+    """As the sockets' fallback: at 300x a command 1500 simulated s old (5 real s of a busy
+    machine) is still the plan's; at real speed it is stale after `fallback_after_s`."""
+    late = command("to_full", T0, valid_s=6 * 3600)
+    for speed, after_s, by in ((1.0, 1500, "fallback"), (300.0, 1500, "plan")):
+        core, _ = core_at(T0, speed=speed)
+        assert core.on_command(late, T0)
+        assert core.desired(T0 + timedelta(seconds=899)).controlled_by == "plan"
+        assert core.desired(T0 + timedelta(seconds=after_s)).controlled_by == by, speed
+    core, _ = core_at(T0, speed=300.0)  # 900 + 10 real s x 299
+    core.on_command(late, T0)
+    assert core.desired(T0 + timedelta(seconds=3889)).controlled_by == "plan"
+    assert core.desired(T0 + timedelta(seconds=3890)).controlled_by == "fallback"

@@ -14,6 +14,8 @@ from shared.clock import (
     ManualClock,
     ScaledClock,
     SystemClock,
+    clock_seconds_of_work,
+    seconds_of_work,
     shared_scaled_clock,
     sleep_for_work,
 )
@@ -255,6 +257,31 @@ async def test_scaled_clock_sleeps_seconds_over_speed() -> None:
     assert clock.monotonic() >= 49.0
 
 
+async def test_a_scaled_clock_sleep_lasts_while_its_time_source_stands_still() -> None:
+    """A sleep is measured on the clock's own time source, not on the event loop's timers:
+    while the source stands still (the e2e harness freezes simulated time while a plan is
+    made) no sleeper wakes, however much real time passes. Before, `sleep(50)` at 1000x
+    ended after 0.05 real s even with the clock standing still, and the poller's fixed-rate
+    loop, trusting it, ran a round per 0.2 real s at one frozen instant, moving its schedule
+    an interval on each time: after a few seconds' frozen full plan no surplus came for half
+    a simulated hour (the e2e day's silences with the two-tier planner)."""
+    real = FakeRealTime()
+    clock = ScaledClock(1000.0, START, real_monotonic=real)
+    sleeper = asyncio.ensure_future(clock.sleep(50))
+    try:
+        await asyncio.sleep(0.3)  # six times the sleep's 0.05 real s: the source stood still
+        assert not sleeper.done()
+        assert clock.monotonic() == 0.0
+        real.t += 0.049  # 49 simulated s: not yet
+        await asyncio.sleep(0.1)
+        assert not sleeper.done()
+        real.t += 0.001
+        await asyncio.wait_for(sleeper, timeout=10)  # a bound on a failure only
+        assert clock.now() >= START + timedelta(seconds=50)
+    finally:
+        sleeper.cancel()
+
+
 async def test_scaled_clock_sleep_until_reaches_the_deadline() -> None:
     clock = ScaledClock(3600.0, START)
     target = START + timedelta(minutes=2)  # 1/30 s real
@@ -315,3 +342,13 @@ async def test_work_time_outs_are_real_seconds_on_a_scaled_clock() -> None:
     assert not sleeper.done()
     await manual.run_for(5.0)
     assert sleeper.done()
+
+
+def test_work_at_accelerated_speed_counts_in_simulated_seconds() -> None:
+    assert clock_seconds_of_work(ManualClock(START), 2.0) == 0.0
+    assert clock_seconds_of_work(SystemClock(), 2.0) == 0.0
+    assert clock_seconds_of_work(ScaledClock(1.0, START), 2.0) == 0.0
+    assert clock_seconds_of_work(ScaledClock(0.5, START), 2.0) == 0.0  # slowed: no allowance
+    assert clock_seconds_of_work(ScaledClock(600.0, START), 2.0) == pytest.approx(1198.0)
+    assert seconds_of_work(300.0, 10.0) == pytest.approx(2990.0)
+    assert seconds_of_work(1.0, 10.0) == 0.0

@@ -66,12 +66,15 @@ def with_modes(planner: object) -> object:
 class MoneyStack(Stack):
     """The e2e stack with the prices service and a planner that gives modes."""
 
+    #: What is tested here is the path of money and modes: the reference planner, plus the
+    #: stand-in rule's modes (`with_modes`).
+    planner = "reference"
     prices_task: asyncio.Task[int] | None = None
     http: httpx.AsyncClient | None = None
 
     def start_scheduler(self) -> Scheduler:
         scheduler = super().start_scheduler()
-        # the e2e day's planner (the reference), plus battery modes
+        # the reference planner, plus battery modes
         scheduler._reference_planner = with_modes(scheduler._reference_planner)  # type: ignore[assignment]
         return scheduler
 

@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from services.scheduler.logic import grid_start, moved_modes, moved_rows
-from services.scheduler.scheduler import Scheduler, SchedulerOptions, clock_seconds_of_work
+from services.scheduler.scheduler import Scheduler, SchedulerOptions
 from shared.clock import ManualClock, ScaledClock
 from shared.config import DevicesConfig, Settings
 from shared.messages import (
@@ -372,12 +372,6 @@ def test_rows_and_modes_move_onto_the_new_steps() -> None:
     assert grid_start(now, AMS, datetime(2024, 1, 1, 6).time(), 900) == datetime(
         2024, 3, 31, 12, 0, tzinfo=AMS
     )
-
-
-def test_work_at_accelerated_speed_counts_in_simulated_seconds() -> None:
-    assert clock_seconds_of_work(ManualClock(T0), 2.0) == 0.0
-    assert clock_seconds_of_work(ScaledClock(1.0, T0), 2.0) == 0.0
-    assert clock_seconds_of_work(ScaledClock(600.0, T0), 2.0) == pytest.approx(1198.0)
 
 
 async def test_a_surplus_a_poll_cycle_old_is_not_stale_at_speed_600(settings: Settings) -> None:

@@ -222,6 +222,7 @@ class Actuator:
                 has_token=token is not None,
                 options=battery_options or BatteryOptions.from_settings(settings),
                 log=self.log,
+                speed=self.core.speed,
             )
             self.battery = BatteryShell(
                 core,
@@ -362,7 +363,7 @@ class Actuator:
             len(self.core.sockets),
             self.shell.read_interval_s,
             self.core.options.switch_interval_s,
-            self.core.options.fallback_after_s,
+            self.core.silence_s,
         )
         async with asyncio.TaskGroup() as group:
             for slug in self.core.sockets:

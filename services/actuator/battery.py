@@ -26,7 +26,9 @@ What the batteries should be in now (`BatteryCore.desired`), first that applies:
 2. a mode set in the HomeWizard app (a change the actuator did not make): respected like a
    hand switch, until the next daily boundary or a person's `{"state": "auto"}` on
    `<base>/batteries/override/set` (`controlled_by: app`);
-3. the scheduler's latest `BatteryCommand` while valid (`valid_until`) and fresh;
+3. the scheduler's latest `BatteryCommand` while valid (`valid_until`) and fresh (less than
+   `fallback_after_s` old, plus the allowance for work on an accelerated clock, as the
+   sockets');
 4. right after start, before any command: nothing yet (`start_grace_s`);
 5. else `zero` (`controlled_by: fallback`): the scheduler has fallen silent.
 
@@ -51,7 +53,7 @@ from typing import Literal, Protocol
 from zoneinfo import ZoneInfo
 
 from services.poller.poller import error_kind
-from shared.clock import Clock
+from shared.clock import WORK_ALLOWANCE_S, Clock, seconds_of_work
 from shared.config import P1Config, Settings
 from shared.daytime import next_boundary
 from shared.homewizard import BatteriesState, V2Client
@@ -129,6 +131,9 @@ class BatteryOptions:
     switch_interval_s: float = 300.0
     #: A command older than this is no longer fresh (the socket fallback's `fallback_after_s`).
     fallback_after_s: float = 900.0
+    #: ... plus, on an accelerated clock, this many real s of work (`seconds_of_work`), as
+    #: the sockets' (`ActuatorOptions.work_allowance_s`); nothing at real speed.
+    work_allowance_s: float = WORK_ALLOWANCE_S
     #: After start, before any command: leave the batteries as they are this long, s.
     start_grace_s: float = 120.0
     retry_min_s: float = 10.0
@@ -189,8 +194,11 @@ class BatteryCore:
         has_token: bool,
         options: BatteryOptions | None = None,
         log: logging.Logger | None = None,
+        speed: float = 1.0,
     ) -> None:
         self.options = options if options is not None else BatteryOptions()
+        #: Simulated seconds per real second (an accelerated run).
+        self.speed = speed
         self.has_token = has_token
         self.tz = tz
         self.boundary = boundary
@@ -313,7 +321,9 @@ class BatteryCore:
     def _fresh(self, command: BatteryCommand, now: datetime) -> bool:
         age = (now - command.timestamp).total_seconds()
         valid = command.valid_until is None or command.valid_until > now
-        return valid and age < self.options.fallback_after_s
+        limit = self.options.fallback_after_s
+        limit += seconds_of_work(self.speed, self.options.work_allowance_s)
+        return valid and age < limit
 
     def desired(self, now: datetime) -> BatteryDesire:
         """What the batteries should be in now (see the module docstring for the order)."""

@@ -21,6 +21,11 @@ socket is left as it is. So a restart never starts the switch interval by itself
 override published right after it is obeyed at once.
 
 "Fresh" = the command's timestamp / the plan's `made_at` is less than `fallback_after_s` old.
+On an accelerated clock (`speed` > 1) every such limit of silence (fresh, the fallback rule's
+take-over, the end of start-up) grows by the allowance for work the scheduler's limits have
+(`work_allowance_s` real seconds x (speed - 1): `shared.clock.seconds_of_work`): a poll, a
+plan and a broker round trip take real seconds however fast simulated time runs, and a busy
+machine at 300x is not a scheduler gone silent. Nothing changes at real speed.
 
 A switch is made only when the socket's read state differs from the desired one, and:
 not while `switch_lock` is on and the target is off (reported, not fought); not within
@@ -71,6 +76,7 @@ from shared.bookkeeping import (
     record_sample,
     roll_books,
 )
+from shared.clock import WORK_ALLOWANCE_S, seconds_of_work
 from shared.config import Settings, SocketConfig
 from shared.daytime import day_start, next_boundary
 from shared.messages import (
@@ -131,6 +137,9 @@ class ActuatorOptions:
     switch_interval_s: float = 300.0
     #: No fresh command or plan for this long: the fallback rule takes over, s.
     fallback_after_s: float = 900.0
+    #: Work that simulated time does not speed up, real s: on an accelerated clock added (in
+    #: clock seconds, `seconds_of_work`) to `fallback_after_s` (nothing at real speed).
+    work_allowance_s: float = WORK_ALLOWANCE_S
     #: Fallback: a needed socket starts this much earlier than filling takes, s.
     fallback_margin_s: float = 1800.0
     #: A manual-on socket is judged full only on a measurement this long after the switch, s.
@@ -366,7 +375,7 @@ class ActuatorCore:
         speed: float = 1.0,
     ) -> None:
         self.options = options if options is not None else ActuatorOptions()
-        #: Simulated seconds per real second (an accelerated run), for the log lines only.
+        #: Simulated seconds per real second (an accelerated run).
         self.speed = speed
         self.sockets: dict[str, SocketControl] = {s.slug: SocketControl(s, s.slug) for s in sockets}
         self.tz = tz
@@ -388,9 +397,7 @@ class ActuatorCore:
         self.meter_booted_at: datetime | None = None
         self.house_restart_at: datetime | None = None
         #: Start-up (see the module docstring) ends at the first forecast plan or at this time.
-        self.quiet_until: datetime | None = started_at + timedelta(
-            seconds=self.options.fallback_after_s
-        )
+        self.quiet_until: datetime | None = started_at + timedelta(seconds=self.silence_s)
         self.plan: PlanMessage | None = None
         self.surplus: HouseSurplus | None = None
         self.books: Books = empty_books(day_start(started_at, tz, boundary))
@@ -408,11 +415,19 @@ class ActuatorCore:
         if name != c.name and _slug_of(name) != c.slug:
             raise MessageError(f"{field}: {name[:60]!r} is not the socket {c.name!r}", field)
 
+    @property
+    def silence_s(self) -> float:
+        """No fresh plan or command for this long (clock s): `fallback_after_s` plus the
+        allowance for work at `speed`."""
+        return self.options.fallback_after_s + seconds_of_work(
+            self.speed, self.options.work_allowance_s
+        )
+
     def _fresh(self, when: datetime | None, now: datetime) -> bool:
-        return when is not None and (now - when).total_seconds() < self.options.fallback_after_s
+        return when is not None and (now - when).total_seconds() < self.silence_s
 
     def _fallback_due(self, now: datetime) -> bool:
-        return (now - self.last_contact).total_seconds() >= self.options.fallback_after_s
+        return (now - self.last_contact).total_seconds() >= self.silence_s
 
     def _contact(self, when: datetime, now: datetime) -> None:
         if when >= self.last_contact:
@@ -490,9 +505,7 @@ class ActuatorCore:
         self.restoring = False
         self.last_contact = max(self.last_contact, now)
         if self.quiet_until is not None:
-            self.quiet_until = max(
-                self.quiet_until, now + timedelta(seconds=self.options.fallback_after_s)
-            )
+            self.quiet_until = max(self.quiet_until, now + timedelta(seconds=self.silence_s))
         held = [f"{c.name} {c.hold.state}" for c in self.sockets.values() if c.hold is not None]
         if held:
             self._log.info("restored overrides: %s", ", ".join(held))
@@ -704,11 +717,11 @@ class ActuatorCore:
             self._log.warning(
                 "no usable plan or command from the scheduler for %s (%s %s): "
                 "fallback rule in control%s",
-                _duration(self.options.fallback_after_s),
+                _duration(self.silence_s),
                 "the last made at" if self.heard else "none since the start at",
                 self._clock_time(self.last_contact),
                 self._at_speed(
-                    self.options.fallback_after_s,
+                    self.silence_s,
                     "a scheduler that takes longer per plan cannot keep up",
                 ),
             )
@@ -717,7 +730,7 @@ class ActuatorCore:
             since = self.fallback_since if self.fallback_since is not None else now
             lag = (
                 f", {_duration(self.contact_lag_s)} before it came"
-                if self.contact_lag_s >= 0.5 * self.options.fallback_after_s
+                if self.contact_lag_s >= 0.5 * self.silence_s
                 else ""
             )
             self._log.info(
@@ -752,7 +765,7 @@ class ActuatorCore:
             what,
             _duration(age),
             self._clock_time(made_at),
-            _duration(self.options.fallback_after_s),
+            _duration(self.silence_s),
             self._at_speed(age, "the scheduler does not keep up at this speed"),
         )
 
@@ -983,7 +996,7 @@ class ActuatorCore:
         times = [t for t in (c.retry_at, c.hold.until if c.hold else None) if t is not None]
         if c.last_switch_at is not None:
             times.append(c.last_switch_at + timedelta(seconds=self.options.switch_interval_s))
-        times.append(self.last_contact + timedelta(seconds=self.options.fallback_after_s))
+        times.append(self.last_contact + timedelta(seconds=self.silence_s))
         if self.quiet_until is not None:
             times.append(self.quiet_until)
         future = [t for t in times if t > now]

@@ -82,7 +82,13 @@ from shared.bookkeeping import (
     record_sample,
     roll_books,
 )
-from shared.clock import Clock, ScaledClock, sleep_for_work
+from shared.clock import (
+    WORK_ALLOWANCE_S,
+    Clock,
+    ScaledClock,
+    clock_seconds_of_work,
+    sleep_for_work,
+)
 from shared.config import BatteryConfig, DevicesConfig, P1Config, Settings, SocketConfig
 from shared.daytime import day_start, next_boundary
 from shared.messages import (
@@ -183,7 +189,7 @@ class SchedulerOptions:
     #: Work that simulated time does not speed up (a poll cycle, a broker round trip), real
     #: s: added (in clock seconds) to the surplus's and a full plan's allowed age and to
     #: the commands' validity, so an accelerated healthy run is not taken for a broken one.
-    work_allowance_s: float = 10.0
+    work_allowance_s: float = WORK_ALLOWANCE_S
     #: Planning without a forecast is expected for a while (at start-up, until the
     #: forecaster's first forecast; at the boundary, until the day's): logged as info, and
     #: as a warning only when it lasts longer than this (clock s), plus
@@ -224,15 +230,6 @@ class FullJob:
     start: datetime
     task: asyncio.Task[Plan | None]
     abandoned: bool = False
-
-
-def clock_seconds_of_work(clock: Clock, real_s: float) -> float:
-    """What `real_s` seconds of work take longer in `clock`'s seconds than in real time:
-    `real_s x (speed - 1)` on an accelerated `ScaledClock`, else 0 (in real time the limits
-    already hold the work)."""
-    if isinstance(clock, ScaledClock) and clock.speed > 1:
-        return real_s * (clock.speed - 1)
-    return 0.0
 
 
 class _DropError(Exception):

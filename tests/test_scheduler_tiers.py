@@ -553,3 +553,47 @@ async def test_a_stale_forecast_is_a_warning_at_once(
     await plan_at(s, clock, T0, 2000.0)
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("stale forecast" in m for m in warned), warned
+
+
+class Flipping(Quick):
+    """A quick planner whose plan changes the incumbent's decisions (every state flipped)."""
+
+    def __call__(self, problem: PlanningProblem, start: Mapping[str, Sequence[int]] | None) -> Plan:
+        self.calls.append((problem, None))
+        rows = {s.name: [1] * problem.n_steps for s in problem.sockets}
+        if start is not None:
+            rows = {k: [1 - v for v in row] for k, row in start.items()}
+        return Plan(
+            sockets=rows, battery_power_w=[0.0] * problem.n_steps, planner="optimal", solve_s=0
+        )
+
+
+async def test_a_quick_plan_that_changes_the_incumbent_starts_a_full_plan_sooner(
+    settings: Settings,
+) -> None:
+    """The quick tier only repairs the incumbent (after an override ends, a surprise); when
+    it changes the decisions, the full tier plans the day again after
+    `full_plan_on_change_s`, not only every `full_plan_every_s`."""
+    clock = ManualClock(T0)
+    full, quick = Blocked(), Quick()
+    full.release.set()
+    s, _rec, counters = make(settings, clock, full, quick)
+    on_change = s.options.full_plan_on_change_s
+    assert on_change < s.options.full_plan_every_s
+    await s.on_forecast("t/forecast", dump_message(forecast(T0 - timedelta(minutes=1))))
+    await plan_at(s, clock, T0, 2000.0)
+    await full_done(s)
+    assert (await plan_at(s, clock, T0 + timedelta(seconds=30), 2000.0)).tier == "full"
+    assert counters["full_plans_started"] == 1
+    # a changed quick plan soon after the last full plan: no new one yet
+    s._quick_planner = Flipping()
+    await plan_at(s, clock, T0 + timedelta(seconds=60), 2000.0)
+    assert counters["full_plans_started"] == 1
+    # quick plans that keep the incumbent: none either, however long
+    s._quick_planner = quick
+    await plan_at(s, clock, T0 + timedelta(seconds=on_change + 60), 2000.0)
+    assert counters["full_plans_started"] == 1
+    # a changed one after full_plan_on_change_s: a full plan starts
+    s._quick_planner = Flipping()
+    await plan_at(s, clock, T0 + timedelta(seconds=on_change + 90), 2000.0)
+    assert counters["full_plans_started"] == 2

@@ -34,7 +34,8 @@ Two tiers (the optimal planner):
 * **quick**, in the poll: every plan is `plan_quick` (local search, a count of evaluations)
   from the incumbent, or from the reference plan when there is none;
 * **full**, in the background: on the first plan, a new forecast, a changed set of controlled
-  sockets, a new step or `full_plan_every_s` after the last (and at least
+  sockets, a new step, `full_plan_on_change_s` after the last when a quick plan changed the
+  incumbent's decisions, or `full_plan_every_s` after the last (and at least
   `full_plan_duty` times as long as the last one took: a busy machine at an accelerated
   speed is not kept solving full plans that come too late), `plan_optimal` runs in a worker
   process (`python -m shared.planning.worker`, in a thread here) while the quick tier goes
@@ -171,6 +172,10 @@ class SchedulerOptions:
     #: A full plan (the background tier) starts on the first plan, a new forecast, a changed
     #: set of controlled sockets or step, or this long (clock time, s) after the last one.
     full_plan_every_s: float = 3 * 3600.0
+    #: ... or this long after the last one when a quick plan changed the incumbent's
+    #: decisions (a person's override ended, the sun or a socket surprised: the quick
+    #: tier's local search only repairs, the full tier plans the rest of the day again).
+    full_plan_on_change_s: float = 900.0
     #: ... and at least this many times as long as the last full plan took (clock time).
     full_plan_duty: float = 4.0
     #: A finished full plan is still current if it started at most this long ago (clock
@@ -803,7 +808,12 @@ class Scheduler:
         elif tier == "full":
             self._log.info("full plan (%s) adopted", full_status)
         self._counters.inc("plans_full" if tier == "full" else "plans_quick")
-        self._maybe_start_full(key, problem, now)
+        changed = (
+            tier == "quick"
+            and bool(problem.previous)
+            and any(plan.sockets.get(name) != list(row) for name, row in problem.previous.items())
+        )
+        self._maybe_start_full(key, problem, now, changed=changed)
         return plan, tier
 
     async def _await_first_full(self, prepared: Prepared, now: datetime) -> None:
@@ -860,16 +870,21 @@ class Scheduler:
         names = [s.name for s in problem.sockets]
         return moved_rows(plan.sockets, shift or 0, names, problem.n_steps), plan.status
 
-    def _maybe_start_full(self, key: PlanKey, problem: PlanningProblem, now: datetime) -> None:
-        """Start a full plan in the background when one is due and none runs."""
+    def _maybe_start_full(
+        self, key: PlanKey, problem: PlanningProblem, now: datetime, *, changed: bool = False
+    ) -> None:
+        """Start a full plan in the background when one is due and none runs (`changed`:
+        the quick plan just made changed the incumbent's decisions)."""
         if self.full_job is not None or (self._solver is not None and not self._solver.done()):
             return
         last = self._full_started
+        opts = self.options
+        every = opts.full_plan_on_change_s if changed else opts.full_plan_every_s
         due = (
             last is None
             or last[0] != key
             or (now - last[1]).total_seconds()
-            >= max(self.options.full_plan_every_s, self.options.full_plan_duty * self._full_took_s)
+            >= max(every, opts.full_plan_duty * self._full_took_s)
         )
         if not due:
             return

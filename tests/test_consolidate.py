@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 
 from shared.planning.optimal import Options, plan_optimal
-from shared.planning.search import Budget, Context, DayState, consolidate
+from shared.planning.search import Budget, Context, DayState, _fewer_runs, _runs, consolidate
 from shared.planning.simulate import simulate
 from tests.planning_builders import batt, problem, sock
 
@@ -90,3 +90,30 @@ def test_the_full_tier_plans_the_two_sockets_in_one_run_each() -> None:
     assert out.grid_import_wh == 0.0
     assert out.switches == 1
     assert sorted(plan.sockets.values())[0] == [0, 0, 1, 1, 1, 1]
+
+
+def test_two_runs_become_one_where_the_whole_energy_cannot() -> None:
+    # Surplus in steps 0-1 and 4-6 only; the needed 1000 Wh socket takes four steps, so no
+    # single run of four avoids import. Drawn in three runs (5 switches); the last two
+    # merged into one run across their span (steps 4-5 or 5-6): 3 switches, no import.
+    p = problem([1000, 1000, 0, 0, 1000, 1000, 1000, 0], [sock("boiler", capacity=1000)])
+    state = DayState(Context(p), {"boiler": [1, 1, 0, 0, 1, 0, 1, 0]})
+    assert state.score[5] == 5
+    consolidate(state, Budget(1000))
+    assert state.rows[0] in ([1, 1, 0, 0, 1, 1, 0, 0], [1, 1, 0, 0, 0, 1, 1, 0])
+    assert state.score[3] == 0.0
+    assert state.score[5] == 3
+
+
+def test_rows_with_one_run_fewer_keep_the_energy_and_the_other_runs() -> None:
+    p = problem([1000] * 10, [sock("boiler", capacity=1000)])
+    state = DayState(Context(p), {"boiler": [0, 1, 0, 0, 1, 0, 0, 0, 1, 1]})
+    rows = list(_fewer_runs(state, 0))
+    # The first two runs as one across their span, the third kept.
+    assert [0, 1, 1, 0, 0, 0, 0, 0, 1, 1] in rows
+    assert [0, 0, 0, 1, 1, 0, 0, 0, 1, 1] in rows
+    # The first run moved to the horizon's start (the state now unknown: no switch there).
+    assert [1, 0, 0, 0, 1, 0, 0, 0, 1, 1] in rows
+    for r in rows:
+        assert sum(r) == 4
+        assert len(_runs(r)) < 3 or r[0] == 1

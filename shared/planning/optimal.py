@@ -572,13 +572,18 @@ def _plan_full(
                 clock.check()
                 if result.status == "optimal":
                     break
-            best, m = _consolidated(best, opts, clock, info, use_modes)
-            moves += m
+            # Fewer switches: the pure-Python stage first, so the MILP's second stage has
+            # less left to do (a smaller model). With modes the MILP is a relaxation (a freely
+            # controllable battery) and its second stage, polished with the best modes, also
+            # lowers the cost: it goes first there, from the MILP's own best, as before.
+            if not use_modes:
+                best, m = _consolidated(best, opts, clock, info, use_modes)
+                moves += m
             if opts.switch_checkpoints > 0:
                 best, m = _fewer_switches(ctx, solver, best, opts, clock, info, evals)
                 moves += m
             status = "optimal" if proved else "time-limited"
-    if status == "heuristic":
+    if status == "heuristic" or use_modes:
         best, m = _consolidated(best, opts, clock, info, use_modes)
         moves += m
     best, m = _polish(best, evals, use_modes, rounds=1)

@@ -50,7 +50,15 @@ from shared.planning import milp
 from shared.planning.modes import best_modes
 from shared.planning.problem import BatteryMode, Plan, PlanningProblem, PlanStatus
 from shared.planning.reference import plan_reference
-from shared.planning.search import INADMISSIBLE, Budget, Context, DayState, Score, improve
+from shared.planning.search import (
+    INADMISSIBLE,
+    Budget,
+    Context,
+    DayState,
+    Score,
+    consolidate,
+    improve,
+)
 from shared.planning.simulate import UNMET_TOLERANCE_WH, simulate
 
 PLANNER_NAME = "optimal"
@@ -96,6 +104,9 @@ class Options:
     #: The second stage's work budget: the fewest switches among plans as good as the best
     #: (`_fewer_switches`); 0 skips it.
     switch_checkpoints: int = 30
+    #: Evaluations of the fewer-switches local search (`search.consolidate`: each socket's
+    #: energy in one run), before the MILP's second stage; 0 skips it.
+    switch_evals: int = 8000
     mip_max_improving_sols: int = 1_000_000
     random_seed: int = 1
     weights: milp.Weights = field(default_factory=milp.Weights)
@@ -450,6 +461,28 @@ def _fewer_switches(
     return best, moves
 
 
+def _consolidated(
+    best: DayState,
+    opts: Options,
+    clock: _Clock,
+    info: dict[str, float | int | str],
+    use_modes: bool,
+) -> tuple[DayState, int]:
+    """Fewer switches at no loss, in pure Python: each socket's energy moved into one run
+    (`search.consolidate`, `switch_evals` evaluations), then local search."""
+    if opts.switch_evals <= 0:
+        return best, 0
+    budget = _Evals(opts.switch_evals, clock)
+    before = best.score[5]
+    moves, _ = consolidate(best, budget)
+    if moves:
+        best, m = _polish(best, budget, use_modes, rounds=1)
+        moves += m
+    info["consolidated_switches"] = f"{before} -> {best.score[5]}"
+    info["consolidation_evals"] = budget.used
+    return best, moves
+
+
 def plans_modes(ctx: Context) -> bool:
     """Whether plans for this problem choose the batteries' modes (prices, batteries, and the
     P1 meter's token: `battery_modes`)."""
@@ -539,10 +572,20 @@ def _plan_full(
                 clock.check()
                 if result.status == "optimal":
                     break
+            # Fewer switches: the pure-Python stage first, so the MILP's second stage has
+            # less left to do (a smaller model). With modes the MILP is a relaxation (a freely
+            # controllable battery) and its second stage, polished with the best modes, also
+            # lowers the cost: it goes first there, from the MILP's own best, as before.
+            if not use_modes:
+                best, m = _consolidated(best, opts, clock, info, use_modes)
+                moves += m
             if opts.switch_checkpoints > 0:
                 best, m = _fewer_switches(ctx, solver, best, opts, clock, info, evals)
                 moves += m
             status = "optimal" if proved else "time-limited"
+    if status == "heuristic" or use_modes:
+        best, m = _consolidated(best, opts, clock, info, use_modes)
+        moves += m
     best, m = _polish(best, evals, use_modes, rounds=1)
     if use_modes:
         m2, _ = improve(best, evals, modes=True)

@@ -887,3 +887,153 @@ def improve(state: DayState, budget: Budget, modes: bool = False) -> tuple[int, 
                     break
         if not improved:
             return moves, True
+
+
+def _block(n: int, lo: int, length: int) -> list[int]:
+    """A row on for `length` steps from `lo` (clipped to the horizon), off elsewhere."""
+    r = [0] * n
+    for t in range(max(0, lo), min(n, lo + length)):
+        r[t] = 1
+    return r
+
+
+def _block_lengths(state: DayState, i: int) -> list[int]:
+    """Run lengths that hold socket i's energy in one run: the steps it draws in, and the
+    steps it is on (a full socket kept on), the shorter first."""
+    drawing = sum(1 for d in state.draws[i] if d > 0)
+    on = sum(state.rows[i])
+    return sorted({v for v in (drawing, on) if v > 0})
+
+
+def _block_starts(
+    state: DayState,
+    i: int,
+    length: int,
+    edges: bool = False,
+    span: tuple[int, int] | None = None,
+) -> list[int]:
+    """Where a run of socket i of `length` steps may start: every position (with `span`,
+    from its first to its last step only), nearest to the socket's present first on-step
+    first (ties: earlier); for an optional socket not where a full-power step would lack
+    the surplus (the first rule would forbid it outright). With `edges`, only at the
+    horizon's start or end (a run that touches one saves a switch)."""
+    ctx = state.ctx
+    s = ctx.socks[i]
+    n = state.n
+    row = state.rows[i]
+    on = [t for t in range(n) if row[t]]
+    if not on or length > n:
+        return []
+    full = sum(1 for d in state.draws[i] if d >= s.power - _EPS)
+    blocked = [0] * (n + 1)  # prefix count of steps where full power lacks the surplus
+    for t in range(n):
+        bad = not s.needed and not ctx.allowed[t] and ctx.a[t] < s.power - _EPS
+        blocked[t + 1] = blocked[t] + (1 if bad else 0)
+    lo_min, lo_max = (0, n - length) if span is None else span
+    first = on[0] if span is None else lo_min
+    out = []
+    for lo in range(max(0, lo_min), min(n - length, lo_max) + 1):
+        if edges and 0 < lo < n - length:
+            continue
+        if not s.needed and blocked[lo + min(full, length)] - blocked[lo] > 0:
+            continue
+        out.append(lo)
+    out.sort(key=lambda lo: (abs(lo - first), lo))
+    return out
+
+
+def _fewer_runs(state: DayState, i: int) -> Iterator[list[int]]:
+    """Rows of socket i with one run fewer or one switch fewer, the rest of the row kept:
+    two neighbouring runs as one run of their length (the steps they draw in, or the steps
+    they are on) anywhere across their span; the first run moved to the horizon's start,
+    the last to its end."""
+    n = state.n
+    row = state.rows[i]
+    draws = state.draws[i]
+    runs = _runs(row)
+    for (lo1, hi1), (lo2, hi2) in pairwise(runs):
+        on_len = (hi1 - lo1 + 1) + (hi2 - lo2 + 1)
+        drawing = sum(1 for t in (*range(lo1, hi1 + 1), *range(lo2, hi2 + 1)) if draws[t] > 0)
+        base = list(row)
+        for t in (*range(lo1, hi1 + 1), *range(lo2, hi2 + 1)):
+            base[t] = 0
+        for length in sorted({v for v in (drawing, on_len) if v > 0}):
+            for lo in _block_starts(state, i, length, span=(lo1, hi2 - length + 1)):
+                r = list(base)
+                for t in range(lo, lo + length):
+                    r[t] = 1
+                if r != row:
+                    yield r
+    if len(runs) > 1:
+        lo, hi = runs[0]
+        if lo > 0 and state.ctx.socks[i].init is not False:
+            r = list(row)
+            for t in range(lo, hi + 1):
+                r[t] = 0
+            for t in range(hi - lo + 1):
+                r[t] = 1
+            yield r
+        lo, hi = runs[-1]
+        if hi < n - 1:
+            r = list(row)
+            for t in range(lo, hi + 1):
+                r[t] = 0
+            for t in range(n - (hi - lo + 1), n):
+                r[t] = 1
+            yield r
+
+
+def _consolidation_moves(state: DayState, i: int, edges: bool = False) -> Iterator[Move]:
+    """Moves that put socket i's energy into one run: its single run at every start (one
+    socket), then that run with each socket it would overlap moved, as one run too, against
+    its start or its end (two sockets: one run may have to make room for another); then
+    one run fewer (`_fewer_runs`). With `edges`, only runs that touch the horizon's start
+    or end."""
+    n = state.n
+    ctx = state.ctx
+    for length in _block_lengths(state, i):
+        starts = _block_starts(state, i, length, edges)
+        for lo in starts:
+            r = _block(n, lo, length)
+            if r != state.rows[i]:
+                yield ((i, r),)
+        for lo in starts:
+            r = _block(n, lo, length)
+            for j in range(len(ctx.socks)):
+                if j == i or not any(state.rows[j][t] for t in range(lo, lo + length)):
+                    continue
+                for other in _block_lengths(state, j)[:1]:
+                    for at in (lo - other, lo + length):
+                        if at >= 0 and at + other <= n:
+                            yield ((i, r), (j, _block(n, at, other)))
+    if not edges:
+        for r in _fewer_runs(state, i):
+            yield ((i, r),)
+
+
+def consolidate(state: DayState, budget: Budget) -> tuple[int, bool]:
+    """Fewer switches at no loss: first-improvement search over `_consolidation_moves` for
+    every socket switched more than twice (more than one run; one run in the middle of the
+    horizon: only to its start or end), most switches first, until none helps or the budget
+    is spent. The score decides (a move must not worsen needs,
+    holds, cost or optional energy; with them equal, fewer switches win). Returns (moves
+    applied, converged)."""
+    moves = 0
+    while True:
+        improved = False
+        order = sorted(range(len(state.ctx.socks)), key=lambda i: (-state.stats[i][2], i))
+        for i in order:
+            if state.stats[i][2] < 2:
+                continue
+            for move in _consolidation_moves(state, i, edges=state.stats[i][2] == 2):
+                if not budget.spend():
+                    return moves, False
+                if state.try_move(move) < state.score:
+                    state.apply_move(move)
+                    moves += 1
+                    improved = True
+                    break
+            if improved:
+                break
+        if not improved:
+            return moves, True

@@ -49,6 +49,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from shared.config import load_devices
 from shared.naming import slugify
+from shared.sky import sun_position
 from tests.docker_helpers import Engine, load_images
 
 pytestmark = pytest.mark.compose
@@ -477,7 +478,24 @@ def test_a_user_sees_the_house_on_the_broker(stack: Stack) -> None:
     assert forecast["fallback"] is False, forecast
     assert forecast["pv_model"].startswith("quartz-solar-forecast 1.2.12 gb"), forecast
     assert forecast["source"] == "open-meteo-compatible simulator:18080", forecast
-    assert sum(forecast["power_w"]) > 0
+    # power where the sun is up over the panels in the forecast's window; none at night (a
+    # run after a winter sunset forecasts only darkness until the 06:00 boundary)
+    start, step_s = datetime.fromisoformat(forecast["start"]), forecast["step_s"]
+    daylight = [
+        any(
+            sun_position(
+                start + timedelta(seconds=step_s * (k + 0.5)),
+                p.quartz_parameters.latitude,
+                p.quartz_parameters.longitude,
+            )[0]
+            > 10.0
+            for p in devices.solar_panels
+        )
+        for k in range(len(forecast["power_w"]))
+    ]
+    assert all(w >= 0 for w in forecast["power_w"]), forecast["power_w"]
+    if any(daylight):
+        assert sum(w for w, day in zip(forecast["power_w"], daylight, strict=True) if day) > 0
     plan = _json(got[f"{BASE}/plan"])
     assert set(plan["sockets"]) == {s.device_name for s in devices.sockets}, plan["sockets"]
     assert plan["forecast_made_at"] == forecast["made_at"]

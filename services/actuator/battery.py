@@ -56,7 +56,7 @@ from services.poller.poller import error_kind
 from shared.clock import WORK_ALLOWANCE_S, Clock, seconds_of_work
 from shared.config import P1Config, Settings
 from shared.daytime import next_boundary
-from shared.homewizard import BatteriesState, V2Client
+from shared.homewizard import BatteriesState, p1_v2_client
 from shared.messages import BatteryCommand, BatteryOverrideRequest, BatteryState, MessageError
 from shared.planning.problem import BatteryMode
 from shared.service import Counters, Publisher, RateLimitedLog, with_timeout
@@ -479,14 +479,7 @@ def p1_client_factory(
     """The real `V2Client` of the P1 meter (its own token, its `v2_port`)."""
 
     def make() -> AbstractAsyncContextManager[BatteryClient]:
-        return V2Client(
-            p1.ip_address,
-            token,
-            p1.v2_port,
-            product_type=p1.device_type,
-            ca_file=settings.device_ca_file,
-            timeout_s=timeout_s,
-        )
+        return p1_v2_client(p1, token, timeout_s=timeout_s, ca_file=settings.device_ca_file)
 
     return make
 

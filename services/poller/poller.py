@@ -57,6 +57,7 @@ from shared.homewizard import (
     V1Client,
     V2Client,
     client_for,
+    p1_v2_client,
 )
 from shared.messages import (
     AVAILABILITY_OFFLINE,
@@ -610,13 +611,6 @@ async def _p1_with_system(
     """A paired P1 meter: read over API v1, its uptime over API v2 (its own token)."""
     token = device.battery_token
     assert token is not None
-    system = V2Client(
-        device.ip_address,
-        token,
-        device.v2_port,
-        product_type=device.device_type,
-        ca_file=ca_file,
-        timeout_s=timeout_s,
-    )
+    system = p1_v2_client(device, token, timeout_s=timeout_s, ca_file=ca_file)
     async with client_for(device, timeout_s=timeout_s, ca_file=ca_file) as reader, system:
         yield P1WithSystem(reader, system)

@@ -135,7 +135,8 @@ PRODUCTS = {
 
 #: The API v2 user the simulated P1 meter is paired with when the devices file names none.
 P1_USER = "local/hwsched-sim"
-BATTERY_USER = "local/hwsched-sim"
+#: ... and a battery with the example's placeholder token (the same simulated pairing).
+BATTERY_USER = P1_USER
 
 
 def _p1_token(serial: str, seed: int) -> str:

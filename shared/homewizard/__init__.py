@@ -65,9 +65,8 @@ def client_for(
     """The client for a configured device.
 
     - HWE-SKT → V1Client (measurement, socket state and switching).
-    - HWE-P1 → V1Client (measurement, on `port`). Its `/api/batteries` is API v2: make
-      `V2Client(p1.ip_address, p1.user_info.token..., p1.v2_port, product_type="HWE-P1")`
-      when the P1's own `user_info` is configured (a battery's token is not valid on it).
+    - HWE-P1 → V1Client (measurement, on `port`). Its API v2 (`/api/batteries`,
+      `/api/system`) is `p1_v2_client`, when the P1's own token is configured.
     - HWE-BAT → V2Client with the battery's `user_info.token` on `v2_port` (else `port`,
       else 443), certificate type `battery`, serial pinned on first use; `ca_file`
       replaces the bundled CA.
@@ -82,6 +81,21 @@ def client_for(
             timeout_s=timeout_s,
         )
     return V1Client(device.ip_address, device.port, timeout_s=timeout_s)
+
+
+def p1_v2_client(
+    p1: P1Config, token: str, *, timeout_s: float = 5.0, ca_file: Path | None = None
+) -> V2Client:
+    """The P1 meter's API v2 client (`/api/batteries`, `/api/system`) with its own `token`
+    (`p1.battery_token`: a battery's token is not valid on it), on `v2_port` (None = 443)."""
+    return V2Client(
+        p1.ip_address,
+        token,
+        p1.v2_port,
+        product_type=p1.device_type,
+        ca_file=ca_file,
+        timeout_s=timeout_s,
+    )
 
 
 __all__ = [
@@ -111,4 +125,5 @@ __all__ = [
     "certificate_type",
     "client_for",
     "create_user",
+    "p1_v2_client",
 ]

@@ -423,10 +423,12 @@ async def test_each_fault_is_counted_marked_offline_and_recovers(rig: Rig) -> No
     await fault(rig.sim, "Boiler", delay_s=0.3)
     mark = rig.seen.count()  # polls measured after this one began after the fault was set
     await rig.others_keep_coming("boiler", mark)
-    await wait_until(partial(rig.measured, "boiler", mark, 3), "slow boiler measurements")
-    # two requests of 0.3 s each per poll: the boiler's polls now come >= 0.6 s apart
+    await wait_until(partial(rig.measured, "boiler", mark, 12), "slow boiler measurements")
+    # two requests of 0.3 s each per poll: the boiler's polls now come >= 0.6 s apart (0.4 s
+    # without the delay). Payload times are whole seconds (truncated: a difference is off by
+    # less than 1 s), so the spacing is judged over ten polls: >= 10 x 0.55 s, less 1 s.
     stamps = [m.timestamp for m in rig.measurements("boiler", mark)]
-    assert (stamps[2] - stamps[1]).total_seconds() >= 0.55
+    assert (stamps[11] - stamps[1]).total_seconds() >= 10 * 0.55 - 1.0
     assert rig.failures() == before
     assert rig.availability("boiler", mark) == []
     await fault(rig.sim, "Boiler", clear=True)

@@ -16,6 +16,7 @@ import asyncio
 import os
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -465,7 +466,7 @@ def make_waiting(
     """A scheduler whose first plan on a forecast waits (the default) for the full tier."""
     s, rec, counters = make(settings, clock, full, quick)
     s.options = SchedulerOptions(restore_wait_s=1.0, full_timeout_s=60.0)
-    assert s.options.first_full_wait_s > 0
+    assert s.options.first_full_wait_s is None or s.options.first_full_wait_s > 0
     return s, rec, counters
 
 
@@ -507,10 +508,34 @@ async def test_the_first_plan_on_a_forecast_is_the_full_plan(settings: Settings)
     assert counters["full_plans_started"] == 1
 
 
-async def test_a_slow_first_full_plan_lets_the_quick_plan_go_first(settings: Settings) -> None:
+async def test_the_first_plan_waits_as_long_as_the_full_plan_takes(settings: Settings) -> None:
+    """By default the wait is the full plan's own time-out, not a fixed few seconds: on a
+    slow or busy machine (a Raspberry Pi is ~4x slower) the first plan is still the full
+    plan, the same as on a fast one."""
     clock = ManualClock(T0)
     full, quick = Blocked(), Quick()
     s, rec, counters = make_waiting(settings, clock, full, quick)
+    assert s.options.first_full_wait_s is None
+    planning = await first_plan_started(s, clock, full)
+    clock.advance(50.0)  # 50 real s of work: the old fixed 30-s wait had given up
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not planning.done()
+    assert rec.plans() == []
+    full.release.set()
+    assert await asyncio.wait_for(planning, 30) is not None
+    assert [p.tier for p in rec.plans()] == ["full"]
+    assert counters["first_full_waits_exceeded"] == 0
+    assert counters["plans_quick"] == 0
+
+
+async def test_a_slow_first_full_plan_lets_the_quick_plan_go_first(settings: Settings) -> None:
+    """With a limit set, the quick plan goes first past it (and at the full plan's time-out
+    by default)."""
+    clock = ManualClock(T0)
+    full, quick = Blocked(), Quick()
+    s, rec, counters = make_waiting(settings, clock, full, quick)
+    s.options = replace(s.options, first_full_wait_s=30.0)
     planning = await first_plan_started(s, clock, full)
     clock.advance(s.options.first_full_wait_s)  # the wait's time-out (a ManualClock's own)
     assert await asyncio.wait_for(planning, 30) is not None

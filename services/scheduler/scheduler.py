@@ -185,10 +185,12 @@ class SchedulerOptions:
     #: worker's own limit, `default_ceiling` + `WORKER_START_S`, plus 5 s).
     full_timeout_s: float | None = None
     #: The first plan on a forecast (no incumbent: at start-up, or the forecast back after
-    #: a gap) waits up to this many real s for the full tier, so the house is not switched
-    #: on a quick plan that the full plan reverses seconds later (meanwhile the actuator
-    #: leaves the sockets as they are, or keeps to the last commands); 0: no wait.
-    first_full_wait_s: float = 30.0
+    #: a gap) waits for the full tier, so the house is not switched on a quick plan that
+    #: the full plan reverses seconds later (meanwhile the actuator leaves the sockets as
+    #: they are, or keeps to the last commands). None (the default): as long as the full
+    #: plan takes, up to its time-out — so the first plan is the same on a fast machine and
+    #: on a slow or busy one; a number: at most that many real s; 0: no wait.
+    first_full_wait_s: float | None = None
     #: Evaluations of each quick re-plan (~20 ms for a 96-step day with 5 sockets).
     warm_evals: int = 250
     #: Work that simulated time does not speed up (a poll cycle, a broker round trip), real
@@ -817,9 +819,12 @@ class Scheduler:
         return plan, tier
 
     async def _await_first_full(self, prepared: Prepared, now: datetime) -> None:
-        """Start the full plan for the first plan on a forecast and wait for it, up to
-        `first_full_wait_s` real s (then the quick plan goes first, as on every re-plan)."""
+        """Start the full plan for the first plan on a forecast and wait for it: as long as
+        it takes (up to its time-out), or `first_full_wait_s` real s (then the quick plan
+        goes first, as on every re-plan)."""
         wait_s = self.options.first_full_wait_s
+        if wait_s is None:
+            wait_s = self._full_timeout_s(prepared.problem)
         if self._planner_name == "reference" or wait_s <= 0:
             return
         self._maybe_start_full(self._key(prepared), prepared.problem, now)

@@ -8,15 +8,18 @@ For each simulated day — a clear summer day, a summer day of passing clouds
 (`cloudiness = 0.5`), an overcast winter day — and each planner (`planner = optimal`, the
 default, and `reference`, the original's rules), `hwsched run --secure --speed S` runs as a
 process (broker, simulated house, poller, forecaster, prices, scheduler, actuator, bridge on
-one accelerated clock, as `bench.soak` starts it, without faults) from 05:30 local to just
-after the next day's 06:00 boundary. The sockets' relays start off, as the day before's plans
-leave them in the dark: the actuator leaves a socket as it is until the first plan on a
-forecast (issue 14's start-up rule), and at 300x the few real seconds the forecast and the
-first full plan take are most of a simulated hour — an e-bike charger left on from the
-house's power-up default drew 0.23 kWh from the grid in it, which is the start-up's (at real
-speed: seconds), not the planner's. The harness watches from outside: the house's own event
-log (`/control/events`: every relay change and who made it, every store becoming full) and
-MQTT as Home Assistant sees it (the P1 meter's counters, the books, the plans).
+one accelerated clock, as `bench.soak` starts it, without faults) from the day's 06:00
+boundary to just after the next one. It starts as a stack that ran the day before would be
+at the boundary: the day's books empty, the sockets' relays off (the day before's plans
+leave them off in the dark). At 300x the few real seconds the first forecast and the first
+full plan take are most of a simulated hour, in which the actuator leaves the sockets as
+they are (issue 14's start-up rule): started at 05:30 with the house's power-up relays (on)
+and no books, the e-bike charger drew 0.23 kWh from the grid in it, and the fallback rule
+switched both boilers on for the day ending at 06:00 (2 kWh) — the start-up's, compressed
+300x (at real speed: seconds), not the planner's. The harness watches from outside: the
+house's own event log (`/control/events`: every relay change and who made it, every store
+becoming full) and MQTT as Home Assistant sees it (the P1 meter's counters, the books, the
+plans).
 
 Per day and planner, over the planning day (06:00 to 06:00): P1 import and export (kWh, the
 meter's counters), energy into the optional stores (the books at the day's end), whether
@@ -100,7 +103,7 @@ class LoopRun(Soak):
         devices_file, house = super()._write_inputs()
         # first: TOML keys after a table header belong to that table
         text = HOUSE_TOML.format(seed=self.o.seed)
-        for name in SOCKETS:  # the relays as the day before's plans left them at 05:30
+        for name in SOCKETS:  # the relays as the day before's plans left them at the boundary
             table = f'[devices."{name}"]\n'
             assert table in text, table
             text = text.replace(table, table + "power_on = false\n")
@@ -228,7 +231,7 @@ async def run_one(day: str, planner: str, seed: int, speed: float, run_dir: Path
     begin = local(on, 6, 0)
     end = begin + timedelta(days=1)
     options = SoakOptions(
-        start=local(on, 5, 30),
+        start=begin,
         end=end + timedelta(minutes=3),
         speed=speed,
         seed=seed,

@@ -630,6 +630,33 @@ def test_start_up_switches_a_needed_socket_on_at_its_latest_start() -> None:
     assert rig.run("e_bike") is None
 
 
+def test_a_socket_the_start_up_rule_switched_on_is_not_left_on_after_its_day() -> None:
+    """Started at 05:50 without books, still starting at the boundary (the first plan on a
+    forecast not in yet): the needed boiler switched on for the day ending at 06:00 is not
+    left on for the new day, whose deadline is far off; a socket it never switched is."""
+    rig = make_rig(NEXT_BOUNDARY - timedelta(minutes=10))
+    rig.read("boiler", False)
+    rig.read("e_bike", True)
+    rig.command("boiler", "on", reason="fallback-rule")
+    rig.command("e_bike", "off", reason="fallback-rule")
+    assert rig.run("boiler") is True
+    assert "needed by" in (rig.last_state("boiler").last_switch_reason or "")
+    rig.read("boiler", True)
+    rig.advance(11 * 60)  # the new day, still starting up
+    assert rig.core.quiet_until is not None
+    assert rig.now < rig.core.quiet_until
+    rig.read("boiler", True)
+    rig.read("e_bike", True)
+    rig.command("boiler", "off", reason="fallback-rule")
+    rig.command("e_bike", "off", reason="fallback-rule")
+    assert rig.run("boiler") is False
+    state = rig.last_state("boiler")
+    assert state.power_on is False
+    assert "start-up deadline over" in (state.last_switch_reason or "")
+    assert [e.reason for e in rig.out.of(SwitchEvent)] == ["fallback", "fallback"]
+    assert rig.run("e_bike") is None  # never switched by the rule: left as it is
+
+
 # --- commands and plans ---------------------------------------------------------------------
 
 

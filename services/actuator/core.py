@@ -225,6 +225,9 @@ class SocketControl:
     #: It came back from being unreachable with its relay changed (a power cut's restore):
     #: until a plan says otherwise, the fallback rule decides it (never left on off-surplus).
     came_back: bool = False
+    #: Switched on by the start-up rule (a needed socket's latest start): once the rule no
+    #: longer asks for it (its day over, or the store full) it is not "left as it is".
+    on_by_start_up: bool = False
 
     @property
     def name(self) -> str:
@@ -853,6 +856,7 @@ class ActuatorCore:
         c.hand_at = now
         c.before_hand = (c.last_switch_at, c.last_switch_reason)
         c.came_back = False
+        c.on_by_start_up = False
         wanted = self.desired(c.slug, now)
         c.expected_on = power_on
         c.last_switch_at = now
@@ -921,6 +925,11 @@ class ActuatorCore:
                 if due and start is not None:
                     why = f"needed by {_local(end, self.tz)}: on from {_local(start, self.tz)}"
                     return Desired(True, "fallback", "fallback", why)
+        if c.on_by_start_up:
+            # on by this rule, which no longer asks for it: the fallback rule decides, as
+            # after a power cut (never left on for a deadline that has passed)
+            on, why = self.fallback(now).get(c.name, (False, "left out"))
+            return Desired(on, "fallback", "fallback", f"start-up deadline over: {why}")
         return Desired(None, "plan", None, "starting: left as it is until the first plan")
 
     def _today(self, now: datetime) -> datetime:
@@ -1058,6 +1067,7 @@ class ActuatorCore:
         before = c.expected_on if c.expected_on is not None else not target
         c.expected_on = target
         c.came_back = False
+        c.on_by_start_up = target and reason == "fallback" and self._quiet(now)
         c.last_switch_at = now
         c.last_switch_reason = f"{reason}: {detail}"[:_MAX_TEXT]
         self._counters.inc("switches")

@@ -20,12 +20,14 @@ from shared.planning import milp
 from shared.planning.optimal import (
     Options,
     baseline,
+    passes_guard,
     plan_in_worker,
     plan_optimal,
     plan_quick,
     worker_request,
 )
 from shared.planning.problem import Plan, PlanningProblem
+from shared.planning.reference import plan_reference
 from shared.planning.search import Context, DayState
 from shared.planning.simulate import count_switches, simulate
 from tests.planning_builders import problem, sock
@@ -384,6 +386,30 @@ def test_hysteresis_gives_way_to_a_plan_that_gains_more_than_the_threshold() -> 
     replaced = plan_optimal(p.model_copy(update={"previous": previous, "hold_gain_wh": 74.0}))
     assert replaced.sockets == new.sockets
     assert replaced.info["kept_previous"] == 0
+
+
+def test_the_worker_keeps_a_previous_plan_the_hysteresis_keeps() -> None:
+    """The worker's answer is checked again against the reference; a previous plan kept
+    within `hold_gain_wh` (here 75 Wh of import worse than the new plan and the reference)
+    passes that check as it passes `_finish`'s, instead of the reference plan standing in
+    (`status: fallback`, a warning in the scheduler's log: seen in the loop)."""
+    p = wobble_day(-300.0)
+    previous = plan_optimal(wobble_day(300.0)).sockets
+    held = p.model_copy(update={"previous": previous, "hold_gain_wh": 100.0})
+    in_process = plan_optimal(held)
+    assert in_process.sockets == previous
+    assert in_process.info["kept_previous"] == 1
+    reference = simulate(p, plan_reference(p).sockets).grid_import_wh
+    assert simulate(p, previous).grid_import_wh > reference  # worse than the reference
+    worker = plan_in_worker(held)
+    assert worker.status != "fallback", worker.info.get("fallback_reason")
+    assert worker.sockets == previous
+    # the check itself: that plan passes with the threshold it was kept under, not below
+    for gain, passes in ((100.0, True), (74.0, False), (0.0, False)):
+        ctx = Context(p.model_copy(update={"previous": previous, "hold_gain_wh": gain}))
+        assert passes_guard(ctx, DayState(ctx, previous, None)) is passes
+    # without `previous` it is just a plan worse than the reference
+    assert passes_guard(Context(p), DayState(Context(p), previous, None)) is False
 
 
 def test_equal_boilers_do_not_take_turns_across_re_plans() -> None:

@@ -360,6 +360,35 @@ def _fallback_plan(
     return _plan_of(ctx, base, "fallback", started, info | {"fallback_reason": reason}, base)
 
 
+def _previous_state(ctx: Context, with_modes: bool) -> DayState | None:
+    """The previous plan continued on this problem's steps (None: there is none)."""
+    problem = ctx.problem
+    if not problem.previous:
+        return None
+    modes: list[BatteryMode] | None = None
+    if with_modes:
+        modes = list(problem.previous_battery_mode) or ["zero"] * ctx.n
+    return _state(ctx, _moved(problem.previous, ctx.n), modes)
+
+
+def passes_guard(ctx: Context, state: DayState) -> bool:
+    """Whether a plan may be published for `ctx`'s problem: admissible, and no worse than
+    the reference — or the previous plan continued, kept within `hold_gain_wh` (the
+    hysteresis: `_finish` keeps it against a new plan that is no worse than the reference)."""
+    if state.score == INADMISSIBLE:
+        return False
+    base, _ = baseline(ctx)
+    if not _better(base, state):
+        return True
+    previous = _previous_state(ctx, state.modes is not None)
+    return (
+        previous is not None
+        and previous.plan() == state.plan()
+        and previous.modes == state.modes
+        and keeps_previous(ctx, previous, base)
+    )
+
+
 def _finish(
     ctx: Context,
     best: DayState,
@@ -376,16 +405,12 @@ def _finish(
     (the reference plan too), so a previous plan kept within that margin of the new plan is
     also within it of the reference: 'never worse than the reference' under that cost.
     """
-    problem = ctx.problem
     if _better(base, best):
         info["fallback_reason"] = "the reference plan scores better"
         best, status = base, "fallback"
     best = tie_break_twins(ctx, best)
-    if problem.previous:
-        prev_modes: list[BatteryMode] | None = None
-        if best.modes is not None:
-            prev_modes = list(problem.previous_battery_mode) or ["zero"] * ctx.n
-        previous = _state(ctx, _moved(problem.previous, ctx.n), prev_modes)
+    previous = _previous_state(ctx, best.modes is not None)
+    if previous is not None:
         same = previous.plan() == best.plan() and previous.modes == best.modes
         if not same and keeps_previous(ctx, previous, best):
             info["kept_previous"] = 1
@@ -683,9 +708,7 @@ def plan_in_worker(
         return _fallback_plan(problem, started, "worker's plan does not fit the problem", {})
     # The guard once more, here: a worker's plan is never taken on trust.
     ctx = Context(problem)
-    base, _ = baseline(ctx)
-    mine = DayState(ctx, plan.sockets, plan.battery_mode)
-    if mine.score == INADMISSIBLE or _better(base, mine):
+    if not passes_guard(ctx, DayState(ctx, plan.sockets, plan.battery_mode)):
         return _fallback_plan(problem, started, "worker's plan scores worse than the reference", {})
     return plan.model_copy(update={"solve_s": time.perf_counter() - started})
 

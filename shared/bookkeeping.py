@@ -19,6 +19,8 @@ The rules (from the issue):
   that draws >= 10 % again (a thermostat re-heating) is no longer full: the store lost an
   unknown amount, so its energy stays at capacity (clipped) while `full` is False, which
   tells the scheduler the store accepts energy again until it reads full once more.
+  `filled` stays True from the first full reading to the boundary: the day's need was met
+  (a needed store is filled once a day; what a draw takes after that is tomorrow's).
 * Everything resets to empty at the daily boundary in local time (see `shared.daytime`):
   the caller passes the `day_start` of each sample. A book never integrates across the
   boundary: of an interval that spans it, only the part after the boundary is counted,
@@ -70,6 +72,7 @@ class SocketBook(_Model):
     day_start: AwareDatetime | None = None  # the day this book counts for
     energy_wh: NonNegativeFloat = 0.0
     full: bool = False
+    filled: bool = False  # read full at some time this day: the daily need met
     manual: bool = False  # switched on by hand: out of the scheduler's control
     last_sample_at: AwareDatetime | None = None
     last_power_w: NonNegativeFloat = 0.0
@@ -121,7 +124,13 @@ def start_day(book: SocketBook, day_start: datetime) -> SocketBook:
     """
     if book.day_start is not None and book.day_start >= day_start:
         return book
-    update = {"day_start": day_start, "energy_wh": 0.0, "full": False, "manual": False}
+    update = {
+        "day_start": day_start,
+        "energy_wh": 0.0,
+        "full": False,
+        "filled": False,
+        "manual": False,
+    }
     return book.model_copy(update=update)
 
 
@@ -163,6 +172,7 @@ def update_socket(
     update: dict[str, Any] = {
         "energy_wh": capacity_wh if full else energy,
         "full": full,
+        "filled": book.filled or full,
         "manual": book.manual and not full,
         "last_sample_at": sample_at,
         "last_power_w": power,

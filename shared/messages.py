@@ -749,6 +749,9 @@ class SocketBook(Message):
     energy_wh: NonNegativeFloat = 0.0
     #: The store reads full.
     full: bool = False
+    #: The store read full at some time since `day_start`: the daily need was met (a draw
+    #: after that is the next day's). Optional (absent in books of older versions: False).
+    filled: bool = False
     #: Switched on by hand: out of the scheduler's control until full or the day boundary.
     manual: bool = False
     #: Last power sample integrated, so a restart continues the integration.

@@ -139,6 +139,24 @@ def test_an_on_socket_drawing_under_10_percent_is_full() -> None:
     assert book.full
 
 
+def test_filled_stays_from_the_first_full_reading_to_the_boundary() -> None:
+    """The day's need was met once the store read full: a draw afterwards (the thermostat
+    re-heats) makes it not full, but still filled, until the boundary empties the book."""
+    book = feed(boiler(), T0, 600, 30, 2_000.0)
+    assert not book.filled
+    book = sample(book, T0 + timedelta(seconds=630), 100.0)
+    assert (book.full, book.filled) == (True, True)
+    book = sample(book, T0 + timedelta(hours=2), 2_000.0)  # a draw: re-heating
+    assert (book.full, book.filled) == (False, True)
+    book = sample(book, T0 + timedelta(hours=3), 0.0, power_on=False)
+    assert (book.full, book.filled) == (False, True)
+    next_day = datetime.combine(T0.date() + timedelta(days=1), SIX, AMS)
+    book = sample(book, next_day + timedelta(minutes=1), 0.0, power_on=False)
+    assert (book.full, book.filled, book.energy_wh) == (False, False, 0.0)
+    # books retained by an earlier version (no `filled`) read as not filled
+    assert not SocketBook.model_validate({"name": "boiler", "full": True}).filled
+
+
 def test_a_sample_read_as_the_relay_closed_is_not_taken_for_full() -> None:
     # The poller reads the power, then the relay: a switch-on in between reads 'on, 0 W'.
     book = boiler()

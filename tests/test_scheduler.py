@@ -34,6 +34,7 @@ from services.scheduler.logic import (
     resample,
     restore_books,
     shift_profile,
+    socket_spec,
     stored_for_plan,
     update_baseline,
 )
@@ -378,6 +379,38 @@ def test_stored_energy_for_the_planner() -> None:
     # at capacity but not full (reheating): half a step below capacity, so it gets a step
     reheating = book.model_copy(update={"energy_wh": 2000.0})
     assert stored_for_plan(reheating, boiler, 900) == 1750.0
+
+
+def test_a_needed_store_filled_today_is_topped_up_on_surplus_only() -> None:
+    """A needed boiler that read full today and then lost some to a draw met its daily need:
+    it is planned as an optional store until the boundary (seen in the loop: 250 Wh from
+    the grid at 05:45 to 'fill' a boiler full since noon after the evening shower)."""
+    boiler = DEVICES.sockets[0]
+    drawn = bookkeeping.SocketBook(name="Boiler", day_start=DAY0, energy_wh=2000.0, filled=True)
+    spec = socket_spec(boiler, drawn, 900)
+    assert spec.daily_need is False
+    assert spec.energy_stored == 1750.0  # it still accepts energy (on surplus)
+    # not filled yet, or full now: as configured
+    assert socket_spec(boiler, drawn.model_copy(update={"filled": False}), 900).daily_need
+    full = drawn.model_copy(update={"full": True})
+    assert socket_spec(boiler, full, 900).daily_need
+    # planned: no surplus in the night, nothing from the grid; with surplus, topped up
+    books = bookkeeping.empty_books(DAY0).with_book(drawn)
+    night = prepare(
+        now=T0,
+        ctx=CTX,
+        devices=DEVICES,
+        books=books,
+        batteries={},
+        overrides={},
+        power_on={},
+        surplus=make_surplus(surplus_w=-300.0),
+        forecast=make_forecast(T0 - timedelta(minutes=5), power=[0.0] * 96),
+    )
+    needed = {s.name: s.daily_need for s in night.problem.sockets}
+    assert needed == {"Boiler": False, "E-bike": False}
+    plan = plan_reference(night.problem)
+    assert sum(plan.sockets["Boiler"]) == 0
 
 
 # --- fallback rule ------------------------------------------------------------------------------

@@ -14,7 +14,9 @@
   `shift(t) = baseline + (shift(0) − baseline) · 2^(−t / half-life)`, per step its mean.
 * **Problem** (`prepare`): sockets under an active override are left out (their measured draw
   is then house load: subtracted from the measured surplus); the others with their stored
-  energy from the books; the batteries with theirs; or, without a usable forecast, a one-step
+  energy from the books (`socket_spec`: a needed store that read full today and lost some
+  since has met its daily need: optional until the boundary, topped up on surplus only);
+  the batteries with theirs; or, without a usable forecast, a one-step
   problem on the measured surplus for the original's fallback rule (`fallback_plan`).
   Steps lie on the day's grid (`grid_start`: from the daily boundary in whole steps; the
   first step is the one holding now), so planned times are step boundaries. The calm
@@ -50,7 +52,7 @@ from shared.messages import (
     SocketPlan,
 )
 from shared.planning.fallback import is_due
-from shared.planning.problem import BatteryMode, Plan, PlanningProblem
+from shared.planning.problem import BatteryMode, Plan, PlanningProblem, SocketSpec
 from shared.planning.reference import fallback_states
 from shared.planning.simulate import simulate
 
@@ -82,6 +84,7 @@ __all__ = [
     "resample",
     "restore_books",
     "shift_profile",
+    "socket_spec",
     "stored_for_plan",
     "update_baseline",
 ]
@@ -293,6 +296,17 @@ def stored_for_plan(book: SocketBook, socket: SocketConfig, step_s: int) -> floa
     return max(0.0, capacity - REHEAT_STEP_SHARE * step_wh)
 
 
+def socket_spec(socket: SocketConfig, book: SocketBook, step_s: int) -> SocketSpec:
+    """The planner's view of a socket with its book. A needed store that was full once
+    today and then lost some (a draw; the thermostat re-heats) has met its daily need: it
+    is planned as an optional store until the boundary (topped up on surplus only, never
+    from the grid for a need that was met — a needed store is filled once a day)."""
+    spec = socket.spec(stored_for_plan(book, socket, step_s))
+    if socket.daily_need and book.filled and not book.full:
+        spec = spec.model_copy(update={"daily_need": False})
+    return spec
+
+
 @dataclass(frozen=True, slots=True)
 class BatteryEnergy:
     """What the scheduler knows of one battery: energy (Wh) and its reading."""
@@ -364,9 +378,7 @@ def prepare(
     excluded = excluded_sockets(devices.sockets, overrides, now)
     controlled = [s for s in devices.sockets if s.device_name not in excluded]
     measured = measured_available_w(surplus, excluded)
-    sockets = [
-        s.spec(stored_for_plan(books.book(s.device_name), s, ctx.step_s)) for s in controlled
-    ]
+    sockets = [socket_spec(s, books.book(s.device_name), ctx.step_s) for s in controlled]
     battery_specs = [
         b.spec(batteries[b.device_name].energy_wh if b.device_name in batteries else 0.0)
         for b in devices.batteries

@@ -1026,7 +1026,7 @@ class Settings(BaseSettings):
     #: plan replaces the previous one only when it gains more than `hold_gain_wh`.
     switch_cost_wh: Annotated[float, Field(ge=0, le=100_000, allow_inf_nan=False)] = 20.0
     min_on_s: Annotated[int, Field(ge=0, le=86_400)] = 1200
-    min_off_s: Annotated[int, Field(ge=0, le=86_400)] = 1200
+    min_off_s: Annotated[int, Field(ge=0, le=86_400)] = 3600
     hold_gain_wh: Annotated[float, Field(ge=0, le=100_000, allow_inf_nan=False)] = 50.0
     log_level: Annotated[LogLevel, BeforeValidator(_upper)] = "INFO"
     #: Energy prices: the source and the contract (`[prices]`, see docs/prices.md).

@@ -45,6 +45,8 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from bench.soak import (
     BASE,
     HOUSE_TOML,
@@ -85,6 +87,18 @@ class DayResult:
     tiers: dict[str, int] = field(default_factory=dict)
     warnings: dict[str, int] = field(default_factory=dict)
     took_s: float = 0.0
+    #: Energy in the house's stores (sockets and battery) at the day's end less at its start,
+    #: kWh, as the simulated house reads them: what the day put away for the next one.
+    kept_kwh: float | None = None
+
+    @property
+    def net_import_kwh(self) -> float | None:
+        """Import less the energy kept for the next day (`kept_kwh`): a fill moved from noon
+        to the night before the boundary refills what the evening draws took, which the
+        day's import counts but the next day's would not."""
+        if self.import_kwh is None or self.kept_kwh is None:
+            return None
+        return self.import_kwh - self.kept_kwh
 
     @property
     def total_switches(self) -> int:
@@ -127,6 +141,7 @@ class LoopRun(Soak):
         watchers = [
             asyncio.create_task(self._record()),
             asyncio.create_task(self._house_events()),
+            asyncio.create_task(self._house_states()),
         ]
         try:
             await self.clock.sleep_until(self.o.end)
@@ -138,6 +153,45 @@ class LoopRun(Soak):
                 task.cancel()
             await asyncio.gather(*watchers, return_exceptions=True)
         self._dump()
+        with (self.run_dir / "house-stores.jsonl").open("w") as out:
+            out.writelines(json.dumps(row) + "\n" for row in self.stores)
+
+    async def _house_states(self) -> None:
+        """The energy in each of the house's stores, read from the simulated house about
+        every simulated minute (its `/control/state`)."""
+        self.stores: list[dict[str, Any]] = []
+        control = str(self.info["simulator"]["control_url"]).rstrip("/")
+        async with httpx.AsyncClient(timeout=10) as http:
+            while not self._stop.is_set():
+                with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                    house = (await http.get(f"{control}/state")).json()["house"]
+                    self.stores.append(
+                        {
+                            "time": house["time"],
+                            "wh": {
+                                name: float(part["energy_stored_wh"])
+                                for kind in ("sockets", "batteries")
+                                for name, part in house[kind].items()
+                            },
+                        }
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 60.0 / self.o.speed)
+
+
+def _kept_kwh(run_dir: Path, begin: datetime, end: datetime) -> float | None:
+    """Energy in the stores at the last reading before `end` less at the first from
+    `begin`, kWh (None without readings on both sides)."""
+    path = run_dir / "house-stores.jsonl"
+    if not path.exists():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    inside = [r for r in rows if begin <= datetime.fromisoformat(r["time"]) <= end]
+    if len(inside) < 2:
+        return None
+    first: dict[str, float] = inside[0]["wh"]
+    last: dict[str, float] = inside[-1]["wh"]
+    return (sum(last.values()) - sum(first.get(k, 0.0) for k in last)) / 1000.0
 
 
 def _times(
@@ -201,6 +255,7 @@ def measure(run_dir: Path, day: str, planner: str, seed: int) -> DayResult:
     if len(inside) >= 2:
         result.import_kwh = inside[-1][1] - inside[0][1]
         result.export_kwh = inside[-1][2] - inside[0][2]
+    result.kept_kwh = _kept_kwh(run_dir, begin, end)
     if books is not None:
         book = books.get("sockets", {}).get(OPTIONAL)
         result.optional_wh = float(book["energy_wh"]) if book else 0.0
@@ -252,11 +307,12 @@ def _kwh(v: float | None) -> str:
 def table(results: list[DayResult]) -> str:
     short = {"Kitchen boiler": "Kitchen", "Shower boiler": "Shower", "E-bike charger": "E-bike"}
     head = (
-        "| day | planner | seed | import kWh | export kWh | optional Wh | needed full in the day "
+        "| day | planner | seed | import kWh | export kWh | kept kWh | net import kWh "
+        "| optional Wh | needed full in the day "
         "| switches (" + " / ".join(short[s] for s in SOCKETS) + ") | total | max/h "
         "| plans by tier | warnings |"
     )
-    lines = [head, "|" + "---|" * 12]
+    lines = [head, "|" + "---|" * 14]
     for r in results:
         full = ", ".join(f"{short[n]} {'yes' if r.full_in_day.get(n) else 'NO'}" for n in NEEDED)
         sw = " / ".join(str(r.switches.get(s, 0)) for s in SOCKETS)
@@ -265,7 +321,8 @@ def table(results: list[DayResult]) -> str:
         warn = ", ".join(f"{k} {v}" for k, v in sorted(r.warnings.items())) or "none"
         lines.append(
             f"| {DAYS[r.day][0]} | {r.planner} | {r.seed} | {_kwh(r.import_kwh)} "
-            f"| {_kwh(r.export_kwh)} | {'—' if r.optional_wh is None else f'{r.optional_wh:.0f}'} "
+            f"| {_kwh(r.export_kwh)} | {_kwh(r.kept_kwh)} | {_kwh(r.net_import_kwh)} "
+            f"| {'—' if r.optional_wh is None else f'{r.optional_wh:.0f}'} "
             f"| {full} | {sw} | {r.total_switches} | {per_hour} | {tiers} | {warn} |"
         )
     return "\n".join(lines)
@@ -286,6 +343,13 @@ def targets(results: list[DayResult]) -> list[str]:
                 f"{name}: import {ours.import_kwh:.2f} kWh vs reference {ref.import_kwh:.2f}: "
                 + ("met" if ok else "MISSED")
             )
+            mine, theirs = ours.net_import_kwh, ref.net_import_kwh
+            if mine is not None and theirs is not None:
+                ok = mine <= theirs + 0.005  # the stores read to 0.1 Wh, the meter to 1 Wh
+                out.append(
+                    f"{name}: net import (less what the stores kept) {mine:.2f} kWh vs "
+                    f"reference {theirs:.2f}: " + ("met" if ok else "MISSED")
+                )
         worst = max(ours.max_per_hour.values(), default=0)
         out.append(
             f"{name}: most switches of one socket in an hour {worst} (≤ {MAX_PER_HOUR}): "

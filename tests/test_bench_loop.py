@@ -1,0 +1,50 @@
+"""The loop benchmark's bookkeeping (`bench.loop`): what the day kept in the house's stores."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from bench.loop import DayResult, _kept_kwh, max_in_window
+
+BEGIN = datetime(2026, 12, 15, 5, 0, tzinfo=UTC)
+END = BEGIN + timedelta(days=1)
+
+
+def _write(run_dir: Path, rows: list[tuple[datetime, dict[str, float]]]) -> None:
+    with (run_dir / "house-stores.jsonl").open("w") as out:
+        for at, wh in rows:
+            out.write(json.dumps({"time": at.isoformat(), "wh": wh}) + "\n")
+
+
+def test_kept_is_the_stores_at_the_end_less_at_the_start_inside_the_day(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        [
+            (BEGIN - timedelta(minutes=5), {"Boiler": 0.0, "Battery": 0.0}),  # before: ignored
+            (BEGIN + timedelta(minutes=2), {"Boiler": 1000.0, "Battery": 500.0}),
+            (BEGIN + timedelta(hours=12), {"Boiler": 4000.0, "Battery": 2700.0}),
+            (END - timedelta(minutes=1), {"Boiler": 3500.0, "Battery": 300.0}),
+            (END + timedelta(minutes=2), {"Boiler": 9000.0, "Battery": 0.0}),  # after: ignored
+        ],
+    )
+    kept = _kept_kwh(tmp_path, BEGIN, END)
+    assert kept is not None
+    assert abs(kept - 2.3) < 1e-9
+    result = DayResult(day="winter", planner="optimal", seed=1, import_kwh=10.0, kept_kwh=kept)
+    assert result.net_import_kwh is not None
+    assert abs(result.net_import_kwh - 7.7) < 1e-9
+
+
+def test_no_readings_no_figure(tmp_path: Path) -> None:
+    assert _kept_kwh(tmp_path, BEGIN, END) is None
+    _write(tmp_path, [(BEGIN + timedelta(hours=1), {"Boiler": 1.0})])
+    assert _kept_kwh(tmp_path, BEGIN, END) is None
+    assert DayResult(day="winter", planner="optimal", seed=1, import_kwh=1.0).net_import_kwh is None
+
+
+def test_most_switches_within_any_hour() -> None:
+    times = [BEGIN + timedelta(minutes=m) for m in (0, 18, 45, 59, 120)]
+    assert max_in_window(times) == 4
+    assert max_in_window(times[3:]) == 1

@@ -97,9 +97,14 @@ class Options:
     mip_max_nodes: int = 500
     mip_max_leaves: int = 500
     mip_max_lp_iterations: int = 400_000
-    #: The MILP's work budget per run: HiGHS's checkpoints (`milp.Budget.max_checkpoints`);
-    #: runs (each from the best plan so far, with the next seed) until one proves its optimum.
-    mip_max_checkpoints: int = 60
+    #: The MILP's work budget: HiGHS's checkpoints (`milp.Budget.max_checkpoints`) of the
+    #: first run, and of each further run (from the best plan so far, with the next seed), up
+    #: to `mip_restarts` runs in all, until one proves its optimum. A further run only follows
+    #: a run that got past the root node into branching (there a node is cheap and a new seed
+    #: often proves the optimum; a run that ended inside the root would spend a second budget
+    #: on the same root's cut rounds).
+    mip_max_checkpoints: int = 120
+    mip_restart_checkpoints: int = 60
     mip_restarts: int = 2
     #: The second stage's work budget: the fewest switches among plans as good as the best
     #: (`_fewer_switches`); 0 skips it.
@@ -108,6 +113,8 @@ class Options:
     #: energy in one run), before the MILP's second stage; 0 skips it.
     switch_evals: int = 8000
     mip_max_improving_sols: int = 1_000_000
+    #: HiGHS's share of work in primal heuristics (`milp.Budget.heuristic_effort`).
+    mip_heuristic_effort: float = 0.05
     random_seed: int = 1
     weights: milp.Weights = field(default_factory=milp.Weights)
 
@@ -418,6 +425,7 @@ def _budget(opts: Options, clock: _Clock, checkpoints: int) -> milp.Budget:
         max_checkpoints=checkpoints,
         max_improving_sols=opts.mip_max_improving_sols,
         random_seed=opts.random_seed,
+        heuristic_effort=opts.mip_heuristic_effort,
         ceiling_s=max(0.01, clock.left()),
     )
 
@@ -550,7 +558,8 @@ def _plan_full(
             for run in range(max(1, opts.mip_restarts)):
                 # Each run starts from the best plan so far, with its own seed: HiGHS's
                 # heuristics find very different plans from one seed to the next.
-                budget = _budget(opts, clock, opts.mip_max_checkpoints)
+                checkpoints = opts.mip_max_checkpoints if run == 0 else opts.mip_restart_checkpoints
+                budget = _budget(opts, clock, checkpoints)
                 budget = replace(budget, random_seed=opts.random_seed + run)
                 result = solver.solve(best.plan(), budget)
                 if run == 0:
@@ -570,7 +579,7 @@ def _plan_full(
                         else:
                             proved = False  # the model's optimum is not the day's best
                 clock.check()
-                if result.status == "optimal":
+                if result.status == "optimal" or int(result.info.get("nodes", 0)) == 0:
                     break
             # Fewer switches: the pure-Python stage first, so the MILP's second stage has
             # less left to do (a smaller model). With modes the MILP is a relaxation (a freely

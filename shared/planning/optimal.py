@@ -107,7 +107,8 @@ class Options:
     mip_restart_checkpoints: int = 60
     mip_restarts: int = 2
     #: The second stage's work budget: the fewest switches among plans as good as the best
-    #: (`_fewer_switches`); 0 skips it.
+    #: (`_fewer_switches`); 0 skips it. A main MILP that proved its optimum in its first run
+    #: hands what it left of `mip_max_checkpoints` on to this stage.
     switch_checkpoints: int = 30
     #: Evaluations of the fewer-switches local search (`search.consolidate`: each socket's
     #: energy in one run), before the MILP's second stage; 0 skips it.
@@ -438,6 +439,7 @@ def _fewer_switches(
     clock: _Clock,
     info: dict[str, float | int | str],
     evals: _Evals,
+    checkpoints: int,
 ) -> tuple[DayState, int]:
     """The second, lexicographic stage: among plans whose objective is no worse than the
     best plan's, the one with the fewest switches (the MILP with its objective capped and
@@ -454,7 +456,7 @@ def _fewer_switches(
     value = best.score[3]
     if not ctx.priced:
         value += opts.weights.optional_wh * best.score[4]
-    budget = replace(_budget(opts, clock, opts.switch_checkpoints), mip_abs_gap=0.5)
+    budget = replace(_budget(opts, clock, checkpoints), mip_abs_gap=0.5)
     result = solver.solve(best.plan(), budget, fewest_switches_within=value + 1e-6, fixed=fixed)
     info["switch_stage"] = result.status
     if result.status == "ceiling":
@@ -555,6 +557,7 @@ def _plan_full(
             info["milp_status"] = "highspy not installed"
         else:
             proved = False
+            spare = 0  # checkpoints a first run that proved its optimum left unused
             for run in range(max(1, opts.mip_restarts)):
                 # Each run starts from the best plan so far, with its own seed: HiGHS's
                 # heuristics find very different plans from one seed to the next.
@@ -579,6 +582,9 @@ def _plan_full(
                         else:
                             proved = False  # the model's optimum is not the day's best
                 clock.check()
+                if result.status == "optimal" and run == 0:
+                    used = int(result.info.get("checkpoints", checkpoints))
+                    spare = max(0, checkpoints - used)
                 if result.status == "optimal" or int(result.info.get("nodes", 0)) == 0:
                     break
             # Fewer switches: the pure-Python stage first, so the MILP's second stage has
@@ -589,7 +595,9 @@ def _plan_full(
                 best, m = _consolidated(best, opts, clock, info, use_modes)
                 moves += m
             if opts.switch_checkpoints > 0:
-                best, m = _fewer_switches(ctx, solver, best, opts, clock, info, evals)
+                best, m = _fewer_switches(
+                    ctx, solver, best, opts, clock, info, evals, opts.switch_checkpoints + spare
+                )
                 moves += m
             status = "optimal" if proved else "time-limited"
     if status == "heuristic" or use_modes:

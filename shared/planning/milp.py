@@ -630,6 +630,11 @@ class Solver:
         self._value = np.array(b.value)
         self._ints = np.array(b.integer, dtype=np.int32)
 
+    @property
+    def integers(self) -> int:
+        """The model's integer columns (a measure of its size)."""
+        return len(self._ints)
+
     def solve(
         self,
         start: dict[str, list[int]] | None,

@@ -110,6 +110,15 @@ class Options:
     #: (`_fewer_switches`); 0 skips it. A main MILP that proved its optimum in its first run
     #: hands what it left of `mip_max_checkpoints` on to this stage.
     switch_checkpoints: int = 30
+    #: Neighbourhood search after a main MILP that did not prove its optimum
+    #: (`_neighbourhoods`): the MILP again with all sockets but two fixed to the best plan,
+    #: every pair in turn, up to `neighbourhood_solve_checkpoints` per solve, until a whole
+    #: round finds nothing better or its work reaches `neighbourhood_work` (0 skips it).
+    #: Work: per solve, (HiGHS's checkpoints + `NEIGHBOURHOOD_SOLVE_COST`) x the model's
+    #: integer columns / 1000 — a checkpoint and setting up a solve both cost about in
+    #: proportion to the model's size.
+    neighbourhood_work: int = 800
+    neighbourhood_solve_checkpoints: int = 30
     #: Evaluations of the fewer-switches local search (`search.consolidate`: each socket's
     #: energy in one run), before the MILP's second stage; 0 skips it.
     switch_evals: int = 8000
@@ -471,6 +480,65 @@ def _fewer_switches(
     return best, moves
 
 
+#: `_neighbourhoods`: what setting up one MILP solve costs, in HiGHS checkpoints (measured:
+#: a solve that presolve settles takes about as long as 8 checkpoints of the same model).
+NEIGHBOURHOOD_SOLVE_COST = 8
+
+
+def _neighbourhoods(
+    ctx: Context,
+    solver: milp.Solver,
+    best: DayState,
+    opts: Options,
+    clock: _Clock,
+    info: dict[str, float | int | str],
+    evals: _Evals,
+) -> tuple[DayState, int]:
+    """Fix-and-optimise: the MILP with every socket but two fixed to the best plan's rows (a
+    small model HiGHS often solves at its root), each pair in priority order, each result
+    polished by local search and taken when it scores better; rounds until one finds nothing
+    or the budget (`neighbourhood_checkpoints`, HiGHS's checkpoints over all its solves; a
+    solve counts at least one) is spent. Where the main MILP's budget ran out on a day with
+    many sockets competing for the surplus, a pair re-planned together finds what the whole
+    model's search did not reach."""
+    k = len(ctx.socks)
+    left = float(opts.neighbourhood_work)
+    size = solver.integers / 1000
+    if k < 3 or left <= 0 or opts.neighbourhood_solve_checkpoints <= 0:
+        return best, 0
+    names = [s.name for s in ctx.socks]
+    moves = solves = better = 0
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    while left > 0:
+        improved = False
+        for i, j in pairs:
+            if left <= 0:
+                break
+            fixed = {names[m]: best.rows[m] for m in range(k) if m not in (i, j)}
+            cps = opts.neighbourhood_solve_checkpoints
+            result = solver.solve(best.plan(), _budget(opts, clock, cps), fixed=fixed)
+            solves += 1
+            left -= (int(result.info.get("checkpoints", cps)) + NEIGHBOURHOOD_SOLVE_COST) * size
+            if result.status == "ceiling":
+                raise CeilingReachedError
+            if result.rows is None or result.rows == best.plan():
+                continue
+            cand = _state(ctx, result.rows, best.modes)
+            if cand.score == INADMISSIBLE:
+                continue
+            cand, m = _polish(cand, evals, False, rounds=1)
+            moves += m
+            if cand.score < best.score:
+                best = cand
+                better += 1
+                improved = True
+        if not improved:
+            break
+    info["neighbourhood_solves"] = solves
+    info["neighbourhood_better"] = better
+    return best, moves
+
+
 def _consolidated(
     best: DayState,
     opts: Options,
@@ -558,6 +626,7 @@ def _plan_full(
         else:
             proved = False
             spare = 0  # checkpoints a first run that proved its optimum left unused
+            branched = False  # the first run got past the root node into branching
             for run in range(max(1, opts.mip_restarts)):
                 # Each run starts from the best plan so far, with its own seed: HiGHS's
                 # heuristics find very different plans from one seed to the next.
@@ -567,6 +636,7 @@ def _plan_full(
                 result = solver.solve(best.plan(), budget)
                 if run == 0:
                     info.update({f"milp_{k}": v for k, v in result.info.items()})
+                    branched = int(result.info.get("nodes", 0)) > 0
                 info["milp_status"] = result.status
                 info["milp_runs"] = run + 1
                 if result.status == "ceiling":
@@ -587,6 +657,11 @@ def _plan_full(
                     spare = max(0, checkpoints - used)
                 if result.status == "optimal" or int(result.info.get("nodes", 0)) == 0:
                     break
+            # Re-planning pairs of sockets: where the main MILP got into branching (a model
+            # whose root HiGHS gets through in budget: its smaller solves are cheap too).
+            if not proved and branched and not use_modes:
+                best, m = _neighbourhoods(ctx, solver, best, opts, clock, info, evals)
+                moves += m
             # Fewer switches: the pure-Python stage first, so the MILP's second stage has
             # less left to do (a smaller model). With modes the MILP is a relaxation (a freely
             # controllable battery) and its second stage, polished with the best modes, also

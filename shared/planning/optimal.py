@@ -107,8 +107,7 @@ class Options:
     mip_restart_checkpoints: int = 60
     mip_restarts: int = 2
     #: The second stage's work budget: the fewest switches among plans as good as the best
-    #: (`_fewer_switches`); 0 skips it. A main MILP that proved its optimum in its first run
-    #: hands what it left of `mip_max_checkpoints` on to this stage.
+    #: (`_fewer_switches`); 0 skips it.
     switch_checkpoints: int = 30
     #: Neighbourhood search after a main MILP that did not prove its optimum
     #: (`_neighbourhoods`): the MILP again with all sockets but two fixed to the best plan,
@@ -118,6 +117,9 @@ class Options:
     #: integer columns / 1000 — a checkpoint and setting up a solve both cost about in
     #: proportion to the model's size.
     neighbourhood_work: int = 800
+    #: The same for the fewest-switches neighbourhoods (after a second stage that ran out of
+    #: budget); 0 skips them.
+    switch_neighbourhood_work: int = 300
     neighbourhood_solve_checkpoints: int = 30
     #: Evaluations of the fewer-switches local search (`search.consolidate`: each socket's
     #: energy in one run), before the MILP's second stage; 0 skips it.
@@ -493,16 +495,20 @@ def _neighbourhoods(
     clock: _Clock,
     info: dict[str, float | int | str],
     evals: _Evals,
+    fewest: bool = False,
 ) -> tuple[DayState, int]:
     """Fix-and-optimise: the MILP with every socket but two fixed to the best plan's rows (a
     small model HiGHS often solves at its root), each pair in priority order, each result
     polished by local search and taken when it scores better; rounds until one finds nothing
-    or the budget (`neighbourhood_checkpoints`, HiGHS's checkpoints over all its solves; a
-    solve counts at least one) is spent. Where the main MILP's budget ran out on a day with
-    many sockets competing for the surplus, a pair re-planned together finds what the whole
-    model's search did not reach."""
+    or the work budget (`neighbourhood_work`) is spent. Where the main MILP's budget ran out
+    on a day with many sockets competing for the surplus, a pair re-planned together finds
+    what the whole model's search did not reach. With `fewest`, each solve is the second
+    stage's (`_fewer_switches`: the fewest switches with the objective capped at the best
+    plan's) on the pair: where that stage's whole model ran out of budget."""
+    if fewest and (best.score[0] > 0 or best.score[2] > 0):
+        return best, 0
     k = len(ctx.socks)
-    left = float(opts.neighbourhood_work)
+    left = float(opts.switch_neighbourhood_work if fewest else opts.neighbourhood_work)
     size = solver.integers / 1000
     if k < 3 or left <= 0 or opts.neighbourhood_solve_checkpoints <= 0:
         return best, 0
@@ -516,7 +522,19 @@ def _neighbourhoods(
                 break
             fixed = {names[m]: best.rows[m] for m in range(k) if m not in (i, j)}
             cps = opts.neighbourhood_solve_checkpoints
-            result = solver.solve(best.plan(), _budget(opts, clock, cps), fixed=fixed)
+            budget = _budget(opts, clock, cps)
+            if fewest:
+                value = best.score[3]
+                if not ctx.priced:
+                    value += opts.weights.optional_wh * best.score[4]
+                result = solver.solve(
+                    best.plan(),
+                    replace(budget, mip_abs_gap=0.5),
+                    fewest_switches_within=value + 1e-6,
+                    fixed=fixed,
+                )
+            else:
+                result = solver.solve(best.plan(), budget, fixed=fixed)
             solves += 1
             left -= (int(result.info.get("checkpoints", cps)) + NEIGHBOURHOOD_SOLVE_COST) * size
             if result.status == "ceiling":
@@ -534,8 +552,9 @@ def _neighbourhoods(
                 improved = True
         if not improved:
             break
-    info["neighbourhood_solves"] = solves
-    info["neighbourhood_better"] = better
+    what = "switch_neighbourhood" if fewest else "neighbourhood"
+    info[f"{what}_solves"] = solves
+    info[f"{what}_better"] = better
     return best, moves
 
 
@@ -625,8 +644,7 @@ def _plan_full(
             info["milp_status"] = "highspy not installed"
         else:
             proved = False
-            spare = 0  # checkpoints a first run that proved its optimum left unused
-            branched = False  # the first run got past the root node into branching
+            branched = False  # the first run got through the root node
             for run in range(max(1, opts.mip_restarts)):
                 # Each run starts from the best plan so far, with its own seed: HiGHS's
                 # heuristics find very different plans from one seed to the next.
@@ -652,12 +670,9 @@ def _plan_full(
                         else:
                             proved = False  # the model's optimum is not the day's best
                 clock.check()
-                if result.status == "optimal" and run == 0:
-                    used = int(result.info.get("checkpoints", checkpoints))
-                    spare = max(0, checkpoints - used)
                 if result.status == "optimal" or int(result.info.get("nodes", 0)) == 0:
                     break
-            # Re-planning pairs of sockets: where the main MILP got into branching (a model
+            # Re-planning pairs of sockets: where the main MILP got through its root (a model
             # whose root HiGHS gets through in budget: its smaller solves are cheap too).
             if not proved and branched and not use_modes:
                 best, m = _neighbourhoods(ctx, solver, best, opts, clock, info, evals)
@@ -671,9 +686,12 @@ def _plan_full(
                 moves += m
             if opts.switch_checkpoints > 0:
                 best, m = _fewer_switches(
-                    ctx, solver, best, opts, clock, info, evals, opts.switch_checkpoints + spare
+                    ctx, solver, best, opts, clock, info, evals, opts.switch_checkpoints
                 )
                 moves += m
+                if info.get("switch_stage") == "limited" and branched and not use_modes:
+                    best, m = _neighbourhoods(ctx, solver, best, opts, clock, info, evals, True)
+                    moves += m
             status = "optimal" if proved else "time-limited"
     if status == "heuristic" or use_modes:
         best, m = _consolidated(best, opts, clock, info, use_modes)

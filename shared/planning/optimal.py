@@ -520,6 +520,8 @@ def _neighbourhoods(
         for i, j in pairs:
             if left <= 0:
                 break
+            if fewest and best.stats[i][2] <= 2 and best.stats[j][2] <= 2:
+                continue  # two sockets in one run each: no switches to spare
             fixed = {names[m]: best.rows[m] for m in range(k) if m not in (i, j)}
             cps = opts.neighbourhood_solve_checkpoints
             budget = _budget(opts, clock, cps)

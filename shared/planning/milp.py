@@ -93,6 +93,8 @@ class Budget:
     #: Improving solutions found before stopping.
     max_improving_sols: int = 1_000_000
     random_seed: int = 1
+    #: HiGHS's `mip_heuristic_effort` (its share of work spent in primal heuristics).
+    heuristic_effort: float = 0.05
     #: Wall-clock safety net, s: when it fires there is no answer (status `ceiling`) unless
     #: `keep_at_ceiling` (a long benchmark run keeps its best plan).
     ceiling_s: float = 60.0
@@ -628,6 +630,11 @@ class Solver:
         self._value = np.array(b.value)
         self._ints = np.array(b.integer, dtype=np.int32)
 
+    @property
+    def integers(self) -> int:
+        """The model's integer columns (a measure of its size)."""
+        return len(self._ints)
+
     def solve(
         self,
         start: dict[str, list[int]] | None,
@@ -657,6 +664,7 @@ class Solver:
             ("parallel", "off"),
             ("mip_detect_symmetry", self.formulation.detect_symmetry),
             ("random_seed", budget.random_seed),
+            ("mip_heuristic_effort", budget.heuristic_effort),
             ("time_limit", float(budget.ceiling_s)),
             ("mip_rel_gap", budget.mip_rel_gap),
             ("mip_abs_gap", budget.mip_abs_gap),

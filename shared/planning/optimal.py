@@ -97,17 +97,36 @@ class Options:
     mip_max_nodes: int = 500
     mip_max_leaves: int = 500
     mip_max_lp_iterations: int = 400_000
-    #: The MILP's work budget per run: HiGHS's checkpoints (`milp.Budget.max_checkpoints`);
-    #: runs (each from the best plan so far, with the next seed) until one proves its optimum.
-    mip_max_checkpoints: int = 60
+    #: The MILP's work budget: HiGHS's checkpoints (`milp.Budget.max_checkpoints`) of the
+    #: first run, and of each further run (from the best plan so far, with the next seed), up
+    #: to `mip_restarts` runs in all, until one proves its optimum. A further run only follows
+    #: a run that got past the root node into branching (there a node is cheap and a new seed
+    #: often proves the optimum; a run that ended inside the root would spend a second budget
+    #: on the same root's cut rounds).
+    mip_max_checkpoints: int = 120
+    mip_restart_checkpoints: int = 60
     mip_restarts: int = 2
     #: The second stage's work budget: the fewest switches among plans as good as the best
     #: (`_fewer_switches`); 0 skips it.
     switch_checkpoints: int = 30
+    #: Neighbourhood search after a main MILP that did not prove its optimum
+    #: (`_neighbourhoods`): the MILP again with all sockets but two fixed to the best plan,
+    #: every pair in turn, up to `neighbourhood_solve_checkpoints` per solve, until a whole
+    #: round finds nothing better or its work reaches `neighbourhood_work` (0 skips it).
+    #: Work: per solve, (HiGHS's checkpoints + `NEIGHBOURHOOD_SOLVE_COST`) x the model's
+    #: integer columns / 1000 — a checkpoint and setting up a solve both cost about in
+    #: proportion to the model's size.
+    neighbourhood_work: int = 800
+    #: The same for the fewest-switches neighbourhoods (after a second stage that ran out of
+    #: budget); 0 skips them.
+    switch_neighbourhood_work: int = 300
+    neighbourhood_solve_checkpoints: int = 30
     #: Evaluations of the fewer-switches local search (`search.consolidate`: each socket's
     #: energy in one run), before the MILP's second stage; 0 skips it.
     switch_evals: int = 8000
     mip_max_improving_sols: int = 1_000_000
+    #: HiGHS's share of work in primal heuristics (`milp.Budget.heuristic_effort`).
+    mip_heuristic_effort: float = 0.05
     random_seed: int = 1
     weights: milp.Weights = field(default_factory=milp.Weights)
 
@@ -443,6 +462,7 @@ def _budget(opts: Options, clock: _Clock, checkpoints: int) -> milp.Budget:
         max_checkpoints=checkpoints,
         max_improving_sols=opts.mip_max_improving_sols,
         random_seed=opts.random_seed,
+        heuristic_effort=opts.mip_heuristic_effort,
         ceiling_s=max(0.01, clock.left()),
     )
 
@@ -455,6 +475,7 @@ def _fewer_switches(
     clock: _Clock,
     info: dict[str, float | int | str],
     evals: _Evals,
+    checkpoints: int,
 ) -> tuple[DayState, int]:
     """The second, lexicographic stage: among plans whose objective is no worse than the
     best plan's, the one with the fewest switches (the MILP with its objective capped and
@@ -471,7 +492,7 @@ def _fewer_switches(
     value = best.score[3]
     if not ctx.priced:
         value += opts.weights.optional_wh * best.score[4]
-    budget = replace(_budget(opts, clock, opts.switch_checkpoints), mip_abs_gap=0.5)
+    budget = replace(_budget(opts, clock, checkpoints), mip_abs_gap=0.5)
     result = solver.solve(best.plan(), budget, fewest_switches_within=value + 1e-6, fixed=fixed)
     info["switch_stage"] = result.status
     if result.status == "ceiling":
@@ -483,6 +504,84 @@ def _fewer_switches(
     if cand.score <= best.score:
         info["switch_stage_switches"] = f"{best.score[5]} -> {cand.score[5]}"
         return cand, moves
+    return best, moves
+
+
+#: `_neighbourhoods`: what setting up one MILP solve costs, in HiGHS checkpoints (measured:
+#: a solve that presolve settles takes about as long as 8 checkpoints of the same model).
+NEIGHBOURHOOD_SOLVE_COST = 8
+
+
+def _neighbourhoods(
+    ctx: Context,
+    solver: milp.Solver,
+    best: DayState,
+    opts: Options,
+    clock: _Clock,
+    info: dict[str, float | int | str],
+    evals: _Evals,
+    fewest: bool = False,
+) -> tuple[DayState, int]:
+    """Fix-and-optimise: the MILP with every socket but two fixed to the best plan's rows (a
+    small model HiGHS often solves at its root), each pair in priority order, each result
+    polished by local search and taken when it scores better; rounds until one finds nothing
+    or the work budget (`neighbourhood_work`) is spent. Where the main MILP's budget ran out
+    on a day with many sockets competing for the surplus, a pair re-planned together finds
+    what the whole model's search did not reach. With `fewest`, each solve is the second
+    stage's (`_fewer_switches`: the fewest switches with the objective capped at the best
+    plan's) on the pair: where that stage's whole model ran out of budget."""
+    if fewest and (best.score[0] > 0 or best.score[2] > 0):
+        return best, 0
+    k = len(ctx.socks)
+    left = float(opts.switch_neighbourhood_work if fewest else opts.neighbourhood_work)
+    size = solver.integers / 1000
+    if k < 3 or left <= 0 or opts.neighbourhood_solve_checkpoints <= 0:
+        return best, 0
+    names = [s.name for s in ctx.socks]
+    moves = solves = better = 0
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    while left > 0:
+        improved = False
+        for i, j in pairs:
+            if left <= 0:
+                break
+            if fewest and best.stats[i][2] <= 2 and best.stats[j][2] <= 2:
+                continue  # two sockets in one run each: no switches to spare
+            fixed = {names[m]: best.rows[m] for m in range(k) if m not in (i, j)}
+            cps = opts.neighbourhood_solve_checkpoints
+            budget = _budget(opts, clock, cps)
+            if fewest:
+                value = best.score[3]
+                if not ctx.priced:
+                    value += opts.weights.optional_wh * best.score[4]
+                result = solver.solve(
+                    best.plan(),
+                    replace(budget, mip_abs_gap=0.5),
+                    fewest_switches_within=value + 1e-6,
+                    fixed=fixed,
+                )
+            else:
+                result = solver.solve(best.plan(), budget, fixed=fixed)
+            solves += 1
+            left -= (int(result.info.get("checkpoints", cps)) + NEIGHBOURHOOD_SOLVE_COST) * size
+            if result.status == "ceiling":
+                raise CeilingReachedError
+            if result.rows is None or result.rows == best.plan():
+                continue
+            cand = _state(ctx, result.rows, best.modes)
+            if cand.score == INADMISSIBLE:
+                continue
+            cand, m = _polish(cand, evals, False, rounds=1)
+            moves += m
+            if cand.score < best.score:
+                best = cand
+                better += 1
+                improved = True
+        if not improved:
+            break
+    what = "switch_neighbourhood" if fewest else "neighbourhood"
+    info[f"{what}_solves"] = solves
+    info[f"{what}_better"] = better
     return best, moves
 
 
@@ -572,14 +671,17 @@ def _plan_full(
             info["milp_status"] = "highspy not installed"
         else:
             proved = False
+            branched = False  # the first run got through the root node
             for run in range(max(1, opts.mip_restarts)):
                 # Each run starts from the best plan so far, with its own seed: HiGHS's
                 # heuristics find very different plans from one seed to the next.
-                budget = _budget(opts, clock, opts.mip_max_checkpoints)
+                checkpoints = opts.mip_max_checkpoints if run == 0 else opts.mip_restart_checkpoints
+                budget = _budget(opts, clock, checkpoints)
                 budget = replace(budget, random_seed=opts.random_seed + run)
                 result = solver.solve(best.plan(), budget)
                 if run == 0:
                     info.update({f"milp_{k}": v for k, v in result.info.items()})
+                    branched = int(result.info.get("nodes", 0)) > 0
                 info["milp_status"] = result.status
                 info["milp_runs"] = run + 1
                 if result.status == "ceiling":
@@ -595,8 +697,13 @@ def _plan_full(
                         else:
                             proved = False  # the model's optimum is not the day's best
                 clock.check()
-                if result.status == "optimal":
+                if result.status == "optimal" or int(result.info.get("nodes", 0)) == 0:
                     break
+            # Re-planning pairs of sockets: where the main MILP got through its root (a model
+            # whose root HiGHS gets through in budget: its smaller solves are cheap too).
+            if not proved and branched and not use_modes:
+                best, m = _neighbourhoods(ctx, solver, best, opts, clock, info, evals)
+                moves += m
             # Fewer switches: the pure-Python stage first, so the MILP's second stage has
             # less left to do (a smaller model). With modes the MILP is a relaxation (a freely
             # controllable battery) and its second stage, polished with the best modes, also
@@ -605,8 +712,13 @@ def _plan_full(
                 best, m = _consolidated(best, opts, clock, info, use_modes)
                 moves += m
             if opts.switch_checkpoints > 0:
-                best, m = _fewer_switches(ctx, solver, best, opts, clock, info, evals)
+                best, m = _fewer_switches(
+                    ctx, solver, best, opts, clock, info, evals, opts.switch_checkpoints
+                )
                 moves += m
+                if info.get("switch_stage") == "limited" and branched and not use_modes:
+                    best, m = _neighbourhoods(ctx, solver, best, opts, clock, info, evals, True)
+                    moves += m
             status = "optimal" if proved else "time-limited"
     if status == "heuristic" or use_modes:
         best, m = _consolidated(best, opts, clock, info, use_modes)

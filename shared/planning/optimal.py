@@ -467,6 +467,19 @@ def _budget(opts: Options, clock: _Clock, checkpoints: int) -> milp.Budget:
     )
 
 
+def _switch_stage_applies(best: DayState) -> bool:
+    """The fewest-switches stage is for plans that meet every need and keep every hold."""
+    return best.score[0] <= 0 and best.score[2] <= 0
+
+
+def _switch_cap(ctx: Context, opts: Options, best: DayState) -> float:
+    """The fewest-switches stage's cap: the MILP objective of the best plan (plus a hair)."""
+    value = best.score[3]
+    if not ctx.priced:
+        value += opts.weights.optional_wh * best.score[4]
+    return value + 1e-6
+
+
 def _fewer_switches(
     ctx: Context,
     solver: milp.Solver,
@@ -475,13 +488,12 @@ def _fewer_switches(
     clock: _Clock,
     info: dict[str, float | int | str],
     evals: _Evals,
-    checkpoints: int,
 ) -> tuple[DayState, int]:
     """The second, lexicographic stage: among plans whose objective is no worse than the
     best plan's, the one with the fewest switches (the MILP with its objective capped and
     switches as the objective, from the best plan). Only for plans that meet every need
     and keep every minimum on / off time."""
-    if best.score[0] > 0 or best.score[2] > 0:
+    if not _switch_stage_applies(best):
         return best, 0
     # A socket with at most two switches is one run already: it stays as it is (a much
     # smaller problem); with none left to change the stage is skipped.
@@ -489,11 +501,10 @@ def _fewer_switches(
     fixed = {sock.name: best.rows[i] for i, sock in enumerate(ctx.socks) if counts[i] <= 2}
     if len(fixed) == len(ctx.socks):
         return best, 0
-    value = best.score[3]
-    if not ctx.priced:
-        value += opts.weights.optional_wh * best.score[4]
-    budget = replace(_budget(opts, clock, checkpoints), mip_abs_gap=0.5)
-    result = solver.solve(best.plan(), budget, fewest_switches_within=value + 1e-6, fixed=fixed)
+    budget = replace(_budget(opts, clock, opts.switch_checkpoints), mip_abs_gap=0.5)
+    result = solver.solve(
+        best.plan(), budget, fewest_switches_within=_switch_cap(ctx, opts, best), fixed=fixed
+    )
     info["switch_stage"] = result.status
     if result.status == "ceiling":
         raise CeilingReachedError
@@ -530,7 +541,7 @@ def _neighbourhoods(
     what the whole model's search did not reach. With `fewest`, each solve is the second
     stage's (`_fewer_switches`: the fewest switches with the objective capped at the best
     plan's) on the pair: where that stage's whole model ran out of budget."""
-    if fewest and (best.score[0] > 0 or best.score[2] > 0):
+    if fewest and not _switch_stage_applies(best):
         return best, 0
     k = len(ctx.socks)
     left = float(opts.switch_neighbourhood_work if fewest else opts.neighbourhood_work)
@@ -551,13 +562,10 @@ def _neighbourhoods(
             cps = opts.neighbourhood_solve_checkpoints
             budget = _budget(opts, clock, cps)
             if fewest:
-                value = best.score[3]
-                if not ctx.priced:
-                    value += opts.weights.optional_wh * best.score[4]
                 result = solver.solve(
                     best.plan(),
                     replace(budget, mip_abs_gap=0.5),
-                    fewest_switches_within=value + 1e-6,
+                    fewest_switches_within=_switch_cap(ctx, opts, best),
                     fixed=fixed,
                 )
             else:
@@ -712,9 +720,7 @@ def _plan_full(
                 best, m = _consolidated(best, opts, clock, info, use_modes)
                 moves += m
             if opts.switch_checkpoints > 0:
-                best, m = _fewer_switches(
-                    ctx, solver, best, opts, clock, info, evals, opts.switch_checkpoints
-                )
+                best, m = _fewer_switches(ctx, solver, best, opts, clock, info, evals)
                 moves += m
                 if info.get("switch_stage") == "limited" and branched and not use_modes:
                     best, m = _neighbourhoods(ctx, solver, best, opts, clock, info, evals, True)

@@ -160,7 +160,7 @@ class LoopRun(Soak):
         """The energy in each of the house's stores, read from the simulated house about
         every simulated minute (its `/control/state`)."""
         self.stores: list[dict[str, Any]] = []
-        control = str(self.info["simulator"]["control_url"]).rstrip("/")
+        control = self._control_url
         async with httpx.AsyncClient(timeout=10) as http:
             while not self._stop.is_set():
                 with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):

@@ -428,8 +428,13 @@ class Soak:
             except aiomqtt.MqttError:
                 await asyncio.sleep(0.3)
 
+    @property
+    def _control_url(self) -> str:
+        """The simulated house's control endpoint (`/control`), without a trailing slash."""
+        return str(self.info["simulator"]["control_url"]).rstrip("/")
+
     async def _house_events(self) -> None:
-        control = str(self.info["simulator"]["control_url"]).rstrip("/")
+        control = self._control_url
         async with httpx.AsyncClient(timeout=10) as http:
             while not self._stop.is_set():
                 await self._fetch_events(http, control)
@@ -458,7 +463,7 @@ class Soak:
     # --- hurting ------------------------------------------------------------------------------
 
     async def _control(self, path: str, body: Any) -> None:
-        control = str(self.info["simulator"]["control_url"]).rstrip("/")
+        control = self._control_url
         async with httpx.AsyncClient(timeout=10) as http:
             response = await http.post(f"{control}{path}", json=body)
             response.raise_for_status()

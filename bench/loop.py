@@ -8,15 +8,19 @@ For each simulated day — a clear summer day, a summer day of passing clouds
 (`cloudiness = 0.5`), an overcast winter day — and each planner (`planner = optimal`, the
 default, and `reference`, the original's rules), `hwsched run --secure --speed S` runs as a
 process (broker, simulated house, poller, forecaster, prices, scheduler, actuator, bridge on
-one accelerated clock, as `bench.soak` starts it, without faults) from the day's 06:00
-boundary to just after the next one. It starts as a stack that ran the day before would be
-at the boundary: the day's books empty, the sockets' relays off (the day before's plans
-leave them off in the dark). At 300x the few real seconds the first forecast and the first
-full plan take are most of a simulated hour, in which the actuator leaves the sockets as
-they are (issue 14's start-up rule): started at 05:30 with the house's power-up relays (on)
-and no books, the e-bike charger drew 0.23 kWh from the grid in it, and the fallback rule
-switched both boilers on for the day ending at 06:00 (2 kWh) — the start-up's, compressed
-300x (at real speed: seconds), not the planner's. The harness watches from outside: the
+one accelerated clock, as `bench.soak` starts it, without faults) from a 06:00 boundary to
+just after the boundary that ends the measured day.
+
+By default (`--lead-days 1`) the stack first runs a whole day of the same weather, so the
+measured day starts as a running stack finds it: the stores as the day before's plans left
+them (a boiler the night's cheap hours filled, one the evening draws emptied). A single day
+cannot show that: a planner that fills at night before the boundary imports in the measured
+day what the next day then no longer needs. With `--lead-days 0` the run starts at the
+measured day's boundary, the day's books empty, the sockets' relays off (the day before's
+plans leave them off in the dark). At 300x the few real seconds the first forecast and the
+first full plan take are most of a simulated hour, in which the actuator leaves the sockets
+as they are (issue 14's start-up rule) — the start-up, compressed 300x (at real speed:
+seconds), which the lead day keeps out of the figures. The harness watches from outside: the
 house's own event log (`/control/events`: every relay change and who made it, every store
 becoming full) and MQTT as Home Assistant sees it (the P1 meter's counters, the books, the
 plans).
@@ -219,9 +223,7 @@ def max_in_window(times: list[datetime], window_s: float = 3600.0) -> int:
 
 def measure(run_dir: Path, day: str, planner: str, seed: int) -> DayResult:
     """The day's figures from what the harness saw (the run directory's dumps)."""
-    _, on, _ = DAYS[day]
-    begin = local(on, 6, 0)
-    end = begin + timedelta(days=1)
+    _, begin, end = window(day, 0)
     result = DayResult(day=day, planner=planner, seed=seed)
     meter: list[tuple[datetime, float, float]] = []
     books: dict[str, Any] | None = None
@@ -281,12 +283,24 @@ def measure(run_dir: Path, day: str, planner: str, seed: int) -> DayResult:
     return result
 
 
-async def run_one(day: str, planner: str, seed: int, speed: float, run_dir: Path) -> DayResult:
-    _, on, cloudiness = DAYS[day]
+def window(day: str, lead_days: int) -> tuple[datetime, datetime, datetime]:
+    """When a run of `day` starts (`lead_days` whole planning days before the measured one,
+    at a boundary), and the measured day's start and end (06:00 to 06:00)."""
+    if lead_days < 0:
+        raise ValueError(f"lead_days must be >= 0, got {lead_days}")
+    _, on, _ = DAYS[day]
     begin = local(on, 6, 0)
-    end = begin + timedelta(days=1)
+    start = local(on - timedelta(days=lead_days), 6, 0)
+    return start, begin, begin + timedelta(days=1)
+
+
+async def run_one(
+    day: str, planner: str, seed: int, speed: float, run_dir: Path, lead_days: int = 1
+) -> DayResult:
+    _, _, cloudiness = DAYS[day]
+    start, _, end = window(day, lead_days)
     options = SoakOptions(
-        start=begin,
+        start=start,
         end=end + timedelta(minutes=3),
         speed=speed,
         seed=seed,
@@ -370,13 +384,22 @@ def targets(results: list[DayResult]) -> list[str]:
 
 
 async def bench(
-    days: list[str], planners: list[str], seed: int, speed: float, run_dir: Path
+    days: list[str],
+    planners: list[str],
+    seed: int,
+    speed: float,
+    run_dir: Path,
+    lead_days: int = 1,
 ) -> list[DayResult]:
     results = []
     for day in days:
         for planner in planners:
-            print(f"loop: {DAYS[day][0]}, {planner} planner, seed {seed}, {speed:g}x", flush=True)
-            result = await run_one(day, planner, seed, speed, run_dir)
+            print(
+                f"loop: {DAYS[day][0]}, {planner} planner, seed {seed}, {speed:g}x, "
+                f"{lead_days} lead day(s)",
+                flush=True,
+            )
+            result = await run_one(day, planner, seed, speed, run_dir, lead_days)
             print(table([result]).splitlines()[-1], f"({result.took_s:.0f} s)", flush=True)
             results.append(result)
     return results
@@ -390,6 +413,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="the house's seed (clouds, noise): 1")
     parser.add_argument("--days", default=",".join(DAYS), help="summer,clouds,winter")
     parser.add_argument("--planners", default=",".join(PLANNERS), help="optimal,reference")
+    parser.add_argument(
+        "--lead-days",
+        type=int,
+        default=1,
+        help="whole days the stack runs before the measured day, same weather (1; 0: start at "
+        "the measured day's boundary with empty books)",
+    )
     parser.add_argument("--run-dir", default=str(ROOT / "run" / "loop"), help="logs (run/loop)")
     parser.add_argument("--out", help="write the table and the targets to this Markdown file")
     parser.add_argument(
@@ -415,11 +445,14 @@ def main(argv: list[str] | None = None) -> int:
             if (run_dir / f"{d}-{p}" / "house-events.json").is_file()
         ]
     else:
-        results = asyncio.run(bench(days, planners, args.seed, args.speed, Path(args.run_dir)))
+        results = asyncio.run(
+            bench(days, planners, args.seed, args.speed, Path(args.run_dir), args.lead_days)
+        )
     took = time.monotonic() - began
     text = table(results) + "\n\n" + "\n".join(f"- {t}" for t in targets(results)) + "\n"
     command = (
         f"python -m bench.loop --speed {args.speed:g} --seed {args.seed} "
+        f"--lead-days {args.lead_days} "
         f"--days {','.join(days)} --planners {','.join(planners)}"
     )
     print(text + f"\n{command}: {took:.0f} s", flush=True)

@@ -6,7 +6,9 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench.loop import DayResult, _kept_kwh, max_in_window
+import pytest
+
+from bench.loop import DayResult, _kept_kwh, max_in_window, window
 
 BEGIN = datetime(2026, 12, 15, 5, 0, tzinfo=UTC)
 END = BEGIN + timedelta(days=1)
@@ -48,3 +50,18 @@ def test_most_switches_within_any_hour() -> None:
     times = [BEGIN + timedelta(minutes=m) for m in (0, 18, 45, 59, 120)]
     assert max_in_window(times) == 4
     assert max_in_window(times[3:]) == 1
+
+
+def test_lead_days_start_the_run_at_an_earlier_boundary_and_measure_the_same_day() -> None:
+    start, begin, end = window("winter", 1)
+    # 2026-12-15 06:00 Europe/Amsterdam is 05:00 UTC (winter time)
+    assert begin == datetime(2026, 12, 15, 5, 0, tzinfo=UTC)
+    assert end == begin + timedelta(days=1)
+    assert start == begin - timedelta(days=1)
+    assert window("winter", 0) == (begin, begin, end)
+    # summer time: the boundary is 04:00 UTC on both days
+    start, begin, _ = window("summer", 2)
+    assert (begin.hour, start.hour) == (4, 4)
+    assert begin - start == timedelta(days=2)
+    with pytest.raises(ValueError, match="lead_days"):
+        window("summer", -1)

@@ -7,9 +7,11 @@ added up into one house forecast in W per 15-minute step and published, retained
 with the weather source and model, the PV model, when it was made and each array's share.
 
 When: at start-up, at every daily boundary (`daily_boundary` in `timezone`, DST-correct via
-`shared.daytime`), and on a `ForecastRequest` on `<base>/request/forecast`, answered on
-`<base>/response/forecast` with the request's `transaction` (a flood of requests is coalesced:
-at most one re-forecast per `request_min_interval_s`).
+`shared.daytime`; first the last forecast cut to the new day, as long as it covers it, so the
+day never starts without one while the worker runs), and on a `ForecastRequest` on
+`<base>/request/forecast`, answered on `<base>/response/forecast` with the request's
+`transaction` (a flood of requests is coalesced: at most one re-forecast per
+`request_min_interval_s`).
 
 Every incoming message is bounded in size and rate (a token bucket per topic: requests
 `REQUEST_LIMIT`, the retained forecast read back `RETAINED_LIMIT`): an oversized one is a
@@ -510,6 +512,8 @@ class Forecaster:
             message = self._publish(prediction)
             self._answer(waiting, message, None)
             return message
+        if reason == "daily boundary":
+            self._carry_over(horizon)
         began = self._real_seconds()
         answer = await self._ask_worker(horizon)
         took = self._real_seconds() - began
@@ -559,6 +563,22 @@ class Forecaster:
             message = self._publish(clear_sky_prediction(self._arrays, current, self._clock.now()))
         self._answer(waiting, message, error)
         return message
+
+    def _carry_over(self, horizon: Horizon) -> None:
+        """At the boundary, before the day's run: the last forecast cut to the new day, if it
+        covers it (quartz forecasts 48 h), so the scheduler plans the day's first minutes on
+        it rather than on its fallback rule while the worker runs (a minute on a Pi)."""
+        last = self.prediction
+        if last is None or not last.covers(horizon):
+            return
+        if self.published is not None and self.published.start >= horizon.start:
+            return  # the new day has its forecast already
+        self._counters.inc("forecasts_carried_over")
+        self._log.info(
+            "new day: the forecast made at %s carried over until the day's own is made",
+            last.made_at.astimezone(self._tz).isoformat(timespec="minutes"),
+        )
+        self._publish(last)
 
     def _schedule_retry(self) -> datetime:
         """One more failure: the next try after the back-off (returned)."""

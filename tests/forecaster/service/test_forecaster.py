@@ -303,15 +303,18 @@ async def test_a_night_only_horizon_has_capacity_shares(make_rig: Callable[..., 
 
 
 @pytest.mark.parametrize(
-    ("first_day", "lengths"),
+    ("first_day", "lengths", "carried"),
     [
-        ("2026-03-28", [92, 96, 96]),  # 23 h: 06:00 CET to 06:00 CEST
-        ("2026-10-24", [100, 96, 96]),  # 25 h: 06:00 CEST to 06:00 CET
+        # 23 h: 06:00 CET to 06:00 CEST; each day's 48 h cover the next day
+        ("2026-03-28", [92, 96, 96], [True, True]),
+        # 25 h: 06:00 CEST to 06:00 CET; the first 48 h end at 05:00 CET the day after next,
+        # an hour short of the second day
+        ("2026-10-24", [100, 96, 96], [False, True]),
     ],
     ids=["spring-forward", "fall-back"],
 )
 async def test_a_new_forecast_every_day_at_the_local_boundary_across_dst(
-    make_rig: Callable[..., Rig], first_day: str, lengths: list[int]
+    make_rig: Callable[..., Rig], first_day: str, lengths: list[int], carried: list[bool]
 ) -> None:
     start = day_at(first_day)
     rig = make_rig(start)
@@ -319,13 +322,44 @@ async def test_a_new_forecast_every_day_at_the_local_boundary_across_dst(
     day = datetime.fromisoformat(first_day)
     boundaries = [day_at((day + timedelta(days=k)).date().isoformat()) for k in range(1, 3)]
     await rig.run_until(boundaries[-1] + timedelta(hours=1))
-    forecasts = rig.runtime.forecasts()
+    everything = rig.runtime.forecasts()
+    forecasts = [f for f in everything if f.made_at == f.start]  # made for their own day
     assert [f.start for f in forecasts] == [start, *boundaries]
     assert [len(f.power_w) for f in forecasts] == lengths
+    # before each new day's run, the day before's forecast where its 48 h cover the new day
+    old = [f for f in everything if f.made_at < f.start]
+    assert [f.start for f in old] == [b for b, c in zip(boundaries, carried, strict=True) if c]
+    assert rig.runtime.counters.get("forecasts_carried_over") == sum(carried)
     assert [when for when, _ in rig.worker.calls] == [start, *boundaries]
     for f in forecasts:  # every one starts at 06:00 local, whatever the offset that day
         assert f.start.astimezone(AMSTERDAM).time() == SIX
         assert f.end.astimezone(AMSTERDAM).time() == SIX
+    await stop(rig)
+
+
+async def test_the_new_day_starts_with_the_last_forecast_while_its_own_is_made(
+    make_rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture
+) -> None:
+    """At the boundary the worker takes a while (a minute on a Pi): meanwhile the day before's
+    48-h forecast, cut to the new day, is the day's forecast, not nothing (the scheduler's
+    fallback rule); the day's own replaces it when made."""
+    day1, day2 = day_at("2026-06-21"), day_at("2026-06-22")
+    rig = make_rig(day1)
+    await rig.start()
+    first = rig.runtime.forecasts()[-1]
+    rig.worker.takes_s = 90
+    with caplog.at_level(logging.INFO, "hwsched.forecaster"):
+        await rig.run_until(day2 + timedelta(minutes=5))
+    carried, made = rig.runtime.forecasts()[-2:]
+    assert carried.timestamp == day2  # published at the boundary, before the run
+    assert (carried.start, carried.end) == (day2, day_at("2026-06-23"))
+    assert carried.made_at == first.made_at == day1
+    assert carried.fallback is False
+    assert made.timestamp == day2 + timedelta(seconds=90)
+    assert made.made_at == day2 + timedelta(seconds=90)
+    assert made.start == day2
+    assert "carried over until the day's own is made" in caplog.text
+    assert rig.runtime.counters["forecasts_carried_over"] == 1
     await stop(rig)
 
 

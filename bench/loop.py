@@ -26,10 +26,11 @@ becoming full) and MQTT as Home Assistant sees it (the P1 meter's counters, the 
 plans).
 
 Per day and planner, over the planning day (06:00 to 06:00): P1 import and export (kWh, the
-meter's counters), energy into the optional stores (the books at the day's end), whether
-each needed store was full at the boundary, switches per socket (the relay changes the
-actuator made), the most switches of one socket within any hour, which tier made the
-plans, and the warnings the services logged.
+meter's counters), what the stores kept and the import net of it, what the day cost at its
+prices (the scheduler's `cost` summary), energy into the optional stores (the books at the
+day's end), whether each needed store was full at the boundary, switches per socket (the
+relay changes the actuator made), the most switches of one socket within any hour, which
+tier made the plans, and the warnings the services logged.
 
 Targets (issue 14): the default planner's loop imports no more than the reference's; no
 socket switches more than 2 times in any hour; a needed socket at most 6 times a day; no more
@@ -94,6 +95,9 @@ class DayResult:
     #: Energy in the house's stores (sockets and battery) at the day's end less at its start,
     #: kWh, as the simulated house reads them: what the day put away for the next one.
     kept_kwh: float | None = None
+    #: What the day's import and export cost at the day's prices, EUR (the scheduler's own
+    #: `cost` summary: `cost_today_eur`, its last of the day).
+    cost_eur: float | None = None
 
     @property
     def net_import_kwh(self) -> float | None:
@@ -227,12 +231,14 @@ def measure(run_dir: Path, day: str, planner: str, seed: int) -> DayResult:
     result = DayResult(day=day, planner=planner, seed=seed)
     meter: list[tuple[datetime, float, float]] = []
     books: dict[str, Any] | None = None
-    plan_topic, books_topic = f"{BASE}/plan", f"{BASE}/books"
+    plan_topic, books_topic, cost_topic = f"{BASE}/plan", f"{BASE}/books", f"{BASE}/cost"
     with (run_dir / "mqtt.jsonl").open() as lines:
         for line in lines:
             message = json.loads(line)
             topic = message["topic"]
-            if not (topic.endswith("/measurement") or topic in (plan_topic, books_topic)):
+            if not (
+                topic.endswith("/measurement") or topic in (plan_topic, books_topic, cost_topic)
+            ):
                 continue
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 data = json.loads(message["payload"])
@@ -243,6 +249,11 @@ def measure(run_dir: Path, day: str, planner: str, seed: int) -> DayResult:
                     if begin <= made < end and not message["retained"]:
                         tier = data.get("tier") or data.get("planner", "?")
                         result.tiers[tier] = result.tiers.get(tier, 0) + 1
+                elif topic == cost_topic:
+                    at = datetime.fromisoformat(data["timestamp"])
+                    day_start = datetime.fromisoformat(data["day_start"])
+                    if day_start == begin and at <= end and data["cost_today_eur"] is not None:
+                        result.cost_eur = float(data["cost_today_eur"])
                 elif topic == books_topic:
                     at = datetime.fromisoformat(data["timestamp"])
                     if datetime.fromisoformat(data["day_start"]) == begin and at <= end:
@@ -322,11 +333,11 @@ def table(results: list[DayResult]) -> str:
     short = {"Kitchen boiler": "Kitchen", "Shower boiler": "Shower", "E-bike charger": "E-bike"}
     head = (
         "| day | planner | seed | import kWh | export kWh | kept kWh | net import kWh "
-        "| optional Wh | needed full in the day "
+        "| cost EUR | optional Wh | needed full in the day "
         "| switches (" + " / ".join(short[s] for s in SOCKETS) + ") | total | max/h "
         "| plans by tier | warnings |"
     )
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * 15]
     for r in results:
         full = ", ".join(f"{short[n]} {'yes' if r.full_in_day.get(n) else 'NO'}" for n in NEEDED)
         sw = " / ".join(str(r.switches.get(s, 0)) for s in SOCKETS)
@@ -336,6 +347,7 @@ def table(results: list[DayResult]) -> str:
         lines.append(
             f"| {DAYS[r.day][0]} | {r.planner} | {r.seed} | {_kwh(r.import_kwh)} "
             f"| {_kwh(r.export_kwh)} | {_kwh(r.kept_kwh)} | {_kwh(r.net_import_kwh)} "
+            f"| {'—' if r.cost_eur is None else f'{r.cost_eur:.2f}'} "
             f"| {'—' if r.optional_wh is None else f'{r.optional_wh:.0f}'} "
             f"| {full} | {sw} | {r.total_switches} | {per_hour} | {tiers} | {warn} |"
         )
@@ -364,6 +376,11 @@ def targets(results: list[DayResult]) -> list[str]:
                     f"{name}: net import (less what the stores kept) {mine:.2f} kWh vs "
                     f"reference {theirs:.2f}: " + ("met" if ok else "MISSED")
                 )
+        if ref is not None and ours.cost_eur is not None and ref.cost_eur is not None:
+            out.append(
+                f"{name}: cost {ours.cost_eur:.2f} EUR vs reference {ref.cost_eur:.2f} "
+                "(what the plans minimise with prices; not an issue-14 target)"
+            )
         worst = max(ours.max_per_hour.values(), default=0)
         out.append(
             f"{name}: most switches of one socket in an hour {worst} (≤ {MAX_PER_HOUR}): "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.loop import DayResult, _kept_kwh, max_in_window, window
+from bench.loop import DayResult, _kept_kwh, max_in_window, measure, window
 
 BEGIN = datetime(2026, 12, 15, 5, 0, tzinfo=UTC)
 END = BEGIN + timedelta(days=1)
@@ -65,3 +65,71 @@ def test_lead_days_start_the_run_at_an_earlier_boundary_and_measure_the_same_day
     assert begin - start == timedelta(days=2)
     with pytest.raises(ValueError, match="lead_days"):
         window("summer", -1)
+
+
+def test_measure_counts_the_measured_day_only(tmp_path: Path) -> None:
+    """A run with a lead day: the meter, the cost summary, the books and the relay changes
+    of the day before are not the measured day's."""
+    _, begin, end = window("winter", 1)
+    lead = begin - timedelta(days=1)
+
+    def p1(at: datetime, imp: float, exp: float) -> dict[str, object]:
+        payload = {
+            "timestamp": at.isoformat(),
+            "device_type": "HWE-P1",
+            "energy_import_kwh": imp,
+            "energy_export_kwh": exp,
+        }
+        return {"topic": "hwsched/p1_meter/measurement", "retained": False, "payload": payload}
+
+    def cost(at: datetime, day: datetime, eur: float) -> dict[str, object]:
+        payload = {"timestamp": at.isoformat(), "day_start": day.isoformat(), "cost_today_eur": eur}
+        return {"topic": "hwsched/cost", "retained": False, "payload": payload}
+
+    messages = [
+        p1(lead + timedelta(hours=1), 1.0, 0.0),
+        cost(begin - timedelta(minutes=1), lead, 9.99),  # the lead day's
+        p1(begin + timedelta(minutes=1), 5.0, 0.5),
+        cost(begin + timedelta(hours=12), begin, 1.00),
+        p1(begin + timedelta(hours=12), 9.0, 1.5),
+        cost(end - timedelta(minutes=1), begin, 2.25),
+        p1(end - timedelta(minutes=1), 12.5, 2.0),
+        cost(end + timedelta(minutes=1), end, 0.01),  # the next day's
+        p1(end + timedelta(minutes=2), 13.0, 2.0),
+    ]
+    with (tmp_path / "mqtt.jsonl").open("w") as out:
+        for m in messages:
+            out.write(json.dumps({**m, "payload": json.dumps(m["payload"])}) + "\n")
+    events = [
+        {
+            "time": (lead + timedelta(hours=5)).isoformat(),
+            "socket": "Shower boiler",
+            "event": "on",
+            "by": "api",
+        },
+        {
+            "time": (begin + timedelta(hours=5)).isoformat(),
+            "socket": "Shower boiler",
+            "event": "on",
+            "by": "api",
+        },
+        {
+            "time": (begin + timedelta(hours=5, minutes=30)).isoformat(),
+            "socket": "Shower boiler",
+            "event": "off",
+            "by": "api",
+        },
+        {
+            "time": (begin + timedelta(hours=6)).isoformat(),
+            "socket": "Shower boiler",
+            "event": "on",
+            "by": "person",
+        },
+    ]
+    (tmp_path / "house-events.json").write_text(json.dumps(events))
+    result = measure(tmp_path, "winter", "optimal", 1)
+    assert result.import_kwh == pytest.approx(7.5)
+    assert result.export_kwh == pytest.approx(1.5)
+    assert result.cost_eur == pytest.approx(2.25)
+    assert result.switches["Shower boiler"] == 2  # the actuator's, in the day
+    assert result.max_per_hour["Shower boiler"] == 2

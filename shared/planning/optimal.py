@@ -106,6 +106,11 @@ class Options:
     mip_max_checkpoints: int = 120
     mip_restart_checkpoints: int = 60
     mip_restarts: int = 2
+    #: No further run after one whose own bound leaves it within this relative gap (HiGHS's
+    #: `mip_gap`: |best - bound| / |best|): a second run could gain that little at most, and
+    #: one that found the same plan again cost as much as the first (measured on a 252-step
+    #: priced day: 3.7 s CPU for nothing, at a gap of 0.15 %).
+    mip_restart_min_gap: float = 2e-3
     #: The second stage's work budget: the fewest switches among plans as good as the best
     #: (`_fewer_switches`); 0 skips it.
     switch_checkpoints: int = 30
@@ -467,6 +472,13 @@ def _budget(opts: Options, clock: _Clock, checkpoints: int) -> milp.Budget:
     )
 
 
+def _close_enough(result: milp.MilpResult, opts: Options) -> bool:
+    """Whether a MILP run's own bound leaves it within `mip_restart_min_gap` (relative), so a
+    further run is not worth its work. A run without a finite gap is never close enough."""
+    gap = float(result.info.get("gap", -1.0))
+    return result.rows is not None and 0.0 <= gap <= opts.mip_restart_min_gap
+
+
 def _switch_stage_applies(best: DayState) -> bool:
     """The fewest-switches stage is for plans that meet every need and keep every hold."""
     return best.score[0] <= 0 and best.score[2] <= 0
@@ -706,6 +718,9 @@ def _plan_full(
                             proved = False  # the model's optimum is not the day's best
                 clock.check()
                 if result.status == "optimal" or int(result.info.get("nodes", 0)) == 0:
+                    break
+                if _close_enough(result, opts):
+                    info["milp_restart_skipped"] = "gap"
                     break
             # Re-planning pairs of sockets: where the main MILP got through its root (a model
             # whose root HiGHS gets through in budget: its smaller solves are cheap too).

@@ -1,14 +1,16 @@
-"""The full tier's work budgets that depend on what a stage found (`optimal._plan_full`): a
-second main MILP run only where the first one's own bound leaves something to gain."""
+"""The full tier's work budgets (`optimal._plan_full`): a second main MILP run only where the
+first one's own bound leaves something to gain, fewer checkpoints for larger models, and the
+fewest-switches stage on pairs only after a main MILP that branched without a proof."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
-from shared.planning import milp
-from shared.planning.optimal import Options, _close_enough, plan_optimal
+from shared.planning import milp, optimal
+from shared.planning.optimal import Options, _close_enough, _main_checkpoints, plan_optimal
 from shared.planning.problem import PlanningProblem
 from tests.planning_builders import batt, problem, sock
 
@@ -35,12 +37,8 @@ def _day() -> PlanningProblem:
     )
 
 
-@pytest.mark.parametrize(("gap", "runs"), [(0.0015, 1), (0.01, 2)])
-def test_a_second_run_follows_only_a_first_run_with_a_gap_worth_closing(
-    monkeypatch: pytest.MonkeyPatch, gap: float, runs: int
-) -> None:
-    """A first run that branched without a proof: within `mip_restart_min_gap` of its bound
-    the second run is skipped (and said so in `info`); farther from it, the second run comes."""
+def _stub_main_runs(monkeypatch: pytest.MonkeyPatch, gap: float) -> list[int]:
+    """Every main MILP run (no cap, nothing fixed) reports a branched run without a proof."""
     calls: list[int] = []
     real = milp.Solver.solve
 
@@ -58,9 +56,74 @@ def test_a_second_run_follows_only_a_first_run_with_a_gap_worth_closing(
         return replace(out, status="limited", info=out.info | {"nodes": 3, "gap": gap})
 
     monkeypatch.setattr(milp.Solver, "solve", solve)
+    return calls
+
+
+@pytest.mark.parametrize(("gap", "runs"), [(0.0015, 1), (0.01, 2)])
+def test_a_second_run_follows_only_a_first_run_with_a_gap_worth_closing(
+    monkeypatch: pytest.MonkeyPatch, gap: float, runs: int
+) -> None:
+    """A first run that branched without a proof: within `mip_restart_min_gap` of its bound
+    the second run is skipped (and said so in `info`); farther from it, the second run comes."""
+    calls = _stub_main_runs(monkeypatch, gap)
     p = _day()
     plan = plan_optimal(p, Options(neighbourhood_work=0, switch_neighbourhood_work=0))
     opts = Options()
     assert calls == [opts.mip_max_checkpoints, opts.mip_restart_checkpoints][:runs]
     assert plan.info["milp_runs"] == runs
     assert ("milp_restart_skipped" in plan.info) == (runs == 1)
+
+
+def test_a_larger_model_gets_proportionally_fewer_main_checkpoints() -> None:
+    opts = Options(mip_size_ref=3000)
+    assert _main_checkpoints(opts, 1771, 120) == 120  # a 96-step day with 8 sockets
+    assert _main_checkpoints(opts, 3000, 120) == 120
+    assert _main_checkpoints(opts, 3858, 120) == 94  # the 222-step day: 120 x 3000 / 3858
+    assert _main_checkpoints(opts, 3858, 60) == 47
+    assert _main_checkpoints(opts, 10**9, 120) == 1
+    assert _main_checkpoints(Options(mip_size_ref=0), 10**6, 120) == 120
+
+
+@pytest.mark.parametrize("proved", [False, True])
+def test_after_an_unproved_branched_main_milp_the_switch_stage_runs_on_pairs_only(
+    monkeypatch: pytest.MonkeyPatch, proved: bool
+) -> None:
+    """Where the main MILP branched without a proof (the score neighbourhoods ran), the
+    whole model's fewest-switches stage is skipped and the pair neighbourhoods do it; where
+    it proved its optimum, the whole model's stage runs as before."""
+    if not proved:
+        _stub_main_runs(monkeypatch, gap=0.05)
+    stages: list[str] = []
+    real_fewer = optimal._fewer_switches
+    real_pairs = optimal._neighbourhoods
+
+    def fewer(*args: Any, **kw: Any) -> Any:
+        stages.append("whole")
+        return real_fewer(*args, **kw)
+
+    def pairs(*args: Any, **kw: Any) -> Any:
+        stages.append("pairs (fewest)" if (args[7:] or kw.get("fewest")) else "pairs")
+        return real_pairs(*args, **kw)
+
+    monkeypatch.setattr(optimal, "_fewer_switches", fewer)
+    monkeypatch.setattr(optimal, "_neighbourhoods", pairs)
+    p = problem(
+        [-300, 200, 1800, 2500, 2600, 1900, 400, -500, 900, 1500],
+        [
+            sock("boiler", 2000, 1000),
+            sock("bike", 300, 150, daily_need=False),
+            sock("dish", 1000, 500),
+            sock("spa", 800, 600, daily_need=False),
+        ],
+        [batt(800, 1000, stored=200)],
+    )
+    plan = plan_optimal(p)
+    if proved:
+        assert plan.info["milp_status"] == "optimal"
+        assert stages[0] == "whole"
+        assert "pairs" not in stages
+    else:
+        assert stages == ["pairs", "pairs (fewest)"]
+        assert plan.info["switch_stage"] == "pairs only"
+    # Never worse than the reference either way.
+    assert plan.status in ("optimal", "time-limited")

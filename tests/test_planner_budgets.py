@@ -1,6 +1,7 @@
 """The full tier's work budgets (`optimal._plan_full`): a second main MILP run only where the
 first one's own bound leaves something to gain, fewer checkpoints for larger models, and the
-fewest-switches stage on pairs only after a main MILP that branched without a proof."""
+fewest-switches stage on pairs only after a main MILP that branched without a proof, the
+batteries' best modes computed once per socket rows."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 
 from shared.planning import milp, optimal
 from shared.planning.optimal import Options, _close_enough, _main_checkpoints, plan_optimal
-from shared.planning.problem import PlanningProblem
+from shared.planning.problem import BatteryMode, PlanningProblem
+from shared.planning.search import Context, DayState
 from tests.planning_builders import batt, problem, sock
 
 
@@ -127,3 +129,36 @@ def test_after_an_unproved_branched_main_milp_the_switch_stage_runs_on_pairs_onl
         assert plan.info["switch_stage"] == "pairs only"
     # Never worse than the reference either way.
     assert plan.status in ("optimal", "time-limited")
+
+
+def test_the_best_modes_of_rows_already_seen_are_not_computed_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`_with_best_modes` keeps the dynamic programme's answer per socket rows (on the
+    problem's Context): the same rows give the same modes, computed once; other rows are
+    computed afresh; a caller changing the modes it got does not change what is kept."""
+    surplus = [-1000.0, -1000, -1000, -1000, -1000, -1000]
+    imp = [0.10, 0.10, 0.50, 0.50, 0.50, 0.50]
+    p = problem(surplus, [sock("boiler", 1000, 500)], [batt(1000, 1000, 1000)])
+    p = p.model_copy(update={"import_price": imp, "export_price": 0.0})
+    ctx = Context(p)
+    calls: list[list[list[int]]] = []
+    real = optimal.best_modes
+
+    def counted(state: DayState) -> list[BatteryMode] | None:
+        calls.append([list(r) for r in state.rows])
+        return real(state)
+
+    monkeypatch.setattr(optimal, "best_modes", counted)
+    rows = {"boiler": [1, 1, 0, 0, 0, 0]}
+    first = optimal._with_best_modes(DayState(ctx, rows, ["zero"] * 6))
+    assert first.modes is not None
+    assert first.modes[:2] != ["zero", "zero"]  # the battery is kept for the peak
+    first.modes[0] = "to_full"  # a search changing its state's modes
+    again = optimal._with_best_modes(DayState(ctx, rows, ["zero"] * 6))
+    assert again.modes is not None
+    assert again.modes[0] != "to_full"
+    assert again.plan() == first.plan()
+    assert len(calls) == 1
+    optimal._with_best_modes(DayState(ctx, {"boiler": [0, 0, 1, 1, 0, 0]}, ["zero"] * 6))
+    assert len(calls) == 2

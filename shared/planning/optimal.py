@@ -654,7 +654,12 @@ def _zero_modes(ctx: Context) -> list[BatteryMode] | None:
 
 def _with_best_modes(state: DayState) -> DayState:
     """The state with the cheapest admissible mode sequence for its sockets (`modes.py`)."""
-    found = best_modes(state)
+    memo = state.ctx.best_modes_memo
+    key = tuple(tuple(row) for row in state.rows)
+    if key not in memo:
+        memo[key] = best_modes(state)
+    kept = memo[key]
+    found = list(kept) if kept is not None else None  # a copy: a search may change its modes
     if found is not None and found != state.modes:
         cand = DayState(state.ctx, state.plan(), found)
         if cand.score < state.score:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from shared.planning import milp, optimal
+from shared.planning import milp, modes, optimal
 from shared.planning.optimal import Options, _close_enough, _main_checkpoints, plan_optimal
 from shared.planning.problem import BatteryMode, PlanningProblem
 from shared.planning.search import Context, DayState
@@ -143,7 +143,7 @@ def test_the_best_modes_of_rows_already_seen_are_not_computed_again(
     p = p.model_copy(update={"import_price": imp, "export_price": 0.0})
     ctx = Context(p)
     calls: list[list[list[int]]] = []
-    real = optimal.best_modes
+    real = modes.best_modes
 
     def counted(state: DayState) -> list[BatteryMode] | None:
         calls.append([list(r) for r in state.rows])

@@ -44,6 +44,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
+from itertools import combinations
 from typing import Any
 
 from shared.planning import milp
@@ -131,6 +132,15 @@ class Options:
     #: budget); 0 skips them.
     switch_neighbourhood_work: int = 300
     neighbourhood_solve_checkpoints: int = 30
+    #: The fewest-switches neighbourhoods re-plan pairs of sockets, then — where the pairs
+    #: found nothing — groups of up to this many sockets (each size with its own
+    #: `switch_neighbourhood_work`): a plan with fewer switches may need three sockets moved
+    #: together (measured: 14 -> 8 switches on a 96-step day with 5 sockets, where the long
+    #: MILP has 8). Only where one round of a group size is at most `switch_group_solves_max`
+    #: solves (10: up to 5 sockets for triples; with 8 sockets a round is 56 solves and cost
+    #: up to 5.6 s CPU).
+    switch_neighbourhood_sockets: int = 3
+    switch_group_solves_max: int = 10
     #: Evaluations of the fewer-switches local search (`search.consolidate`: each socket's
     #: energy in one run), before the MILP's second stage; 0 skips it.
     switch_evals: int = 8000
@@ -565,7 +575,9 @@ def _neighbourhoods(
     on a day with many sockets competing for the surplus, a pair re-planned together finds
     what the whole model's search did not reach. With `fewest`, each solve is the second
     stage's (`_fewer_switches`: the fewest switches with the objective capped at the best
-    plan's) on the pair: where that stage's whole model ran out of budget."""
+    plan's) on the pair: where that stage's whole model ran out of budget, or after a main
+    MILP that branched without a proof; where no pair found fewer switches, groups of three
+    follow (`switch_neighbourhood_sockets`, `switch_group_solves_max`)."""
     if fewest and not _switch_stage_applies(best):
         return best, 0
     k = len(ctx.socks)
@@ -575,43 +587,52 @@ def _neighbourhoods(
         return best, 0
     names = [s.name for s in ctx.socks]
     moves = solves = better = 0
-    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
-    while left > 0:
-        improved = False
-        for i, j in pairs:
-            if left <= 0:
+    largest = max(2, opts.switch_neighbourhood_sockets) if fewest else 2
+    for group_size in range(2, min(largest, k - 1) + 1):
+        groups = list(combinations(range(k), group_size))
+        if group_size > 2:
+            # Larger groups only where the smaller ones found nothing, and where one round of
+            # them is a few solves (their number grows as k^3: 10 for 5 sockets, 56 for 8).
+            if better > 0 or len(groups) > opts.switch_group_solves_max:
                 break
-            if fewest and best.stats[i][2] <= 2 and best.stats[j][2] <= 2:
-                continue  # two sockets in one run each: no switches to spare
-            fixed = {names[m]: best.rows[m] for m in range(k) if m not in (i, j)}
-            cps = opts.neighbourhood_solve_checkpoints
-            budget = _budget(opts, clock, cps)
-            if fewest:
-                result = solver.solve(
-                    best.plan(),
-                    replace(budget, mip_abs_gap=0.5),
-                    fewest_switches_within=_switch_cap(ctx, opts, best),
-                    fixed=fixed,
-                )
-            else:
-                result = solver.solve(best.plan(), budget, fixed=fixed)
-            solves += 1
-            left -= (int(result.info.get("checkpoints", cps)) + NEIGHBOURHOOD_SOLVE_COST) * size
-            if result.status == "ceiling":
-                raise CeilingReachedError
-            if result.rows is None or result.rows == best.plan():
-                continue
-            cand = _state(ctx, result.rows, best.modes)
-            if cand.score == INADMISSIBLE:
-                continue
-            cand, m = _polish(cand, evals, False, rounds=1)
-            moves += m
-            if cand.score < best.score:
-                best = cand
-                better += 1
-                improved = True
-        if not improved:
-            break
+            left = float(opts.switch_neighbourhood_work)
+        while left > 0:
+            improved = False
+            for group in groups:
+                if left <= 0:
+                    break
+                if fewest and all(best.stats[i][2] <= 2 for i in group):
+                    continue  # sockets in one run each: no switches to spare
+                fixed = {names[m]: best.rows[m] for m in range(k) if m not in group}
+                cps = opts.neighbourhood_solve_checkpoints
+                budget = _budget(opts, clock, cps)
+                if fewest:
+                    result = solver.solve(
+                        best.plan(),
+                        replace(budget, mip_abs_gap=0.5),
+                        fewest_switches_within=_switch_cap(ctx, opts, best),
+                        fixed=fixed,
+                    )
+                else:
+                    result = solver.solve(best.plan(), budget, fixed=fixed)
+                solves += 1
+                used = int(result.info.get("checkpoints", cps)) + NEIGHBOURHOOD_SOLVE_COST
+                left -= used * size
+                if result.status == "ceiling":
+                    raise CeilingReachedError
+                if result.rows is None or result.rows == best.plan():
+                    continue
+                cand = _state(ctx, result.rows, best.modes)
+                if cand.score == INADMISSIBLE:
+                    continue
+                cand, m = _polish(cand, evals, False, rounds=1)
+                moves += m
+                if cand.score < best.score:
+                    best = cand
+                    better += 1
+                    improved = True
+            if not improved:
+                break
     what = "switch_neighbourhood" if fewest else "neighbourhood"
     info[f"{what}_solves"] = solves
     info[f"{what}_better"] = better

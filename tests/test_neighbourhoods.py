@@ -5,6 +5,9 @@ for fewer switches at no loss."""
 from __future__ import annotations
 
 import random
+from itertools import combinations
+
+import pytest
 
 from shared.planning import milp
 from shared.planning.optimal import Options, _Clock, _Evals, _neighbourhoods, plan_optimal
@@ -101,3 +104,52 @@ def test_the_full_tier_runs_them_only_after_a_main_milp_that_branched_without_a_
     assert short.status == "time-limited"
     assert int(short.info["milp_nodes"]) == 0
     assert simulate(p, short.sockets).unmet_need_wh <= 1.0
+
+
+def _free_counts(
+    monkeypatch: pytest.MonkeyPatch, ctx: Context, state: DayState, opts: Options
+) -> list[int]:
+    """How many sockets each fewest-switches neighbourhood solve left free, with a solver
+    that never finds anything."""
+    free: list[int] = []
+
+    def solve(
+        self: milp.Solver,
+        start: dict[str, list[int]] | None,
+        budget: milp.Budget,
+        fewest_switches_within: float | None = None,
+        fixed: dict[str, list[int]] | None = None,
+    ) -> milp.MilpResult:
+        assert fewest_switches_within is not None
+        free.append(len(ctx.socks) - len(fixed or {}))
+        return milp.MilpResult(None, "limited", {"checkpoints": 30})
+
+    monkeypatch.setattr(milp.Solver, "solve", solve)
+    out, _ = _run(ctx, state, opts, fewest=True)
+    assert out is state
+    return free
+
+
+def test_where_pairs_find_nothing_triples_follow_if_a_round_of_them_is_small(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = random.Random(5)
+    while True:
+        ctx, state = _random_state(rng)
+        if state.score[0] <= 0 and state.score[2] <= 0:
+            break
+    k = len(ctx.socks)  # 4 sockets: 6 pairs, 4 triples
+    pairs = sum(
+        1 for i, j in combinations(range(k), 2) if max(state.stats[i][2], state.stats[j][2]) > 2
+    )
+    triples = sum(1 for g in combinations(range(k), 3) if max(state.stats[i][2] for i in g) > 2)
+    assert pairs > 0
+    assert triples > 0
+    free = _free_counts(monkeypatch, ctx, state, Options())
+    assert free == [2] * pairs + [3] * triples
+    # A round of triples larger than allowed, or groups of at most two: pairs only.
+    assert _free_counts(monkeypatch, ctx, state, Options(switch_group_solves_max=3)) == [2] * pairs
+    assert (
+        _free_counts(monkeypatch, ctx, state, Options(switch_neighbourhood_sockets=2))
+        == [2] * pairs
+    )

@@ -95,6 +95,10 @@ class Context:
         self.wh_per_eur = 1000.0 / mean if mean > 1e-6 else 1000.0 / 0.01
         self.mean_price = mean
         self.allowed = price_allows_optional(problem)
+        #: The batteries' best modes by socket rows (`optimal._with_best_modes`): the same
+        #: rows always give the same modes, so a search that comes back to rows it has seen
+        #: does not run the dynamic programme again.
+        self.best_modes_memo: dict[tuple[tuple[int, ...], ...], list[BatteryMode] | None] = {}
         worth = optional_value_eur_kwh(problem)
         socks = problem.optimal_order()
         self.socks: list[_Sock] = []

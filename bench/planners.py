@@ -26,7 +26,8 @@ Per day (without prices):
 - gap: (full score - long score) / max(|long score|, 1000) — 1000 score points are 100 Wh
   of import or 1 kWh into optional stores;
 - busy: the day planned again (both tiers) while two processes spin on the CPU
-  (`python -c 'while 1: pass'` x2): `same` when the plans are identical.
+  (`python -c 'while 1: pass'` x2): `same` when the plans are identical (the unpriced and
+  the priced days).
 
 Per priced day: net cost (EUR) of the reference plan (battery in `zero` throughout), of the
 full tier's plan with its battery modes, and a bound: the MILP with a freely controllable
@@ -419,14 +420,17 @@ def run_priced(args: argparse.Namespace, lines: list[str]) -> dict[str, Any]:
         "discharge within its power, no export from it), which no mode sequence can beat.",
         "",
         "| day | steps | reference (zero) | full (modes) | modes used | switches | CPU s "
-        "| bound | bound status | full - bound |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---|---:|",
+        "| bound | bound status | full - bound | busy |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---|---:|---|",
     ]
     tot_ref = tot_full = tot_bound = 0.0
     worse = 0
+    made: list[tuple[PlanningProblem, Plan, Plan, str]] = []
     for day in days:
-        ref = judge(day, plan_reference(day))
+        ref_plan = plan_reference(day)
+        ref = judge(day, ref_plan)
         full_plan, cpu, _ = timed(partial(optimal.plan_optimal, day))
+        quick_plan = optimal.plan_quick(day, ref_plan.sockets)
         full = judge(day, full_plan)
         bound, bstatus = optimal.priced_bound(day, args.long or 30.0)
         modes = sorted(set(full_plan.battery_mode or ["zero"]))
@@ -434,10 +438,15 @@ def run_priced(args: argparse.Namespace, lines: list[str]) -> dict[str, Any]:
         tot_full += full["net_cost_eur"]
         tot_bound += bound
         worse += full["score"] > ref["score"] + 0.5
-        lines.append(
-            f"| {day.name} | {day.n_steps} | {ref['net_cost_eur']:.3f} "
-            f"| {full['net_cost_eur']:.3f} | {', '.join(modes)} | {full['switches']} "
-            f"| {cpu:.2f} | {bound:.3f} | {bstatus} | {full['net_cost_eur'] - bound:.3f} |"
+        made.append(
+            (
+                day,
+                full_plan,
+                quick_plan,
+                f"| {day.name} | {day.n_steps} | {ref['net_cost_eur']:.3f} "
+                f"| {full['net_cost_eur']:.3f} | {', '.join(modes)} | {full['switches']} "
+                f"| {cpu:.2f} | {bound:.3f} | {bstatus} | {full['net_cost_eur'] - bound:.3f} ",
+            )
         )
         print(
             f"{day.name}: ref {ref['net_cost_eur']:.3f} full {full['net_cost_eur']:.3f} "
@@ -445,18 +454,48 @@ def run_priced(args: argparse.Namespace, lines: list[str]) -> dict[str, Any]:
             file=sys.stderr,
             flush=True,
         )
+    # Each priced day planned again (both tiers) under two busy processes, as the unpriced.
+    verdicts = ["-"] * len(made)
+    if not args.no_busy:
+        with busy():
+            for k, (day, full_plan, quick_plan, _) in enumerate(made):
+                again = optimal.plan_optimal(day)
+                quick = optimal.plan_quick(day, plan_reference(day).sockets)
+                same = fingerprint(again) == fingerprint(full_plan) and (
+                    fingerprint(quick) == fingerprint(quick_plan)
+                )
+                why = " ".join(str(p.info.get("fallback_reason", "")) for p in (again, quick))
+                verdicts[k] = (
+                    "same" if same else ("safety net fired" if "ceiling" in why else "DIFFERENT")
+                )
+    lines += [
+        row + f"| {verdict} |" for (_, _, _, row), verdict in zip(made, verdicts, strict=True)
+    ]
     lines.append(
         f"| **total** | | {tot_ref:.3f} | {tot_full:.3f} | | | | {tot_bound:.3f} | "
-        f"| {tot_full - tot_bound:.3f} |"
+        f"| {tot_full - tot_bound:.3f} | |"
     )
     lines += [
         "",
         f"- days where the full tier costs more than the reference: {worse} (target 0)",
         f"- total net cost: reference {tot_ref:.2f} EUR, full {tot_full:.2f} EUR, bound "
         f"{tot_bound:.2f} EUR",
-        "",
     ]
-    return {"priced_worse": worse, "ref": tot_ref, "full": tot_full, "bound": tot_bound}
+    different = verdicts.count("DIFFERENT")
+    if not args.no_busy:
+        lines.append(
+            f"- re-planned under two busy processes: {verdicts.count('same')} of {len(made)} "
+            f"days identical (both tiers, every field but the solve time); different: "
+            f"{different}; the wall-clock safety net fired: {verdicts.count('safety net fired')}"
+        )
+    lines.append("")
+    return {
+        "priced_worse": worse,
+        "ref": tot_ref,
+        "full": tot_full,
+        "bound": tot_bound,
+        "priced_busy_different": different,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -567,7 +567,7 @@ class Forecaster:
     def _carry_over(self, horizon: Horizon) -> None:
         """At the boundary, before the day's run: the last forecast cut to the new day, if it
         covers it (quartz forecasts 48 h), so the scheduler plans the day's first minutes on
-        it rather than on its fallback rule while the worker runs (a minute on a Pi)."""
+        it rather than on its fallback rule while the worker runs (seconds; longer on a Pi)."""
         last = self.prediction
         if last is None or not last.covers(horizon):
             return

@@ -340,9 +340,9 @@ async def test_a_new_forecast_every_day_at_the_local_boundary_across_dst(
 async def test_the_new_day_starts_with_the_last_forecast_while_its_own_is_made(
     make_rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """At the boundary the worker takes a while (a minute on a Pi): meanwhile the day before's
-    48-h forecast, cut to the new day, is the day's forecast, not nothing (the scheduler's
-    fallback rule); the day's own replaces it when made."""
+    """At the boundary the worker takes a while (seconds; longer on a Pi): meanwhile the day
+    before's 48-h forecast, cut to the new day, is the day's forecast, not nothing (the
+    scheduler's fallback rule); the day's own replaces it when made."""
     day1, day2 = day_at("2026-06-21"), day_at("2026-06-22")
     rig = make_rig(day1)
     await rig.start()

@@ -450,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [d for d in days if d not in DAYS] + [p for p in planners if p not in PLANNERS]
     if unknown:
         parser.error(f"unknown: {', '.join(unknown)}")
+    if args.lead_days < 0:
+        parser.error(f"--lead-days must be 0 or more, got {args.lead_days}")
     load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"bench-loop: seed {args.seed}, speed {args.speed:g}x, load {load}", flush=True)
     began = time.monotonic()

@@ -118,6 +118,35 @@ def fingerprint(plan: Plan) -> bytes:
     return plan.model_dump_json(exclude={"solve_s"}).encode()
 
 
+#: What re-planning a day under load found (`replanned`), as the tables say it.
+SAME, DIFFERENT, SAFETY_NET = "same", "DIFFERENT", "safety net fired"
+
+
+def replanned(day: PlanningProblem, full_plan: Plan, quick_plan: Plan) -> str:
+    """The day planned again by both tiers (under `busy()`) against the plans made before:
+    `SAME` when both are byte-identical (but the solve time); `SAFETY_NET` when the
+    wall-clock safety net fired instead (never a partial plan: on an overloaded machine
+    that is not a plan that depends on load); else `DIFFERENT`."""
+    again = optimal.plan_optimal(day)
+    quick = optimal.plan_quick(day, plan_reference(day).sockets)
+    if fingerprint(again) == fingerprint(full_plan) and fingerprint(quick) == fingerprint(
+        quick_plan
+    ):
+        return SAME
+    why = " ".join(str(p.info.get("fallback_reason", "")) for p in (again, quick))
+    return SAFETY_NET if "ceiling" in why else DIFFERENT
+
+
+def busy_line(verdicts: list[str]) -> str:
+    """The summary line of the re-plans under load."""
+    return (
+        f"- re-planned under two busy processes: {verdicts.count(SAME)} of {len(verdicts)} "
+        f"days identical (both tiers, every field but the solve time); different: "
+        f"{verdicts.count(DIFFERENT)}; the wall-clock safety net fired (the reference plan, "
+        f"status fallback — the machine too slow for the ceiling): {verdicts.count(SAFETY_NET)}"
+    )
+
+
 def is_quick_day(day: PlanningProblem) -> bool:
     """`--quick`'s days: the shared examples, the timing targets' days (96 steps, 5 sockets,
     2 batteries; 288 steps) and the days with many optional sockets."""
@@ -186,9 +215,8 @@ class Row:
     long: dict[str, Any] | None = None
     long_status: str = ""
     long_cpu: float = 0.0
-    same_busy: bool | None = None
-    #: Re-planned under load, the safety net fired (the reference plan, status fallback).
-    busy_net: bool = False
+    #: Re-planned under load (`replanned`); "-": not run.
+    busy: str = "-"
 
     @property
     def gap(self) -> float | None:
@@ -272,15 +300,7 @@ def run_unpriced(args: argparse.Namespace, lines: list[str]) -> dict[str, Any]:
     if not args.no_busy:
         with busy():
             for row in rows:
-                again = optimal.plan_optimal(row.day)
-                quick = optimal.plan_quick(row.day, plan_reference(row.day).sockets)
-                row.same_busy = fingerprint(again) == fingerprint(row.full_plan) and (
-                    fingerprint(quick) == fingerprint(row.quick_plan)
-                )
-                # The wall-clock safety net (never a partial plan) firing on an overloaded
-                # machine is not a plan that depends on load: said as such.
-                why = " ".join(str(p.info.get("fallback_reason", "")) for p in (again, quick))
-                row.busy_net = not row.same_busy and "ceiling" in why
+                row.busy = replanned(row.day, row.full_plan, row.quick_plan)
     lines += [
         "## Without prices",
         "",
@@ -293,15 +313,12 @@ def run_unpriced(args: argparse.Namespace, lines: list[str]) -> dict[str, Any]:
     for r in rows:
         d = r.day
         gap = f"{r.gap * 100:+.2f} %" if r.gap is not None else "-"
-        busy_s = "-" if r.same_busy is None else ("same" if r.same_busy else "DIFFERENT")
-        if r.busy_net:
-            busy_s = "safety net fired"
         lines.append(
             f"| {d.name}{' †' if r.breaks else ''} | {d.n_steps} | {len(d.sockets)} "
             f"| {len(d.batteries)} | {_f(r.ref)} "
             f"| {r.ref_ms:.1f} | {_f(r.quick)} | {r.quick_ms:.0f} | {_f(r.full)} "
             f"| {r.full_cpu:.2f} | {r.full_wall:.2f} | {r.status} "
-            f"| {_f(r.long) if r.long else '-'} | {r.long_status or '-'} | {gap} | {busy_s} |"
+            f"| {_f(r.long) if r.long else '-'} | {r.long_status or '-'} | {gap} | {r.busy} |"
         )
 
     def total(key: str, what: str) -> float:
@@ -333,8 +350,6 @@ def run_unpriced(args: argparse.Namespace, lines: list[str]) -> dict[str, Any]:
     t288 = [r.full_cpu for r in rows if r.day.n_steps == 288]
     tall = [r.full_cpu for r in rows]
     tq = [r.quick_ms for r in rows if r.day.n_steps == 96 and len(r.day.sockets) == 5]
-    different = [r for r in rows if r.same_busy is False and not r.busy_net]
-    nets = [r for r in rows if r.busy_net]
     summary = {
         "days": len(rows),
         "worse_than_reference_full": len(worse_ref),
@@ -350,8 +365,8 @@ def run_unpriced(args: argparse.Namespace, lines: list[str]) -> dict[str, Any]:
         "p90_all_cpu_s": p90(tall),
         "median_quick_96x5_ms": statistics.median(tq) if tq else float("nan"),
         "p90_quick_96x5_ms": p90(tq),
-        "busy_different": len(different),
-        "busy_safety_net": len(nets),
+        "busy_different": sum(r.busy == DIFFERENT for r in rows),
+        "busy_safety_net": sum(r.busy == SAFETY_NET for r in rows),
     }
     lines += [
         f"- days: {len(rows)}",
@@ -396,12 +411,7 @@ def run_unpriced(args: argparse.Namespace, lines: list[str]) -> dict[str, Any]:
         f"p90 {summary['p90_quick_96x5_ms']:.0f} ms wall (target ~20 ms)",
     ]
     if not args.no_busy:
-        lines.append(
-            f"- re-planned under two busy processes: {len(rows) - len(different) - len(nets)} "
-            f"of {len(rows)} days identical (both tiers, every field but the solve time); "
-            f"different: {len(different)}; the wall-clock safety net fired (the reference "
-            f"plan, status fallback — the machine too slow for the ceiling): {len(nets)}"
-        )
+        lines.append(busy_line([r.busy for r in rows]))
     lines.append("")
     return summary
 
@@ -458,16 +468,7 @@ def run_priced(args: argparse.Namespace, lines: list[str]) -> dict[str, Any]:
     verdicts = ["-"] * len(made)
     if not args.no_busy:
         with busy():
-            for k, (day, full_plan, quick_plan, _) in enumerate(made):
-                again = optimal.plan_optimal(day)
-                quick = optimal.plan_quick(day, plan_reference(day).sockets)
-                same = fingerprint(again) == fingerprint(full_plan) and (
-                    fingerprint(quick) == fingerprint(quick_plan)
-                )
-                why = " ".join(str(p.info.get("fallback_reason", "")) for p in (again, quick))
-                verdicts[k] = (
-                    "same" if same else ("safety net fired" if "ceiling" in why else "DIFFERENT")
-                )
+            verdicts = [replanned(day, fp, qp) for day, fp, qp, _ in made]
     lines += [
         row + f"| {verdict} |" for (_, _, _, row), verdict in zip(made, verdicts, strict=True)
     ]
@@ -481,20 +482,15 @@ def run_priced(args: argparse.Namespace, lines: list[str]) -> dict[str, Any]:
         f"- total net cost: reference {tot_ref:.2f} EUR, full {tot_full:.2f} EUR, bound "
         f"{tot_bound:.2f} EUR",
     ]
-    different = verdicts.count("DIFFERENT")
     if not args.no_busy:
-        lines.append(
-            f"- re-planned under two busy processes: {verdicts.count('same')} of {len(made)} "
-            f"days identical (both tiers, every field but the solve time); different: "
-            f"{different}; the wall-clock safety net fired: {verdicts.count('safety net fired')}"
-        )
+        lines.append(busy_line(verdicts))
     lines.append("")
     return {
         "priced_worse": worse,
         "ref": tot_ref,
         "full": tot_full,
         "bound": tot_bound,
-        "priced_busy_different": different,
+        "priced_busy_different": verdicts.count(DIFFERENT),
     }
 
 

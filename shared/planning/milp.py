@@ -61,8 +61,9 @@ class Weights:
     #: sockets); the local search after the MILP removes switches that gain nothing.
     switch: float = 0.0
     #: Per step a full socket is kept on (drawing nothing): a tie-break, off by default for
-    #: the same reason. (Kept on in a deficit outside a minimum on time is not allowed: the
-    #: search and the simulator enforce that, see `search.risky_row`.)
+    #: the same reason. (Kept on where the surplus does not cover its power, outside a
+    #: minimum on time, is not allowed: a row of the model; kept on where grid or battery
+    #: feed the house: the search and the simulator enforce that, see `search.risky_row`.)
     idle: float = 0.0
     #: Priority among optional sockets: the first one's Wh weigh this much more (relative).
     #: Off by default (a tie-break term; the local search settles priority last).
@@ -210,6 +211,9 @@ class Model:
         self.draw: dict[str, list[tuple[list[int], list[float]]]] = {}
         drawing: dict[str, list[list[int]]] = {}  # columns whose sum is 1 when drawing
         full_ok: dict[str, list[bool]] = {}
+        #: Per socket, per step: the columns whose sum is 1 when it is on without drawing
+        #: (x - y - z, as coefficients), where the surplus does not cover its power.
+        short_idle: dict[str, list[tuple[int, list[int], list[float]]]] = {}
         for s in socks:
             p_w = s.max_power_usage
             step_wh = p_w * dt
@@ -313,6 +317,11 @@ class Model:
                 on_t.append(cols)
             self.draw[s.name] = draw_t
             drawing[s.name] = on_t
+            short_idle[s.name] = [
+                (t, [xs[t], ys[t], *([zs[t]] if zs else [])], [1.0, -1.0, *([-1.0] if zs else [])])
+                for t in range(n)
+                if a[t] < p_w - 1e-6 and not free_step[t]
+            ]
             e_cols = ys + zs
             e_vals = [step_wh] * n + [rem] * len(zs)
             self._energy_cols(s, e_cols, e_vals)
@@ -513,6 +522,17 @@ class Model:
                         -inf,
                         0.0,
                     )
+            # Rule 3's stricter half (`search.risky_row`, KEPT_SHORT): full and on where the
+            # surplus does not cover the socket's power only inside a minimum on time (the
+            # first `up` steps of a run the plan starts, or the initial hold).
+            for t, cols, vals in short_idle.get(s.name, []):
+                recent = (
+                    [starts[k] for k in range(max(0, t - up + 1), t + 1) if starts[k] >= 0]
+                    if up > 1
+                    else []
+                )
+                held_now = 1.0 if init and t < held else 0.0
+                b.row([*cols, *recent], [*vals, *([-1.0] * len(recent))], -inf, held_now)
             if down > 1:
                 for t in range(n):
                     recent = [stops[k] for k in range(max(0, t - down + 1), t + 1) if stops[k] >= 0]

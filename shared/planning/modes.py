@@ -49,8 +49,8 @@ def best_modes(
 
     ctx = state.ctx
     n = ctx.n
-    if not ctx.has_batt or n == 0:
-        return None
+    if not ctx.has_batt or n == 0 or any(state.short_on):
+        return None  # no battery; or a full socket kept on short of surplus: no mode helps
     dt, cap, pmax = ctx.dt, ctx.cap, ctx.pmax
     bucket = bucket_wh if bucket_wh is not None else default_bucket_wh(cap, pmax, dt)
     scale = ctx.wh_per_eur / 1000.0 * dt

@@ -52,6 +52,11 @@ Score = tuple[float, float, int, float, float, int, float]
 INADMISSIBLE: Score = (_INF, _INF, 0, 0.0, 0.0, 0, 0.0)
 #: A move: new rows for one or more sockets (by index).
 Move = tuple[tuple[int, list[int]], ...]
+#: `risky_row`'s values: the socket must not be fed by battery or grid in the step; the
+#: socket must not be on in the step at all (full, kept on where the forecast surplus does
+#: not cover its power: a draw from its store would re-heat it from battery or grid).
+FED_RISK = 1
+KEPT_SHORT = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,18 +180,24 @@ class DayState:
             self.modes = m
         self.draws = [self._draw(i, self.rows[i]) for i in range(len(ctx.socks))]
         self.load = [0.0] * n
-        #: Per socket and step: 1 where the socket must not be fed by battery or grid (an
-        #: optional socket drawing; a full socket kept on outside its minimum on time).
+        #: Per socket and step: `FED_RISK` where the socket must not be fed by battery or
+        #: grid (an optional socket drawing; a full socket kept on outside its minimum on
+        #: time), `KEPT_SHORT` where it must not be on at all (`risky_row`).
         self.risky_rows = [
             risky_row(ctx, i, self.rows[i], self.draws[i]) for i in range(len(ctx.socks))
         ]
-        #: Per step: how many sockets must not be fed by battery or grid.
+        #: Per step: how many sockets must not be fed by battery or grid, and how many are
+        #: full and kept on where the surplus does not cover them (the step is inadmissible).
         self.opt_on = [0] * n
+        self.short_on = [0] * n
         for i, d in enumerate(self.draws):
             rr = self.risky_rows[i]
             for t in range(n):
                 self.load[t] += d[t]
-                self.opt_on[t] += rr[t]
+                if rr[t]:
+                    self.opt_on[t] += 1
+                    if rr[t] == KEPT_SHORT:
+                        self.short_on[t] += 1
         self.stats = [self._stats(i, self.rows[i], self.draws[i]) for i in range(len(ctx.socks))]
         self.mode_stats = self._mode_stats(self.modes)
         # The battery's path: energy, cost so far and admissibility at the start of each
@@ -258,6 +269,7 @@ class DayState:
         ok = self.ok_pre[start]
         dt, cap, pmax, has_batt = ctx.dt, ctx.cap, ctx.pmax, ctx.has_batt
         a, load, opt_on, thresholds = ctx.a, self.load, self.opt_on, ctx.thresholds
+        short_on = self.short_on
         draws = self.draws
         priced, p_imp, p_exp, allowed = ctx.priced, ctx.p_imp, ctx.p_exp, ctx.allowed
         scale = ctx.wh_per_eur / 1000.0 * dt  # W x EUR/kWh -> Wh-eq in one step
@@ -302,7 +314,7 @@ class DayState:
             else:
                 b = 0.0
             g = b - net  # + import
-            if opt_on[t] and (g * dt > 1e-9 or b < -1e-9) and not allowed[t]:
+            if opt_on[t] and (short_on[t] or ((g * dt > 1e-9 or b < -1e-9) and not allowed[t])):
                 step_ok = False
             if priced:
                 cost += (g * p_imp[t] if g > 0 else g * p_exp[t]) * scale
@@ -380,7 +392,7 @@ class DayState:
         old_row, old_draw, old_risky = self.rows[i], self.draws[i], self.risky_rows[i]
         if risky is None:
             risky = risky_row(self.ctx, i, row, draw)
-        load, opt_on = self.load, self.opt_on
+        load, opt_on, short_on = self.load, self.opt_on, self.short_on
         first, last = self.n, -1
         for t in range(self.n):
             if draw[t] != old_draw[t] or row[t] != old_row[t] or risky[t] != old_risky[t]:
@@ -388,7 +400,9 @@ class DayState:
                     first = t
                 last = t
                 load[t] += draw[t] - old_draw[t]
-                opt_on[t] += risky[t] - old_risky[t]
+                if risky[t] != old_risky[t]:
+                    opt_on[t] += (risky[t] > 0) - (old_risky[t] > 0)
+                    short_on[t] += (risky[t] == KEPT_SHORT) - (old_risky[t] == KEPT_SHORT)
         self.rows[i] = row
         self.draws[i] = draw
         self.risky_rows[i] = risky
@@ -521,7 +535,8 @@ class DayState:
             offenders = [
                 i
                 for i, s in enumerate(ctx.socks)
-                if (fed and not ctx.allowed[t] and self.risky_rows[i][t])
+                if self.risky_rows[i][t] == KEPT_SHORT
+                or (fed and not ctx.allowed[t] and self.risky_rows[i][t])
                 or (s.threshold > 0 and self.draws[i][t] > 0 and soc < s.threshold - _EPS)
             ]
             if not offenders:
@@ -571,9 +586,12 @@ def hold_exempt(ctx: Context, i: int, row: Sequence[int]) -> list[bool]:
 
 
 def risky_row(ctx: Context, i: int, row: Sequence[int], draw: Sequence[float]) -> list[int]:
-    """Per step, 1 where socket i must not be fed by battery or grid: an optional socket
-    drawing power (the first rule), or a full socket kept on outside a minimum on time
-    (it would heat from the grid on its standing losses)."""
+    """Per step, `FED_RISK` where socket i must not be fed by battery or grid: an optional
+    socket drawing power (the first rule), or a full socket kept on outside a minimum on
+    time (it would heat from the grid on its standing losses); `KEPT_SHORT` where such a
+    full socket is kept on where the forecast surplus does not cover its power (and the
+    price does not allow the grid): a draw from its store (a shower, a tap) would re-heat
+    it at full power from battery or grid, so it must not be on there at all."""
     s = ctx.socks[i]
     n = ctx.n
     out = [0] * n
@@ -583,12 +601,13 @@ def risky_row(ctx: Context, i: int, row: Sequence[int], draw: Sequence[float]) -
             continue
         if draw[t] > 0:
             if not s.needed:
-                out[t] = 1
+                out[t] = FED_RISK
         else:
             if exempt is None:
                 exempt = hold_exempt(ctx, i, row)
             if not exempt[t]:
-                out[t] = 1
+                short = ctx.a[t] < s.power - _EPS and not ctx.allowed[t]
+                out[t] = KEPT_SHORT if short else FED_RISK
     return out
 
 

@@ -48,7 +48,9 @@ class DayOutcome:
     #: Steps of minimum on / off times not kept (`hold_violations`).
     hold_violations: int = 0
     #: Steps where a full socket was kept on, outside a minimum on time, while grid or
-    #: battery supplied the house (a thermostat would reheat it from them).
+    #: battery supplied the house (a thermostat would reheat it from them), or where the
+    #: surplus did not cover its power (a draw from its store would re-heat it from them);
+    #: both except where the import price allows the grid.
     idle_violations: int = 0
     #: With prices: import cost - export earnings, EUR.
     cost_eur: float | None = None
@@ -281,7 +283,7 @@ def simulate(
     for t in range(n):
         load = 0.0
         opt_load = 0.0
-        idle = False
+        idle = short = False
         for s in problem.sockets:
             draw = 0.0
             if rows[s.name][t]:
@@ -295,6 +297,7 @@ def simulate(
                     opt_load += draw
                 if draw <= 0 and not exempt[s.name][t]:
                     idle = True
+                    short = short or problem.available_power_w[t] < s.max_power_usage - 1e-6
             load += draw
             socket_energy[s.name].append(energy[s.name])
             socket_power[s.name].append(draw)
@@ -312,7 +315,7 @@ def simulate(
         if opt_load > 0 and fed and not allowed[t]:
             violations += 1
             unsurplus += min(opt_load, max(0.0, g) + max(0.0, -b)) * dt
-        if idle and fed and not allowed[t]:
+        if idle and (fed or short) and not allowed[t]:
             idle_bad += 1
         batt_p.append(b)
         batt_e.append(soc)

@@ -80,16 +80,20 @@ def test_it_never_worsens_a_plan_and_keeps_to_its_budget() -> None:
 
 
 def test_the_full_tier_plans_the_two_sockets_in_one_run_each() -> None:
-    # The day above: at best one socket runs from step 0 (no switch; it may stay on, full,
-    # drawing nothing) and the other from step 2 to the horizon's end (full after step 3,
-    # fed by nothing): 1 switch, no import.
+    # The day above: at best one socket runs from step 0 (no switch on), the other from
+    # step 2; both are off from step 4, where no sun would cover a re-heat at their power
+    # (a full socket kept on there would heat from the grid on a draw): 3 switches, one
+    # run each, no import.
     p = problem([1000, 1000, 1000, 1000, 0, 0], [sock("a"), sock("b")])
     plan = plan_optimal(p, Options())
     out = simulate(p, plan.sockets)
     assert out.unmet_need_wh == 0.0
     assert out.grid_import_wh == 0.0
-    assert out.switches == 1
-    assert sorted(plan.sockets.values())[0] == [0, 0, 1, 1, 1, 1]
+    assert out.idle_violations == 0
+    assert out.switches == 3
+    rows = sorted(plan.sockets.values())
+    assert rows[0][2:] == [1, 1, 0, 0]
+    assert rows[1][:2] == [1, 1] and rows[1][4:] == [0, 0]
 
 
 def test_two_runs_become_one_where_the_whole_energy_cannot() -> None:

@@ -16,9 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.planning.optimal import Options, plan_optimal
+from shared.planning import milp
+from shared.planning.optimal import Options, plan_optimal, plan_quick
 from shared.planning.problem import Plan, PlanningProblem, SocketSpec
 from shared.planning.reference import plan_reference
+from shared.planning.search import INADMISSIBLE, Context, DayState
 from shared.planning.simulate import DayOutcome, simulate
 from tests.planning_builders import START, batt, problem, sock
 
@@ -153,8 +155,8 @@ def test_with_sun_for_one_needed_socket_the_higher_priority_gets_it(
 ) -> None:
     # Surplus only in steps 2-3 (1000 W), enough for one of two 1000 W needed sockets.
     # Both get filled (500 Wh import either way); the tie goes to priority: "hi"
-    # (priority 1) runs on the sun, "lo" (priority 2) from the grid. ("hi", full, may stay on
-    # where the house draws nothing from the grid.)
+    # (priority 1) runs on the sun, "lo" (priority 2) from the grid. ("hi", full, goes off
+    # where the surplus no longer covers its power: a draw would re-heat it from the grid.)
     prio = {"hi": 1, "lo": 2}
     p = problem([0, 0, 1000, 1000, 0, 0], [sock(n, priority=prio[n]) for n in config_order])
     plan, out = solve(p)
@@ -171,8 +173,8 @@ def test_with_sun_for_one_optional_socket_the_higher_priority_gets_it(
     config_order: tuple[str, str],
 ) -> None:
     # Surplus 1000 W in steps 1-2 only: room for one of two optional 1000 W / 500 Wh stores.
-    # Optional energy is 500 Wh either way; "hi" gets it. It may stay on (full, drawing
-    # nothing) in step 3, where nothing is drawn from grid or battery: one switch.
+    # Optional energy is 500 Wh either way; "hi" gets it. Full, it goes off in step 3: no
+    # surplus there would cover a re-heat (a draw from its store) at its 1000 W.
     prio = {"hi": 1, "lo": 2}
     p = problem(
         [0, 1000, 1000, 0],
@@ -180,7 +182,13 @@ def test_with_sun_for_one_optional_socket_the_higher_priority_gets_it(
     )
     plan, out = solve(p)
     assert plan.sockets["lo"] == [0, 0, 0, 0]
-    assert plan.sockets["hi"][:3] == [0, 1, 1]
+    assert plan.sockets["hi"] == [0, 1, 1, 0]
+    assert figures(out) == (0.0, 0.0, 500.0, 2)
+    # Where the sun covers its power up to the horizon's end, it runs to the end (full
+    # there or not) and saves the switch off.
+    p = problem([0, 1000, 1000, 1000], [sock("hi", daily_need=False)])
+    plan, out = solve(p)
+    assert plan.sockets["hi"][3] == 1
     assert figures(out) == (0.0, 0.0, 500.0, 1)
 
 
@@ -223,14 +231,13 @@ def test_a_full_store_is_never_switched_on_in_a_deficit() -> None:
 def test_300_second_steps_and_a_part_full_store() -> None:
     # 5-minute steps: a 1200 W socket stores 100 Wh a step; 100 of 300 Wh stored, so it
     # needs two steps. Surplus 1300 W in steps 0, 2 and 3 only. Greedy: steps 0 and 2
-    # (3 switches). Optimum: steps 2-3, the only covered adjacent pair; full, it may then
-    # stay on where the house draws nothing from the grid (one switch, not two).
+    # (3 switches). Optimum: steps 2-3, the only covered adjacent pair; full, it then goes
+    # off, where no surplus would cover a re-heat (two switches, not three).
     surplus = [1300.0, 0, 1300, 1300] + [0.0] * 8
     p = problem(surplus, [sock("boiler", 1200, 300, energy_stored=100)], step_s=300)
     plan, out = solve(p)
-    assert plan.sockets["boiler"][:4] == [0, 0, 1, 1]
-    assert out.socket_power_w["boiler"][4:] == [0.0] * 8
-    assert figures(out) == (0.0, 0.0, 0.0, 1)
+    assert plan.sockets["boiler"] == [0, 0, 1, 1] + [0] * 8
+    assert figures(out) == (0.0, 0.0, 0.0, 2)
     assert out.socket_energy_wh["boiler"][-1] == pytest.approx(300)
     assert figures(reference_day(p)) == (0.0, 0.0, 0.0, 3)
 
@@ -406,15 +413,21 @@ def test_fallback_never_runs_an_optional_socket_before_the_battery_holds_its_rat
 
 
 def test_switch_interval_an_optional_socket_may_stay_on_full_instead_of_switching_off() -> None:
-    # 5-minute steps, switches at least 900 s (3 steps) apart. Surplus 300 W in step 2
-    # only; an optional 300 W / 10 Wh store fills there (25 Wh > 10 Wh). Switching it off in
+    # 5-minute steps, switches at least 900 s (3 steps) apart. Surplus 300 W in steps 2-3;
+    # an optional 300 W / 10 Wh store fills in step 2 (25 Wh > 10 Wh). Switching it off in
     # step 3 breaks the interval, but staying on costs nothing: full, it draws nothing and
-    # step 3 has no deficit. Optimum [0, 0, 1, 1]: 10 Wh stored, import 0, one switch.
-    p = problem([0, 0, 300, 0], [sock("pool", 300, 10, daily_need=False)], step_s=300)
+    # the sun there covers a re-heat. Optimum [0, 0, 1, 1]: 10 Wh stored, one switch.
+    p = problem([0, 0, 300, 300], [sock("pool", 300, 10, daily_need=False)], step_s=300)
     p = p.model_copy(update={"switch_interval_s": 900})
     plan, out = solve(p)
     assert plan.sockets["pool"] == [0, 0, 1, 1]
     assert figures(out) == (0.0, 0.0, 10.0, 1)
+    # Without sun in step 3 it may neither stay on (a re-heat would come from the grid) nor
+    # go off (the interval): it stays off, and the 10 Wh wait for another day.
+    p = p.model_copy(update={"available_power_w": [0.0, 0.0, 300.0, 0.0]})
+    plan, out = solve(p)
+    assert plan.sockets["pool"] == [0, 0, 0, 0]
+    assert figures(out) == (0.0, 0.0, 0.0, 0)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -539,3 +552,58 @@ def test_a_failing_worker_gives_the_reference_plan_not_a_crash(
     assert "worker failed" in str(plan.info.get("fallback_reason", ""))
     assert plan.sockets == plan_reference(p).sockets
     check_plan(p, plan)
+
+
+# --- rule 3: a full socket stays on only where the sun would cover a re-heat -------------
+
+
+def test_a_full_socket_is_not_kept_on_where_the_surplus_does_not_cover_its_power() -> None:
+    # A needed 1000 W / 500 Wh boiler fills in steps 0-1 on the sun. In steps 2-3 the house
+    # still exports 600 W, so nothing feeds it there; but a draw from the boiler (a shower)
+    # would re-heat it at 1000 W, 400 W of it from the grid. It goes off at step 2.
+    p = problem([1000, 1000, 600, 600], [sock("boiler")])
+    kept_on = {"boiler": [1, 1, 1, 1]}
+    # The simulator counts it, the search scores it inadmissible, the repair switches it off.
+    assert simulate(p, kept_on).idle_violations == 2
+    state = DayState(Context(p), kept_on)
+    assert state.score == INADMISSIBLE
+    state.repair()
+    assert state.plan()["boiler"] == [1, 1, 0, 0]
+    assert state.score != INADMISSIBLE
+    # Both tiers plan it so; so does the MILP alone.
+    plan, out = solve(p)
+    assert plan.sockets["boiler"] == [1, 1, 0, 0]
+    assert (out.idle_violations, out.unmet_need_wh, out.grid_import_wh) == (0, 0.0, 0.0)
+    assert plan_quick(p, kept_on, HAND).sockets["boiler"] == [1, 1, 0, 0]
+    # With a cost on every switch, the MILP too would keep it on but for its rule.
+    result = milp.solve(p.model_copy(update={"switch_cost_wh": 10.0}), kept_on)
+    assert result.status == "optimal"
+    assert result.rows is not None and result.rows["boiler"] == [1, 1, 0, 0]
+
+
+def test_inside_a_minimum_on_time_a_full_socket_may_stay_on_without_the_surplus() -> None:
+    # The same boiler, off now, with a 1-hour minimum on time: a run it starts stays on for
+    # 4 steps, so kept on full in steps 2-3 is allowed (and saves the switch off).
+    p = problem([1000, 1000, 600, 600], [sock("boiler")]).model_copy(
+        update={"min_on_s": 3600, "initial_on": {"boiler": False}}
+    )
+    kept_on = {"boiler": [1, 1, 1, 1]}
+    assert simulate(p, kept_on).idle_violations == 0
+    assert DayState(Context(p), kept_on).score != INADMISSIBLE
+    plan, out = solve(p)
+    assert plan.sockets["boiler"] == [1, 1, 1, 1]
+    assert (out.idle_violations, out.switches) == (0, 1)
+
+
+def test_where_the_price_allows_the_grid_a_full_socket_may_stay_on() -> None:
+    # Import at 0.05 EUR/kWh, at or below what the optional socket may draw from the grid
+    # at: kept on full there breaks no rule (a re-heat would cost what its energy is worth).
+    p = problem([1000, 1000, 600, 600], [sock("pool", daily_need=False)]).model_copy(
+        update={
+            "import_price": [0.05] * 4,
+            "export_price": [0.0] * 4,
+            "optional_grid_price_max": 0.05,
+        }
+    )
+    assert simulate(p, {"pool": [1, 1, 1, 1]}).idle_violations == 0
+    assert DayState(Context(p), {"pool": [1, 1, 1, 1]}).score != INADMISSIBLE

@@ -416,11 +416,13 @@ def test_a_wobbling_surplus_does_not_toggle_a_socket_between_plans() -> None:
 
 def test_two_equal_sockets_do_not_swap_between_plans() -> None:
     # Two identical 1000 W boilers, sun for one at a time for 4 hours, the surplus wobbling
-    # by +-300 W now: one fills (4 steps), then the other; never a swap mid-run.
+    # by +-300 W now: one fills (4 steps), then the other; never a swap mid-run (one run
+    # each: on, then off once full where the sun no longer covers a re-heat).
     a, b = sock("a", 1000, 1000), sock("b", 1000, 1000)
     for socks in ([a, b], [b, a]):
         done = roll(wobbling(1000.0), socks, 10, calm=CALM)
-        assert count_switches(done["a"], False) + count_switches(done["b"], False) <= 3, done
+        assert count_switches(done["a"], False) <= 2, done
+        assert count_switches(done["b"], False) <= 2, done
         # Ties go to the name: 'a' first, whatever the order of the list.
         assert done["a"][:4] == [1, 1, 1, 1], done
         assert done["b"][:4] == [0, 0, 0, 0], done

@@ -93,7 +93,8 @@ def test_the_full_tier_plans_the_two_sockets_in_one_run_each() -> None:
     assert out.switches == 3
     rows = sorted(plan.sockets.values())
     assert rows[0][2:] == [1, 1, 0, 0]
-    assert rows[1][:2] == [1, 1] and rows[1][4:] == [0, 0]
+    assert rows[1][:2] == [1, 1]
+    assert rows[1][4:] == [0, 0]
 
 
 def test_two_runs_become_one_where_the_whole_energy_cannot() -> None:

@@ -578,7 +578,8 @@ def test_a_full_socket_is_not_kept_on_where_the_surplus_does_not_cover_its_power
     # With a cost on every switch, the MILP too would keep it on but for its rule.
     result = milp.solve(p.model_copy(update={"switch_cost_wh": 10.0}), kept_on)
     assert result.status == "optimal"
-    assert result.rows is not None and result.rows["boiler"] == [1, 1, 0, 0]
+    assert result.rows is not None
+    assert result.rows["boiler"] == [1, 1, 0, 0]
 
 
 def test_inside_a_minimum_on_time_a_full_socket_may_stay_on_without_the_surplus() -> None:

@@ -608,3 +608,31 @@ def test_where_the_price_allows_the_grid_a_full_socket_may_stay_on() -> None:
     )
     assert simulate(p, {"pool": [1, 1, 1, 1]}).idle_violations == 0
     assert DayState(Context(p), {"pool": [1, 1, 1, 1]}).score != INADMISSIBLE
+
+
+# --- a switch cost against optional energy (no prices) -----------------------------------
+
+
+@pytest.mark.parametrize("capacity", [1500.0, 100.0])
+def test_a_switch_cost_is_weighed_against_the_optional_energy_a_run_stores(
+    capacity: float,
+) -> None:
+    # An e-bike charger (optional, 300 W), off now; 600 W of sun for 6 hours, then the house
+    # draws. With calm plans a switch costs 20 Wh of import, and a Wh into an optional store
+    # is worth 0.1 Wh of import (the yardstick's rate): a run that stores 1500 Wh pays for
+    # its two switches (on, and off before the sun goes), one that stores 100 Wh does not.
+    # (Without that worth, any switch outweighed any optional energy: the charger never ran.)
+    p = problem([600.0] * 24 + [-300.0] * 8, [sock("e-bike", 300, capacity, daily_need=False)])
+    p = p.model_copy(
+        update={
+            "switch_cost_wh": 20.0,
+            "initial_on": {"e-bike": False},
+            "initial_since_s": {"e-bike": 7200.0},
+        }
+    )
+    plan, out = solve(p)
+    if capacity > 200:
+        assert (out.optional_wh, out.grid_import_wh, out.switches) == (capacity, 600.0, 2)
+    else:
+        assert plan.sockets["e-bike"] == [0] * 32
+    assert plan_quick(p, plan.sockets, HAND).sockets == plan.sockets

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.planning.problem import PlanningProblem, SocketSpec
-from shared.planning.search import Context
+from shared.planning.search import OPTIONAL_WORTH, Context
 from shared.planning.simulate import UNMET_TOLERANCE_WH, hold_spans, initial_hold
 
 
@@ -53,7 +53,8 @@ class Weights:
     #: Per step of a minimum on / off time not kept.
     hold: float = 1000.0
     import_wh: float = 1.0
-    #: Per Wh into an optional store (subtracted).
+    #: Per Wh into an optional store (subtracted; without prices). With a switch cost the
+    #: search's rate (`search.OPTIONAL_WORTH`) instead, so switches are weighed as there.
     optional_wh: float = 0.01
     #: Per switch on top of the problem's `switch_cost_wh`: a tie-break (fewer switches).
     #: Off by default: tiny tie-break terms make HiGHS's heuristics far less effective
@@ -394,7 +395,13 @@ class Model:
             cols, vals = self._energy[s.name]
             # Priority breaks ties: the first optional socket's Wh weigh a little more.
             share = (len(optional) - rank) / len(optional)
-            base_w = worth[s.name] if priced else weights.optional_wh
+            base_w = (
+                worth[s.name]
+                if priced
+                else OPTIONAL_WORTH
+                if problem.switch_cost_wh > 0
+                else weights.optional_wh
+            )
             w_opt = base_w * (1.0 + weights.optional_priority * share)
             for j, v in zip(cols, vals, strict=True):
                 b.cost[j] -= w_opt * v

@@ -57,6 +57,13 @@ Move = tuple[tuple[int, list[int]], ...]
 #: not cover its power: a draw from its store would re-heat it from battery or grid).
 FED_RISK = 1
 KEPT_SHORT = 2
+#: Without prices but with a switch cost: Wh of grid import that a Wh into an optional store
+#: is worth in the cost, the yardstick's own rate (its score: 10 x import - optional). So a
+#: switch costing `switch_cost_wh` pays for itself once a run stores ten times that in
+#: optional energy; without it, any switch outweighed any optional energy, and an optional
+#: socket that needed one (switched on, or off before the sun goes) was never planned at
+#: all. Without a switch cost the order stays strict: import, then optional energy.
+OPTIONAL_WORTH = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,6 +372,8 @@ class DayState:
         if ctx.priced:
             money -= value
             opt = 0.0
+        elif ctx.switch_cost > 0:
+            money -= OPTIONAL_WORTH * opt
         return (
             round(unmet, 3),
             round(weighted, 3),

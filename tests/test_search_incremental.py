@@ -1,7 +1,6 @@
 """The local search's incremental day (`search.DayState`): after any sequence of tried and
 applied moves it is the day a fresh state of the same plan computes, and a tried move leaves
-the state exactly as it was. (The scans that find a move's changed steps run in C; these
-tests pin that they find the same steps a loop over every step finds.)"""
+the state exactly as it was."""
 
 from __future__ import annotations
 
@@ -9,42 +8,8 @@ import random
 
 import pytest
 
-from shared.planning.search import (
-    DayState,
-    _changes,
-    _diff_range,
-    _first_diff,
-    _last_diff,
-)
+from shared.planning.search import DayState
 from tests.planning_builders import batt, problem, sock
-
-
-def _loop_first_last(a: list[int], b: list[int]) -> tuple[int, int]:
-    diff = [t for t in range(len(a)) if a[t] != b[t]]
-    return (diff[0], diff[-1]) if diff else (len(a), -1)
-
-
-@pytest.mark.parametrize("seed", range(30))
-def test_diff_scans_agree_with_a_loop_over_every_step(seed: int) -> None:
-    rng = random.Random(seed)
-    n = rng.randint(0, 40)
-    a = [rng.choice([0, 1]) for _ in range(n)]
-    b = list(a)
-    for _ in range(rng.randint(0, 3)):
-        if n:
-            t = rng.randrange(n)
-            b[t] = 1 - b[t]
-    first, last = _loop_first_last(a, b)
-    assert _first_diff(a, b) == first
-    assert _last_diff(a, b) == last
-    assert _diff_range([str(v) for v in a], [str(v) for v in b], n) == (first, last)
-    assert _changes(a, n) == [t for t in range(1, n) if a[t] != a[t - 1]]
-
-
-def test_changes_ignores_steps_past_the_horizon() -> None:
-    assert _changes([0, 1, 1, 0, 1], 3) == [1]
-    assert _changes([1], 1) == []
-    assert _changes([], 0) == []
 
 
 def _day(seed: int) -> DayState:

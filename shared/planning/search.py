@@ -31,8 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import compress, count, pairwise
-from operator import ne
+from itertools import pairwise
 
 from shared.planning.problem import BATTERY_MODES, BatteryMode, PlanningProblem
 from shared.planning.simulate import (
@@ -209,14 +208,11 @@ class DayState:
         left = s.room
         out = [0.0] * self.n
         dt = self.ctx.dt
-        power = s.power
-        full = power * dt
-        for t in compress(range(self.n), row):  # the on-steps only, in order
-            if left <= _EPS:
-                break
-            d = power if left >= full else left / dt
-            out[t] = d
-            left -= d * dt
+        for t in range(self.n):
+            if row[t] and left > _EPS:
+                d = s.power if left >= s.power * dt else left / dt
+                out[t] = d
+                left -= d * dt
         return out
 
     def _stats(
@@ -228,7 +224,7 @@ class DayState:
         got = sum(draw) * ctx.dt
         unmet = max(0.0, s.room - got - UNMET_TOLERANCE_WH) if s.needed else 0.0
         opt = 0.0 if s.needed else got
-        at = _changes(row, self.n)
+        at = [t for t in range(1, self.n) if row[t] != row[t - 1]]
         if s.init is not None and self.n and bool(row[0]) != s.init:
             at.insert(0, 0)
         spaced = all(b - a >= ctx.min_gap for a, b in pairwise(at))
@@ -241,7 +237,7 @@ class DayState:
         """(mode changes, spacing kept) of the battery's mode row."""
         if modes is None:
             return 0, True
-        at = _changes(modes, self.n)
+        at = [t for t in range(1, self.n) if modes[t] != modes[t - 1]]
         init = self.ctx.initial_mode
         if init is not None and self.n and modes[0] != init:
             at.insert(0, 0)
@@ -385,21 +381,12 @@ class DayState:
         if risky is None:
             risky = risky_row(self.ctx, i, row, draw)
         load, opt_on = self.load, self.opt_on
-        n = self.n
-        # The first and the last step where anything differs (scanned in C), then the
-        # steps between them updated one by one: the same additions, in the same order, as
-        # a loop over every step (steps where nothing differs are left alone either way).
-        first = min(_first_diff(draw, old_draw), _first_diff(row, old_row))
-        first = min(first, _first_diff(risky, old_risky))
-        if first >= n:
-            self.rows[i] = row
-            self.draws[i] = draw
-            self.risky_rows[i] = risky
-            return n, -1
-        last = max(_last_diff(draw, old_draw), _last_diff(row, old_row))
-        last = max(last, _last_diff(risky, old_risky))
-        for t in range(first, last + 1):
+        first, last = self.n, -1
+        for t in range(self.n):
             if draw[t] != old_draw[t] or row[t] != old_row[t] or risky[t] != old_risky[t]:
+                if first == self.n:
+                    first = t
+                last = t
                 load[t] += draw[t] - old_draw[t]
                 opt_on[t] += risky[t] - old_risky[t]
         self.rows[i] = row
@@ -591,7 +578,9 @@ def risky_row(ctx: Context, i: int, row: Sequence[int], draw: Sequence[float]) -
     n = ctx.n
     out = [0] * n
     exempt: list[bool] | None = None
-    for t in compress(range(n), row):  # the on-steps only
+    for t in range(n):
+        if not row[t]:
+            continue
         if draw[t] > 0:
             if not s.needed:
                 out[t] = 1
@@ -603,28 +592,12 @@ def risky_row(ctx: Context, i: int, row: Sequence[int], draw: Sequence[float]) -
     return out
 
 
-def _first_diff(a: Sequence[object], b: Sequence[object]) -> int:
-    """The first index where two equally long sequences differ (their length if none);
-    the comparison runs in C (`map(ne, ...)`), not in a Python loop."""
-    return next(compress(count(), map(ne, a, b)), len(a))
-
-
-def _last_diff(a: Sequence[object], b: Sequence[object]) -> int:
-    """The last index where two equally long sequences differ (-1 if none)."""
-    return len(a) - 1 - next(compress(count(), map(ne, reversed(a), reversed(b))), len(a))
-
-
-def _changes(row: Sequence[object], n: int) -> list[int]:
-    """The steps 1 <= t < n where row[t] != row[t - 1], in order (scanned in C)."""
-    return list(compress(count(1), map(ne, row[1:n], row)))
-
-
 def _diff_range(a: Sequence[str], b: Sequence[str] | None, n: int) -> tuple[int, int]:
     """First and last step where two mode rows differ (n, -1 if none)."""
     if b is None:
         return 0, n - 1
-    first = _first_diff(a[:n], b[:n])
-    return (first, _last_diff(a[:n], b[:n])) if first < n else (n, -1)
+    diff = [t for t in range(n) if a[t] != b[t]]
+    return (diff[0], diff[-1]) if diff else (n, -1)
 
 
 def _runs(row: Sequence[int]) -> list[tuple[int, int]]:

@@ -153,3 +153,58 @@ def test_where_pairs_find_nothing_triples_follow_if_a_round_of_them_is_small(
         _free_counts(monkeypatch, ctx, state, Options(switch_neighbourhood_sockets=2))
         == [2] * pairs
     )
+
+
+def test_where_every_pair_solve_proved_its_optimum_a_short_round_of_triples_follows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past `switch_group_solves_max` (or after pairs that found fewer switches), triples
+    still follow where every pair solve proved its optimum: half the checkpoints each, and
+    the round ends at the first triple that proves nothing."""
+    rng = random.Random(5)
+    while True:
+        ctx, state = _random_state(rng)
+        if state.score[0] <= 0 and state.score[2] <= 0:
+            break
+    k = len(ctx.socks)
+    pairs = sum(
+        1 for i, j in combinations(range(k), 2) if max(state.stats[i][2], state.stats[j][2]) > 2
+    )
+    triples = sum(1 for g in combinations(range(k), 3) if max(state.stats[i][2] for i in g) > 2)
+    assert pairs > 0
+    assert triples >= 2
+    calls: list[tuple[int, int]] = []  # (sockets left free, checkpoints allowed)
+
+    def run(opts: Options, triple_status: list[str]) -> list[tuple[int, int]]:
+        calls.clear()
+        statuses = list(triple_status)
+
+        def solve(
+            self: milp.Solver,
+            start: dict[str, list[int]] | None,
+            budget: milp.Budget,
+            fewest_switches_within: float | None = None,
+            fixed: dict[str, list[int]] | None = None,
+        ) -> milp.MilpResult:
+            free = k - len(fixed or {})
+            calls.append((free, budget.max_checkpoints))
+            status = "optimal" if free == 2 else statuses.pop(0)
+            return milp.MilpResult(None, status, {"checkpoints": 2})
+
+        monkeypatch.setattr(milp.Solver, "solve", solve)
+        out, _ = _run(ctx, state, opts, fewest=True)
+        assert out is state
+        return list(calls)
+
+    cps = Options().neighbourhood_solve_checkpoints
+    small = Options(switch_group_solves_max=3)  # 4 triples: more than allowed
+    # Every triple proves its optimum: the whole round, at half the checkpoints.
+    assert run(small, ["optimal"] * triples) == [(2, cps)] * pairs + [(3, cps // 2)] * triples
+    # The second triple proves nothing: the round ends there.
+    assert (
+        run(small, ["optimal", "limited", "optimal", "optimal"][:triples])
+        == [(2, cps)] * pairs + [(3, cps // 2)] * 2
+    )
+    # Without the option: pairs only (so too where a pair solve proved nothing: the test above).
+    off = Options(switch_group_solves_max=3, switch_groups_when_proved=False)
+    assert run(off, []) == [(2, cps)] * pairs

@@ -13,6 +13,7 @@ from shared.planning import milp
 from shared.planning.optimal import Options, _Clock, _Evals, _neighbourhoods, plan_optimal
 from shared.planning.search import Context, DayState
 from shared.planning.simulate import simulate
+from tests.milp_stubs import SolveCall, stub_solve
 from tests.planning_builders import batt, problem, sock
 
 SOCKS = [
@@ -113,18 +114,12 @@ def _free_counts(
     that never finds anything."""
     free: list[int] = []
 
-    def solve(
-        self: milp.Solver,
-        start: dict[str, list[int]] | None,
-        budget: milp.Budget,
-        fewest_switches_within: float | None = None,
-        fixed: dict[str, list[int]] | None = None,
-    ) -> milp.MilpResult:
-        assert fewest_switches_within is not None
-        free.append(len(ctx.socks) - len(fixed or {}))
+    def answer(call: SolveCall) -> milp.MilpResult:
+        assert call.fewest_switches_within is not None
+        free.append(len(ctx.socks) - len(call.fixed or {}))
         return milp.MilpResult(None, "limited", {"checkpoints": 30})
 
-    monkeypatch.setattr(milp.Solver, "solve", solve)
+    stub_solve(monkeypatch, answer)
     out, _ = _run(ctx, state, opts, fewest=True)
     assert out is state
     return free
@@ -179,19 +174,13 @@ def test_where_every_pair_solve_proved_its_optimum_a_short_round_of_triples_foll
         calls.clear()
         statuses = list(triple_status)
 
-        def solve(
-            self: milp.Solver,
-            start: dict[str, list[int]] | None,
-            budget: milp.Budget,
-            fewest_switches_within: float | None = None,
-            fixed: dict[str, list[int]] | None = None,
-        ) -> milp.MilpResult:
-            free = k - len(fixed or {})
-            calls.append((free, budget.max_checkpoints))
+        def answer(call: SolveCall) -> milp.MilpResult:
+            free = k - len(call.fixed or {})
+            calls.append((free, call.budget.max_checkpoints))
             status = "optimal" if free == 2 else statuses.pop(0)
             return milp.MilpResult(None, status, {"checkpoints": 2})
 
-        monkeypatch.setattr(milp.Solver, "solve", solve)
+        stub_solve(monkeypatch, answer)
         out, _ = _run(ctx, state, opts, fewest=True)
         assert out is state
         return list(calls)

@@ -14,6 +14,7 @@ from shared.planning import milp, modes, optimal
 from shared.planning.optimal import Options, _close_enough, _main_checkpoints, plan_optimal
 from shared.planning.problem import BatteryMode, PlanningProblem
 from shared.planning.search import Context, DayState
+from tests.milp_stubs import SolveCall, stub_solve
 from tests.planning_builders import batt, problem, sock
 
 
@@ -42,22 +43,15 @@ def _day() -> PlanningProblem:
 def _stub_main_runs(monkeypatch: pytest.MonkeyPatch, gap: float) -> list[int]:
     """Every main MILP run (no cap, nothing fixed) reports a branched run without a proof."""
     calls: list[int] = []
-    real = milp.Solver.solve
 
-    def solve(
-        self: milp.Solver,
-        start: dict[str, list[int]] | None,
-        budget: milp.Budget,
-        fewest_switches_within: float | None = None,
-        fixed: dict[str, list[int]] | None = None,
-    ) -> milp.MilpResult:
-        if fewest_switches_within is not None or fixed:
-            return real(self, start, budget, fewest_switches_within, fixed)
-        calls.append(budget.max_checkpoints)
-        out = real(self, start, budget)
+    def answer(call: SolveCall) -> milp.MilpResult:
+        out = call.real()
+        if call.fewest_switches_within is not None or call.fixed:
+            return out
+        calls.append(call.budget.max_checkpoints)
         return replace(out, status="limited", info=out.info | {"nodes": 3, "gap": gap})
 
-    monkeypatch.setattr(milp.Solver, "solve", solve)
+    stub_solve(monkeypatch, answer)
     return calls
 
 

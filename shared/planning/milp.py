@@ -117,6 +117,11 @@ class Formulation:
     #: Exact draws (full power, the one partial step that fills a store, then nothing) or
     #: full power in every on-step (the conservative model).
     exact_draw: bool = True
+    #: Rule 3's stricter half as rows (`search.risky_row`'s KEPT_SHORT: a full socket is not
+    #: kept on where the surplus does not cover its power). Without them the model is a
+    #: relaxation whose plans the search repairs (`DayState.repair`); the full tier solves it
+    #: first (`optimal._plan_full`).
+    kept_short: bool = True
 
 
 @dataclass
@@ -532,7 +537,7 @@ class Model:
             # Rule 3's stricter half (`search.risky_row`, KEPT_SHORT): full and on where the
             # surplus does not cover the socket's power only inside a minimum on time (the
             # first `up` steps of a run the plan starts, or the initial hold).
-            for t, cols, vals in short_idle.get(s.name, []):
+            for t, cols, vals in short_idle.get(s.name, []) if formulation.kept_short else []:
                 recent = (
                     [starts[k] for k in range(max(0, t - up + 1), t + 1) if starts[k] >= 0]
                     if up > 1

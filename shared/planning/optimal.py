@@ -278,6 +278,18 @@ def _moved(rows: Mapping[str, Sequence[int]], n: int) -> dict[str, list[int]]:
     }
 
 
+#: The full tier's first model: without rule 3's stricter half as rows.
+RELAXED = milp.Formulation(kept_short=False)
+
+
+def keeps_short(
+    ctx: Context, rows: Mapping[str, Sequence[int]], modes: Sequence[BatteryMode] | None
+) -> bool:
+    """Whether a plan keeps a full socket on where the surplus does not cover its power
+    (rule 3's stricter half, `search.risky_row`'s KEPT_SHORT), as it is, before any repair."""
+    return any(DayState(ctx, rows, modes).short_on)
+
+
 def _state(
     ctx: Context, rows: Mapping[str, Sequence[int]], modes: Sequence[BatteryMode] | None = None
 ) -> DayState:
@@ -745,19 +757,27 @@ def _plan_full(
     status: PlanStatus = "heuristic"
     if opts.milp_share > 0:
         try:
-            solver = milp.Solver(problem, opts.weights)
+            # First the relaxation without rule 3's stricter half (`Formulation.kept_short`):
+            # HiGHS finds much better plans in it on large days, the search repairs them, and
+            # where its optimum keeps the rule it is the day's optimum. Only an optimum that
+            # breaks the rule brings in the model with those rows (measured in
+            # docs/bench-planners.md, "The relaxation first").
+            solver = milp.Solver(problem, opts.weights, RELAXED)
         except ImportError:
             info["milp_status"] = "highspy not installed"
         else:
             proved = False
             branched = False  # the first run got through the root node
-            for run in range(max(1, opts.mip_restarts)):
+            runs = max(1, opts.mip_restarts)
+            run = 0
+            fresh = True  # the next run is on a model not run yet: the first run's checkpoints
+            while run < runs:
                 # Each run starts from the best plan so far, with its own seed: HiGHS's
                 # heuristics find very different plans from one seed to the next.
                 checkpoints = _main_checkpoints(
                     opts,
                     solver.integers,
-                    opts.mip_max_checkpoints if run == 0 else opts.mip_restart_checkpoints,
+                    opts.mip_max_checkpoints if fresh else opts.mip_restart_checkpoints,
                 )
                 budget = _budget(opts, clock, checkpoints)
                 budget = replace(budget, random_seed=opts.random_seed + run)
@@ -765,11 +785,27 @@ def _plan_full(
                 if run == 0:
                     info.update({f"milp_{k}": v for k, v in result.info.items()})
                     branched = int(result.info.get("nodes", 0)) > 0
+                run += 1
+                fresh = False
                 info["milp_status"] = result.status
-                info["milp_runs"] = run + 1
+                info["milp_runs"] = run
                 if result.status == "ceiling":
                     raise CeilingReachedError
                 proved = result.status == "optimal" and not use_modes
+                breaks_rule = (
+                    result.rows is not None
+                    and not solver.formulation.kept_short
+                    and keeps_short(ctx, result.rows, zero)
+                )
+                if breaks_rule:
+                    proved = False
+                    if result.status == "optimal" and not use_modes:
+                        # The relaxation's optimum breaks the rule: one more run, on the
+                        # model with its rows, from the repaired plan (below).
+                        solver = milp.Solver(problem, opts.weights)
+                        info["milp_rule3_rows"] = "added"
+                        runs = max(runs, run + 1)
+                        fresh = True
                 if result.rows is not None:
                     cand = _state(ctx, result.rows, zero)
                     if cand.score != INADMISSIBLE or use_modes:
@@ -780,6 +816,8 @@ def _plan_full(
                         else:
                             proved = False  # the model's optimum is not the day's best
                 clock.check()
+                if fresh:
+                    continue
                 if result.status == "optimal" or int(result.info.get("nodes", 0)) == 0:
                     break
                 if _close_enough(result, opts):

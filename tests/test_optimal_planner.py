@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.planning import milp
-from shared.planning.optimal import Options, plan_optimal, plan_quick
+from shared.planning.optimal import Options, keeps_short, plan_optimal, plan_quick
 from shared.planning.problem import Plan, PlanningProblem, SocketSpec
 from shared.planning.reference import plan_reference
 from shared.planning.search import INADMISSIBLE, Context, DayState
@@ -636,3 +636,41 @@ def test_a_switch_cost_is_weighed_against_the_optional_energy_a_run_stores(
     else:
         assert plan.sockets["e-bike"] == [0] * 32
     assert plan_quick(p, plan.sockets, HAND).sockets == plan.sockets
+
+
+# --- the relaxation first: the main MILP without rule 3's stricter half ----------------
+
+
+def test_a_relaxed_optimum_that_breaks_rule_3_brings_in_the_model_with_its_rows() -> None:
+    # The boiler of the rule-3 test above, with a cost on every switch: the relaxation's
+    # optimum keeps it on, full, where the surplus (600 W) falls short of its 1000 W (one
+    # switch fewer). That breaks the rule, so the full tier solves the model with the rule's
+    # rows from the repaired plan, and proves that plan optimal.
+    p = problem([1000, 1000, 600, 600], [sock("boiler")]).model_copy(
+        update={"switch_cost_wh": 10.0, "initial_on": {"boiler": False}}
+    )
+    relaxed = milp.Solver(p, formulation=milp.Formulation(kept_short=False))
+    result = relaxed.solve({"boiler": [0, 0, 0, 0]}, milp.Budget())
+    assert result.status == "optimal"
+    assert result.rows == {"boiler": [1, 1, 1, 1]}
+    assert keeps_short(Context(p), result.rows, None)
+    plan, out = solve(p)
+    assert plan.info["milp_rule3_rows"] == "added"
+    assert plan.status == "optimal"
+    assert plan.sockets["boiler"] == [1, 1, 0, 0]
+    assert (out.idle_violations, out.unmet_need_wh, out.grid_import_wh) == (0, 0.0, 0.0)
+
+
+def test_a_relaxed_optimum_that_keeps_rule_3_is_the_days_optimum() -> None:
+    # Short steps exist (steps 0-1: 600 W for a 1000 W boiler), but the relaxation's optimum
+    # fills on the sun of steps 2-3 and is off where the surplus falls short: it keeps the
+    # rule, so it is proved optimal without the rule's rows.
+    p = problem([0, 600, 1000, 1000], [sock("boiler")]).model_copy(
+        update={"switch_cost_wh": 10.0, "initial_on": {"boiler": False}}
+    )
+    plan, out = solve(p)
+    assert "milp_rule3_rows" not in plan.info
+    assert plan.info["milp_status"] == "optimal"
+    assert plan.status == "optimal"
+    assert plan.sockets["boiler"] == [0, 0, 1, 1]
+    assert figures(out) == (0.0, 0.0, 0.0, 1)

@@ -559,6 +559,9 @@ class Model:
                         1.0,
                     )
         self.formulation = formulation
+        #: Socket-steps where rule 3's stricter half applies (a row with `kept_short`): where
+        #: there are none, the model with the rows and the one without are the same.
+        self.short_steps = sum(len(v) for v in short_idle.values())
 
     def _energy_cols(self, s: SocketSpec, cols: list[int], vals: list[float]) -> None:
         self._energy[s.name] = (cols, vals)

@@ -282,6 +282,27 @@ def _moved(rows: Mapping[str, Sequence[int]], n: int) -> dict[str, list[int]]:
 RELAXED = milp.Formulation(kept_short=False)
 
 
+class _Models:
+    """The full tier's MILP models: the relaxation without rule 3's stricter half (`RELAXED`),
+    and the model with its rows, built when first asked for (the same model where the rule
+    applies at no step). With `relax` off (battery modes: the MILP is already a relaxation
+    there, and measured, this one found no better costs for more CPU) both are the model
+    with the rows."""
+
+    def __init__(self, problem: PlanningProblem, weights: milp.Weights, relax: bool) -> None:
+        self.problem = problem
+        self.weights = weights
+        self.relaxed = milp.Solver(problem, weights, RELAXED if relax else milp.Formulation())
+        exact = not relax or self.relaxed.model.short_steps == 0
+        self._exact = self.relaxed if exact else None
+
+    @property
+    def exact(self) -> milp.Solver:
+        if self._exact is None:
+            self._exact = milp.Solver(self.problem, self.weights)
+        return self._exact
+
+
 def keeps_short(
     ctx: Context, rows: Mapping[str, Sequence[int]], modes: Sequence[BatteryMode] | None
 ) -> bool:
@@ -537,7 +558,7 @@ def _switch_cap(ctx: Context, opts: Options, best: DayState) -> float:
 
 def _fewer_switches(
     ctx: Context,
-    solver: milp.Solver,
+    models: _Models,
     best: DayState,
     opts: Options,
     clock: _Clock,
@@ -547,7 +568,9 @@ def _fewer_switches(
     """The second, lexicographic stage: among plans whose objective is no worse than the
     best plan's, the one with the fewest switches (the MILP with its objective capped and
     switches as the objective, from the best plan). Only for plans that meet every need
-    and keep every minimum on / off time."""
+    and keep every minimum on / off time. On the relaxation first (`_Models`), and where
+    its plan breaks rule 3's stricter half (the repair would add switches) once more on the
+    model with the rule's rows, from the better of the two."""
     if not _switch_stage_applies(best):
         return best, 0
     # A socket with at most two switches is one run already: it stays as it is (a much
@@ -556,20 +579,27 @@ def _fewer_switches(
     fixed = {sock.name: best.rows[i] for i, sock in enumerate(ctx.socks) if counts[i] <= 2}
     if len(fixed) == len(ctx.socks):
         return best, 0
-    budget = replace(_budget(opts, clock, opts.switch_checkpoints), mip_abs_gap=0.5)
-    result = solver.solve(
-        best.plan(), budget, fewest_switches_within=_switch_cap(ctx, opts, best), fixed=fixed
-    )
-    info["switch_stage"] = result.status
-    if result.status == "ceiling":
-        raise CeilingReachedError
-    if result.rows is None:
-        return best, 0
-    cand = _state(ctx, result.rows, best.modes)
-    cand, moves = _polish(cand, evals, plans_modes(ctx), rounds=1)
-    if cand.score <= best.score:
-        info["switch_stage_switches"] = f"{best.score[5]} -> {cand.score[5]}"
-        return cand, moves
+    before = best.score[5]
+    moves = 0
+    for solver in (models.relaxed, models.exact):
+        budget = replace(_budget(opts, clock, opts.switch_checkpoints), mip_abs_gap=0.5)
+        result = solver.solve(
+            best.plan(), budget, fewest_switches_within=_switch_cap(ctx, opts, best), fixed=fixed
+        )
+        info["switch_stage"] = result.status
+        if result.status == "ceiling":
+            raise CeilingReachedError
+        if result.rows is None:
+            return best, moves
+        cand = _state(ctx, result.rows, best.modes)
+        cand, m = _polish(cand, evals, plans_modes(ctx), rounds=1)
+        moves += m
+        if cand.score <= best.score:
+            info["switch_stage_switches"] = f"{before} -> {cand.score[5]}"
+            best = cand
+        if solver is models.exact or not keeps_short(ctx, result.rows, best.modes):
+            break
+        info["switch_stage_rule3_rows"] = "added"
     return best, moves
 
 
@@ -762,7 +792,8 @@ def _plan_full(
             # where its optimum keeps the rule it is the day's optimum. Only an optimum that
             # breaks the rule brings in the model with those rows (measured in
             # docs/bench-planners.md, "The relaxation first").
-            solver = milp.Solver(problem, opts.weights, RELAXED)
+            models = _Models(problem, opts.weights, relax=not use_modes)
+            solver = models.relaxed
         except ImportError:
             info["milp_status"] = "highspy not installed"
         else:
@@ -802,7 +833,7 @@ def _plan_full(
                     if result.status == "optimal" and not use_modes:
                         # The relaxation's optimum breaks the rule: one more run, on the
                         # model with its rows, from the repaired plan (below).
-                        solver = milp.Solver(problem, opts.weights)
+                        solver = models.exact
                         info["milp_rule3_rows"] = "added"
                         runs = max(runs, run + 1)
                         fresh = True
@@ -826,7 +857,7 @@ def _plan_full(
             # Re-planning pairs of sockets: where the main MILP got through its root (a model
             # whose root HiGHS gets through in budget: its smaller solves are cheap too).
             if not proved and branched and not use_modes:
-                best, m = _neighbourhoods(ctx, solver, best, opts, clock, info, evals)
+                best, m = _neighbourhoods(ctx, models.exact, best, opts, clock, info, evals)
                 moves += m
             # Fewer switches: the pure-Python stage first, so the MILP's second stage has
             # less left to do (a smaller model). With modes the MILP is a relaxation (a freely
@@ -845,7 +876,7 @@ def _plan_full(
                 not proved and branched and not use_modes and opts.switch_neighbourhood_work > 0
             )
             if opts.switch_checkpoints > 0 and not pairs_only:
-                best, m = _fewer_switches(ctx, solver, best, opts, clock, info, evals)
+                best, m = _fewer_switches(ctx, models, best, opts, clock, info, evals)
                 moves += m
             if opts.switch_checkpoints > 0 and pairs_only:
                 info["switch_stage"] = "pairs only"
@@ -855,7 +886,7 @@ def _plan_full(
                 and not use_modes
                 and (pairs_only or info.get("switch_stage") == "limited")
             ):
-                best, m = _neighbourhoods(ctx, solver, best, opts, clock, info, evals, True)
+                best, m = _neighbourhoods(ctx, models.exact, best, opts, clock, info, evals, True)
                 moves += m
             status = "optimal" if proved else "time-limited"
     if status == "heuristic" or use_modes:

@@ -569,8 +569,9 @@ def _fewer_switches(
     best plan's, the one with the fewest switches (the MILP with its objective capped and
     switches as the objective, from the best plan). Only for plans that meet every need
     and keep every minimum on / off time. On the relaxation first (`_Models`), and where
-    its plan breaks rule 3's stricter half (the repair would add switches) once more on the
-    model with the rule's rows, from the better of the two."""
+    its plan breaks rule 3's stricter half and, repaired, is no better than the best plan,
+    once more on the model with the rule's rows (measured: on the days where the repaired
+    plan is taken, the second solve found nothing more)."""
     if not _switch_stage_applies(best):
         return best, 0
     # A socket with at most two switches is one run already: it stays as it is (a much
@@ -597,9 +598,11 @@ def _fewer_switches(
         if cand.score <= best.score:
             info["switch_stage_switches"] = f"{before} -> {cand.score[5]}"
             best = cand
-        if solver is models.exact or not keeps_short(ctx, result.rows, best.modes):
-            break
-        info["switch_stage_rule3_rows"] = "added"
+        elif solver is not models.exact and keeps_short(ctx, result.rows, best.modes):
+            # The relaxation's plan broke the rule and, repaired, lost: the model with it.
+            info["switch_stage_rule3_rows"] = "added"
+            continue
+        break
     return best, moves
 
 

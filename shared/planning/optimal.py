@@ -303,20 +303,22 @@ class _Models:
         return self._exact
 
 
-def keeps_short(
-    ctx: Context, rows: Mapping[str, Sequence[int]], modes: Sequence[BatteryMode] | None
-) -> bool:
-    """Whether a plan keeps a full socket on where the surplus does not cover its power
-    (rule 3's stricter half, `search.risky_row`'s KEPT_SHORT), as it is, before any repair."""
-    return any(DayState(ctx, rows, modes).short_on)
+def _repaired(
+    ctx: Context, rows: Mapping[str, Sequence[int]], modes: Sequence[BatteryMode] | None = None
+) -> tuple[DayState, bool]:
+    """The plan made admissible (`DayState.repair`), and whether, as it was, it kept a full
+    socket on where the surplus does not cover its power (rule 3's stricter half,
+    `search.risky_row`'s KEPT_SHORT): what a relaxation without that rule's rows may do."""
+    st = DayState(ctx, rows, modes)
+    kept_short = any(st.short_on)
+    st.repair()
+    return st, kept_short
 
 
 def _state(
     ctx: Context, rows: Mapping[str, Sequence[int]], modes: Sequence[BatteryMode] | None = None
 ) -> DayState:
-    st = DayState(ctx, rows, modes)
-    st.repair()
-    return st
+    return _repaired(ctx, rows, modes)[0]
 
 
 def baseline(ctx: Context) -> tuple[DayState, Plan]:
@@ -592,13 +594,13 @@ def _fewer_switches(
             raise CeilingReachedError
         if result.rows is None:
             return best, moves
-        cand = _state(ctx, result.rows, best.modes)
+        cand, kept_short = _repaired(ctx, result.rows, best.modes)
         cand, m = _polish(cand, evals, plans_modes(ctx), rounds=1)
         moves += m
         if cand.score <= best.score:
             info["switch_stage_switches"] = f"{before} -> {cand.score[5]}"
             best = cand
-        elif solver is not models.exact and keeps_short(ctx, result.rows, best.modes):
+        elif kept_short and solver is not models.exact:
             # The relaxation's plan broke the rule and, repaired, lost: the model with it.
             info["switch_stage_rule3_rows"] = "added"
             continue
@@ -826,22 +828,17 @@ def _plan_full(
                 if result.status == "ceiling":
                     raise CeilingReachedError
                 proved = result.status == "optimal" and not use_modes
-                breaks_rule = (
-                    result.rows is not None
-                    and not solver.formulation.kept_short
-                    and keeps_short(ctx, result.rows, zero)
-                )
-                if breaks_rule:
-                    proved = False
-                    if result.status == "optimal" and not use_modes:
-                        # The relaxation's optimum breaks the rule: one more run, on the
-                        # model with its rows, from the repaired plan (below).
-                        solver = models.exact
-                        info["milp_rule3_rows"] = "added"
-                        runs = max(runs, run + 1)
-                        fresh = True
                 if result.rows is not None:
-                    cand = _state(ctx, result.rows, zero)
+                    cand, kept_short = _repaired(ctx, result.rows, zero)
+                    if kept_short and not solver.formulation.kept_short:
+                        proved = False  # the relaxation's plan broke the rule
+                        if result.status == "optimal" and not use_modes:
+                            # Its optimum did: one more run, on the model with the rule's
+                            # rows, from the repaired plan.
+                            solver = models.exact
+                            info["milp_rule3_rows"] = "added"
+                            runs = max(runs, run + 1)
+                            fresh = True
                     if cand.score != INADMISSIBLE or use_modes:
                         cand, m = _polish(cand, evals, use_modes)
                         moves += m

@@ -1,7 +1,8 @@
 """The planners in the loop: the whole stack on the simulated house, day by day.
 
     python -m bench.loop [--speed 300] [--seed 1] [--days summer,clouds,winter]
-                         [--planners optimal,reference] [--out docs/bench-loop.md]
+                         [--planners optimal,reference] [--lead-days 1] [--measured-days 1]
+                         [--out docs/bench-loop.md]
     make bench-loop
 
 For each simulated day — a clear summer day, a summer day of passing clouds
@@ -24,6 +25,12 @@ seconds), which the lead day keeps out of the figures. The harness watches from 
 house's own event log (`/control/events`: every relay change and who made it, every store
 becoming full) and MQTT as Home Assistant sees it (the P1 meter's counters, the books, the
 plans).
+
+With `--measured-days N` the stack runs on for N planning days after the lead days, each a
+row, and their total is a row too: where in its day a plan fills a store (at noon, or in the
+night's cheap hours just before the boundary) moves energy from one day's meter to the next
+one's, not out of the run, so the import, the cost and the total of switches are judged on
+the total, the most switches in an hour and of a needed socket on the worst day.
 
 Per day and planner, over the planning day (06:00 to 06:00): P1 import and export (kWh, the
 meter's counters), what the stores kept and the import net of it, what the day cost at its
@@ -81,6 +88,11 @@ class DayResult:
     day: str
     planner: str
     seed: int
+    #: Which measured day of the run (0: the first after the lead days), or the first of the
+    #: `days` a total covers.
+    index: int = 0
+    #: 1 for one measured day; more for the total over that many measured days (`combined`).
+    days: int = 1
     import_kwh: float | None = None
     export_kwh: float | None = None
     optional_wh: float | None = None
@@ -111,6 +123,55 @@ class DayResult:
     @property
     def total_switches(self) -> int:
         return sum(self.switches.values())
+
+    @property
+    def label(self) -> str:
+        """The day's name, with which measured day (or how many days) this row covers."""
+        name = DAYS[self.day][0]
+        if self.days > 1:
+            return f"{name}, {self.days} days"
+        if self.index:
+            return f"{name}, day {self.index + 1}"
+        return name
+
+
+def _sum(values: list[float | None]) -> float | None:
+    return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+
+
+def combined(results: list[DayResult]) -> DayResult:
+    """The total over consecutive measured days of one day and planner: energies, cost and
+    switches summed, the most switches in an hour the worst day's, each needed store full in
+    every day. The warnings are the run's (each day's are already the whole run's)."""
+    if not results:
+        raise ValueError("no days to combine")
+    first = results[0]
+    if any((r.day, r.planner, r.seed) != (first.day, first.planner, first.seed) for r in results):
+        raise ValueError("combined days must be of one day, planner and seed")
+    total = DayResult(
+        day=first.day,
+        planner=first.planner,
+        seed=first.seed,
+        index=min(r.index for r in results),
+        days=sum(r.days for r in results),
+        import_kwh=_sum([r.import_kwh for r in results]),
+        export_kwh=_sum([r.export_kwh for r in results]),
+        optional_wh=_sum([r.optional_wh for r in results]),
+        kept_kwh=_sum([r.kept_kwh for r in results]),
+        cost_eur=_sum([r.cost_eur for r in results]),
+        warnings=dict(first.warnings),
+        took_s=sum(r.took_s for r in results),
+    )
+    for r in results:
+        for name, full in r.full_in_day.items():
+            total.full_in_day[name] = total.full_in_day.get(name, True) and full
+        for name, n in r.switches.items():
+            total.switches[name] = total.switches.get(name, 0) + n
+        for name, n in r.max_per_hour.items():
+            total.max_per_hour[name] = max(total.max_per_hour.get(name, 0), n)
+        for tier, n in r.tiers.items():
+            total.tiers[tier] = total.tiers.get(tier, 0) + n
+    return total
 
 
 class LoopRun(Soak):
@@ -225,10 +286,11 @@ def max_in_window(times: list[datetime], window_s: float = 3600.0) -> int:
     return best
 
 
-def measure(run_dir: Path, day: str, planner: str, seed: int) -> DayResult:
-    """The day's figures from what the harness saw (the run directory's dumps)."""
-    _, begin, end = window(day, 0)
-    result = DayResult(day=day, planner=planner, seed=seed)
+def measure(run_dir: Path, day: str, planner: str, seed: int, index: int = 0) -> DayResult:
+    """The figures of measured day `index` (0: the first after the lead days) from what the
+    harness saw (the run directory's dumps)."""
+    begin, end = day_bounds(day, index)
+    result = DayResult(day=day, planner=planner, seed=seed, index=index)
     meter: list[tuple[datetime, float, float]] = []
     books: dict[str, Any] | None = None
     plan_topic, books_topic, cost_topic = f"{BASE}/plan", f"{BASE}/books", f"{BASE}/cost"
@@ -294,22 +356,39 @@ def measure(run_dir: Path, day: str, planner: str, seed: int) -> DayResult:
     return result
 
 
-def window(day: str, lead_days: int) -> tuple[datetime, datetime, datetime]:
+def window(day: str, lead_days: int, days: int = 1) -> tuple[datetime, datetime, datetime]:
     """When a run of `day` starts (`lead_days` whole planning days before the measured one,
-    at a boundary), and the measured day's start and end (06:00 to 06:00)."""
+    at a boundary), and the start of the first measured day and the end of the last (06:00
+    to 06:00, `days` planning days)."""
     if lead_days < 0:
         raise ValueError(f"lead_days must be >= 0, got {lead_days}")
+    if days < 1:
+        raise ValueError(f"days must be 1 or more, got {days}")
     _, on, _ = DAYS[day]
-    begin = local(on, 6, 0)
     start = local(on - timedelta(days=lead_days), 6, 0)
-    return start, begin, begin + timedelta(days=1)
+    return start, day_bounds(day, 0)[0], day_bounds(day, days - 1)[1]
+
+
+def day_bounds(day: str, index: int) -> tuple[datetime, datetime]:
+    """Start and end of measured day `index` of `day` (0: the day itself; 06:00 to 06:00 in
+    the house's time zone, so 23 or 25 h across a change of summer time)."""
+    _, on, _ = DAYS[day]
+    return local(on + timedelta(days=index), 6, 0), local(on + timedelta(days=index + 1), 6, 0)
 
 
 async def run_one(
-    day: str, planner: str, seed: int, speed: float, run_dir: Path, lead_days: int = 1
-) -> DayResult:
+    day: str,
+    planner: str,
+    seed: int,
+    speed: float,
+    run_dir: Path,
+    lead_days: int = 1,
+    days: int = 1,
+) -> list[DayResult]:
+    """Run `day` with `planner` for `lead_days` and then `days` measured days: one result
+    per measured day."""
     _, _, cloudiness = DAYS[day]
-    start, _, end = window(day, lead_days)
+    start, _, end = window(day, lead_days, days)
     options = SoakOptions(
         start=start,
         end=end + timedelta(minutes=3),
@@ -320,9 +399,23 @@ async def run_one(
     run = LoopRun(options, planner, cloudiness)
     began = time.monotonic()
     await run.run_day()
-    result = measure(options.run_dir, day, planner, seed)
-    result.took_s = time.monotonic() - began
-    return result
+    results = [measure(options.run_dir, day, planner, seed, i) for i in range(days)]
+    results[0].took_s = time.monotonic() - began
+    return results
+
+
+def with_totals(results: list[DayResult]) -> list[DayResult]:
+    """`results` (one day and planner after another, each day's measured days in order) with
+    a total row after every run of more than one measured day."""
+    out: list[DayResult] = []
+    runs: dict[tuple[str, str], list[DayResult]] = {}
+    for r in results:
+        runs.setdefault((r.day, r.planner), []).append(r)
+    for run in runs.values():
+        out.extend(run)
+        if len(run) > 1:
+            out.append(combined(run))
+    return out
 
 
 def _kwh(v: float | None) -> str:
@@ -345,7 +438,7 @@ def table(results: list[DayResult]) -> str:
         tiers = ", ".join(f"{k} {v}" for k, v in sorted(r.tiers.items())) or "—"
         warn = ", ".join(f"{k} {v}" for k, v in sorted(r.warnings.items())) or "none"
         lines.append(
-            f"| {DAYS[r.day][0]} | {r.planner} | {r.seed} | {_kwh(r.import_kwh)} "
+            f"| {r.label} | {r.planner} | {r.seed} | {_kwh(r.import_kwh)} "
             f"| {_kwh(r.export_kwh)} | {_kwh(r.kept_kwh)} | {_kwh(r.net_import_kwh)} "
             f"| {'—' if r.cost_eur is None else f'{r.cost_eur:.2f}'} "
             f"| {'—' if r.optional_wh is None else f'{r.optional_wh:.0f}'} "
@@ -355,14 +448,25 @@ def table(results: list[DayResult]) -> str:
 
 
 def targets(results: list[DayResult]) -> list[str]:
-    """One line per target and day: met or missed."""
+    """One line per target and day: met or missed. With several measured days (per day, no
+    totals in `results`) the energies, cost and switches are judged on their totals (where
+    in the day a store is filled moves energy across a boundary, not across the run), the
+    most switches in an hour and of a needed socket on the worst day."""
     out = []
-    by = {(r.day, r.planner): r for r in results}
+    runs: dict[tuple[str, str], list[DayResult]] = {}
+    for r in results:
+        if r.days == 1:
+            runs.setdefault((r.day, r.planner), []).append(r)
     for day in dict.fromkeys(r.day for r in results):
-        ours, ref = by.get((day, "optimal")), by.get((day, "reference"))
-        if ours is None:
+        if (day, "optimal") not in runs:
             continue
-        name = DAYS[day][0]
+        days = runs[(day, "optimal")]
+        ours = combined(days)
+        ref = combined(runs[(day, "reference")]) if (day, "reference") in runs else None
+        name = ours.label
+        if ref is not None and ref.days != ours.days:
+            out.append(f"{name}: the reference ran {ref.days} measured day(s): not compared")
+            ref = None
         if ref is not None and ours.import_kwh is not None and ref.import_kwh is not None:
             ok = ours.import_kwh <= ref.import_kwh + 1e-9
             out.append(
@@ -386,10 +490,10 @@ def targets(results: list[DayResult]) -> list[str]:
             f"{name}: most switches of one socket in an hour {worst} (≤ {MAX_PER_HOUR}): "
             + ("met" if worst <= MAX_PER_HOUR else "MISSED")
         )
-        needed = max((ours.switches.get(n, 0) for n in NEEDED), default=0)
+        needed = max((d.switches.get(n, 0) for d in days for n in NEEDED), default=0)
         out.append(
-            f"{name}: most switches of a needed socket {needed} (≤ {MAX_NEEDED_PER_DAY}): "
-            + ("met" if needed <= MAX_NEEDED_PER_DAY else "MISSED")
+            f"{name}: most switches of a needed socket in a day {needed} "
+            f"(≤ {MAX_NEEDED_PER_DAY}): " + ("met" if needed <= MAX_NEEDED_PER_DAY else "MISSED")
         )
         if ref is not None:
             ok = ours.total_switches <= ref.total_switches
@@ -407,18 +511,21 @@ async def bench(
     speed: float,
     run_dir: Path,
     lead_days: int = 1,
+    measured_days: int = 1,
 ) -> list[DayResult]:
     results = []
     for day in days:
         for planner in planners:
             print(
                 f"loop: {DAYS[day][0]}, {planner} planner, seed {seed}, {speed:g}x, "
-                f"{lead_days} lead day(s)",
+                f"{lead_days} lead day(s), {measured_days} measured day(s)",
                 flush=True,
             )
-            result = await run_one(day, planner, seed, speed, run_dir, lead_days)
-            print(table([result]).splitlines()[-1], f"({result.took_s:.0f} s)", flush=True)
-            results.append(result)
+            run = await run_one(day, planner, seed, speed, run_dir, lead_days, measured_days)
+            for line in table(with_totals(run)).splitlines()[2:]:
+                print(line, flush=True)
+            print(f"({run[0].took_s:.0f} s)", flush=True)
+            results.extend(run)
     return results
 
 
@@ -437,6 +544,12 @@ def main(argv: list[str] | None = None) -> int:
         help="whole days the stack runs before the measured day, same weather (1; 0: start at "
         "the measured day's boundary with empty books)",
     )
+    parser.add_argument(
+        "--measured-days",
+        type=int,
+        default=1,
+        help="planning days measured after the lead days, each a row, and their total (1)",
+    )
     parser.add_argument("--run-dir", default=str(ROOT / "run" / "loop"), help="logs (run/loop)")
     parser.add_argument("--out", help="write the table and the targets to this Markdown file")
     parser.add_argument(
@@ -452,26 +565,39 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown: {', '.join(unknown)}")
     if args.lead_days < 0:
         parser.error(f"--lead-days must be 0 or more, got {args.lead_days}")
+    if args.measured_days < 1:
+        parser.error(f"--measured-days must be 1 or more, got {args.measured_days}")
     load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"bench-loop: seed {args.seed}, speed {args.speed:g}x, load {load}", flush=True)
     began = time.monotonic()
     if args.report_only:
         run_dir = Path(args.run_dir)
         results = [
-            measure(run_dir / f"{d}-{p}", d, p, args.seed)
+            measure(run_dir / f"{d}-{p}", d, p, args.seed, i)
             for d in days
             for p in planners
             if (run_dir / f"{d}-{p}" / "house-events.json").is_file()
+            for i in range(args.measured_days)
         ]
     else:
         results = asyncio.run(
-            bench(days, planners, args.seed, args.speed, Path(args.run_dir), args.lead_days)
+            bench(
+                days,
+                planners,
+                args.seed,
+                args.speed,
+                Path(args.run_dir),
+                args.lead_days,
+                args.measured_days,
+            )
         )
     took = time.monotonic() - began
-    text = table(results) + "\n\n" + "\n".join(f"- {t}" for t in targets(results)) + "\n"
+    text = (
+        table(with_totals(results)) + "\n\n" + "\n".join(f"- {t}" for t in targets(results)) + "\n"
+    )
     command = (
         f"python -m bench.loop --speed {args.speed:g} --seed {args.seed} "
-        f"--lead-days {args.lead_days} "
+        f"--lead-days {args.lead_days} --measured-days {args.measured_days} "
         f"--days {','.join(days)} --planners {','.join(planners)}"
     )
     print(text + f"\n{command}: {took:.0f} s", flush=True)

@@ -8,7 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from bench.loop import DayResult, _kept_kwh, max_in_window, measure, window
+from bench.loop import (
+    DayResult,
+    _kept_kwh,
+    combined,
+    day_bounds,
+    max_in_window,
+    measure,
+    targets,
+    window,
+    with_totals,
+)
 
 BEGIN = datetime(2026, 12, 15, 5, 0, tzinfo=UTC)
 END = BEGIN + timedelta(days=1)
@@ -133,3 +143,109 @@ def test_measure_counts_the_measured_day_only(tmp_path: Path) -> None:
     assert result.cost_eur == pytest.approx(2.25)
     assert result.switches["Shower boiler"] == 2  # the actuator's, in the day
     assert result.max_per_hour["Shower boiler"] == 2
+
+
+def test_several_measured_days_follow_the_lead_days() -> None:
+    start, begin, end = window("winter", 1, 3)
+    assert begin == datetime(2026, 12, 15, 5, 0, tzinfo=UTC)
+    assert start == begin - timedelta(days=1)
+    assert end == begin + timedelta(days=3)
+    assert day_bounds("winter", 2) == (begin + timedelta(days=2), end)
+    with pytest.raises(ValueError, match="days"):
+        window("winter", 1, 0)
+
+
+def test_measure_counts_one_measured_day_of_several(tmp_path: Path) -> None:
+    """Day 2 of a run with several measured days: the meter and the cost of that day only."""
+    begin, end = day_bounds("winter", 1)
+
+    def p1(at: datetime, imp: float) -> dict[str, object]:
+        payload = {
+            "timestamp": at.isoformat(),
+            "device_type": "HWE-P1",
+            "energy_import_kwh": imp,
+            "energy_export_kwh": 0.0,
+        }
+        return {"topic": "hwsched/p1_meter/measurement", "retained": False, "payload": payload}
+
+    def cost(at: datetime, day: datetime, eur: float) -> dict[str, object]:
+        payload = {"timestamp": at.isoformat(), "day_start": day.isoformat(), "cost_today_eur": eur}
+        return {"topic": "hwsched/cost", "retained": False, "payload": payload}
+
+    messages = [
+        p1(begin - timedelta(minutes=1), 10.0),  # the first measured day's
+        cost(begin - timedelta(minutes=1), begin - timedelta(days=1), 3.0),
+        p1(begin + timedelta(minutes=1), 10.5),
+        cost(end - timedelta(minutes=1), begin, 2.5),
+        p1(end - timedelta(minutes=1), 20.0),
+        p1(end + timedelta(minutes=1), 20.5),  # the third's
+    ]
+    with (tmp_path / "mqtt.jsonl").open("w") as out:
+        for m in messages:
+            out.write(json.dumps({**m, "payload": json.dumps(m["payload"])}) + "\n")
+    (tmp_path / "house-events.json").write_text("[]")
+    result = measure(tmp_path, "winter", "optimal", 1, index=1)
+    assert result.index == 1
+    assert result.label == "overcast winter day, day 2"
+    assert result.import_kwh == pytest.approx(9.5)
+    assert result.cost_eur == pytest.approx(2.5)
+
+
+def _day(planner: str, index: int, imp: float, kept: float, switches: int) -> DayResult:
+    return DayResult(
+        day="winter",
+        planner=planner,
+        seed=1,
+        index=index,
+        import_kwh=imp,
+        export_kwh=0.0,
+        kept_kwh=kept,
+        cost_eur=imp * 0.25,
+        optional_wh=0.0,
+        full_in_day={"Shower boiler": index != 2 or planner == "reference"},
+        switches={"Shower boiler": switches},
+        max_per_hour={"Shower boiler": switches // 2},
+        tiers={"full": 1},
+    )
+
+
+def test_measured_days_are_totalled_and_judged_on_their_total() -> None:
+    """A fill moved across a boundary makes one day import more and the next less: over the
+    run the energies add up, and the import target is judged on the totals."""
+    ours = [
+        _day("optimal", 0, 13.0, 2.0, 2),
+        _day("optimal", 1, 9.0, -2.0, 4),
+        _day("optimal", 2, 11.0, 0.0, 2),
+    ]
+    ref = [_day("reference", i, 11.0, 0.0, 12) for i in range(3)]
+    total = combined(ours)
+    assert (total.days, total.index, total.label) == (3, 0, "overcast winter day, 3 days")
+    assert total.import_kwh == pytest.approx(33.0)
+    assert total.kept_kwh == pytest.approx(0.0)
+    assert total.cost_eur == pytest.approx(8.25)
+    assert total.switches == {"Shower boiler": 8}
+    assert total.max_per_hour == {"Shower boiler": 2}  # the worst day's
+    assert total.full_in_day == {"Shower boiler": False}  # not full on the third day
+    assert total.tiers == {"full": 3}
+    rows = with_totals([*ours, *ref])
+    assert [(r.planner, r.days) for r in rows] == [
+        *[("optimal", 1)] * 3,
+        ("optimal", 3),
+        *[("reference", 1)] * 3,
+        ("reference", 3),
+    ]
+    lines = targets([*ours, *ref])
+    assert "overcast winter day, 3 days: import 33.00 kWh vs reference 33.00: met" in lines
+    assert "overcast winter day, 3 days: switches 8 vs reference 36: met" in lines
+    assert any("needed socket in a day 4 (≤ 6): met" in line for line in lines)
+    # the first day alone would have missed: 13 kWh against 11
+    assert "import 13.00 kWh vs reference 11.00: MISSED" in "\n".join(targets([ours[0], ref[0]]))
+    with pytest.raises(ValueError, match="one day, planner"):
+        combined([ours[0], ref[0]])
+
+
+def test_runs_of_different_lengths_are_not_compared() -> None:
+    ours = [_day("optimal", 0, 13.0, 2.0, 2), _day("optimal", 1, 9.0, -2.0, 4)]
+    lines = targets([*ours, _day("reference", 0, 11.0, 0.0, 12)])
+    assert "overcast winter day, 2 days: the reference ran 1 measured day(s): not compared" in lines
+    assert not any("import" in line for line in lines)

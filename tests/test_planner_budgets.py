@@ -156,3 +156,81 @@ def test_the_best_modes_of_rows_already_seen_are_not_computed_again(
     assert len(calls) == 1
     optimal._with_best_modes(DayState(ctx, {"boiler": [0, 0, 1, 1, 0, 0]}, ["zero"] * 6))
     assert len(calls) == 2
+
+
+# --- the capped fewest-switches stage on the relaxation first ------------------------------
+
+
+def _switch_day() -> PlanningProblem:
+    # An optional bike that follows a surplus in and out (5 switches), and an optional
+    # boiler that fills at step 0 and is full after it: the relaxation may keep it on, full,
+    # where there is no surplus at all (rule 3's stricter half), the model with the rows not.
+    return problem(
+        [1500, 0, 500, 0, 500, 500],
+        [sock("boiler", 1000, 250, daily_need=False), sock("bike", 500, 5000, daily_need=False)],
+    )
+
+
+BEST = {"boiler": [1, 0, 0, 0, 0, 0], "bike": [1, 0, 1, 0, 1, 1]}
+
+
+def _capped_stage(
+    monkeypatch: pytest.MonkeyPatch, relaxed_rows: dict[str, list[int]]
+) -> tuple[list[bool], DayState, DayState, dict[str, float | int | str], optimal._Models]:
+    """`_fewer_switches` from BEST, the relaxation's answer stubbed as `relaxed_rows` and
+    the model with the rows solved for real; which model each call solved (rows or not).
+    (With evaluations left, the local search after each solve takes a lost plan back to
+    BEST on a day this small.)"""
+    p = _switch_day()
+    ctx, opts = Context(p), Options()
+    models = optimal._Models(p, opts.weights, relax=True)
+    assert models.relaxed.model.short_steps > 0  # the rule applies: two models
+    kept_short_calls: list[bool] = []
+
+    def answer(call: SolveCall) -> milp.MilpResult:
+        assert call.fewest_switches_within is not None  # the capped stage's solves only
+        kept_short_calls.append(call.solver.formulation.kept_short)
+        if not call.solver.formulation.kept_short:
+            return milp.MilpResult(relaxed_rows, "optimal", {})
+        assert call.solver is models.exact
+        return call.real()
+
+    stub_solve(monkeypatch, answer)
+    best = optimal._state(ctx, BEST)
+    clock = optimal._Clock(120.0)
+    info: dict[str, float | int | str] = {}
+    # no evaluations left for the local search: each MILP plan is taken as repaired
+    after, _ = optimal._fewer_switches(
+        ctx, models, best, opts, clock, info, optimal._Evals(0, clock)
+    )
+    return kept_short_calls, best, after, info, models
+
+
+def test_a_relaxed_fewest_switches_plan_that_breaks_rule_3_and_loses_brings_in_the_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The relaxation's answer keeps the full boiler on where there is no surplus, and leaves
+    # the bike off: repaired (the boiler off where it was short), it stores less than BEST.
+    broke = {"boiler": [1, 1, 1, 1, 1, 1], "bike": [0] * 6}
+    ctx = Context(_switch_day())
+    assert any(DayState(ctx, broke).short_on)
+    calls, best, after, info, _ = _capped_stage(monkeypatch, broke)
+    assert calls == [False, True]  # the relaxation, then the model with the rule's rows
+    assert info["switch_stage_rule3_rows"] == "added"
+    assert info["switch_stage"] == "optimal"
+    assert after.score <= best.score
+    assert not any(after.short_on)
+    assert after.score[4] == best.score[4]  # as much into the optional stores
+
+
+def test_a_relaxed_fewest_switches_plan_that_keeps_rule_3_and_loses_ends_the_stage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Worse, but within the rule: the model with the rows would not do better from there
+    # than the relaxation did (it only forbids plans), so there is no second solve.
+    kept = {"boiler": [1, 0, 0, 0, 0, 0], "bike": [0] * 6}
+    assert not any(DayState(Context(_switch_day()), kept).short_on)
+    calls, best, after, info, _ = _capped_stage(monkeypatch, kept)
+    assert calls == [False]
+    assert "switch_stage_rule3_rows" not in info
+    assert after.rows == best.rows

@@ -502,3 +502,37 @@ def test_equal_boilers_do_not_take_turns_across_re_plans() -> None:
     assert switches <= 3, history  # one fills, then the other: on, off, on
     assert stored["a"] == pytest.approx(2000)
     assert stored["b"] == pytest.approx(2000)
+
+
+def test_hysteresis_does_not_keep_a_run_on_a_store_that_is_full_now() -> None:
+    """Seen in the winter loop: a plan made while a needed boiler heated at noon left the
+    last of its fill for the night's cheap steps; the boiler read full an hour later, and
+    the later plans kept that night run (its two switches cost less than `hold_gain_wh`, and
+    inside its minimum on time a full socket on is allowed). At night the boiler, off since
+    noon, re-heated from the grid for the five minutes until the next plan switched it off
+    again. A run in which the previous plan's socket draws nothing now is dropped from it:
+    it only switches."""
+    night = [-300.0] * 8
+    full = sock("boiler", 2000, 2000, energy_stored=2000)
+    calm = {"switch_cost_wh": 20.0, "min_on_s": 1800, "hold_gain_wh": 50.0}
+    p = problem(night, [full]).model_copy(
+        update={
+            **calm,
+            "previous": {"boiler": [0, 0, 0, 0, 1, 1, 0, 0]},
+            "initial_on": {"boiler": False},
+            "initial_since_s": {"boiler": 5 * 3600},
+        }
+    )
+    assert simulate(p, p.previous).grid_import_wh == simulate(p, {"boiler": [0] * 8}).grid_import_wh
+    for plan in (plan_optimal(p), plan_quick(p, p.previous)):
+        assert plan.sockets["boiler"] == [0] * 8
+    # The run it is in now stays for the rest of its minimum on time (one more step).
+    now_on = p.model_copy(
+        update={
+            "previous": {"boiler": [1, 1, 1, 0, 0, 0, 0, 0]},
+            "initial_on": {"boiler": True},
+            "initial_since_s": {"boiler": 900},
+        }
+    )
+    for plan in (plan_optimal(now_on), plan_quick(now_on, now_on.previous)):
+        assert plan.sockets["boiler"] == [1, 0, 0, 0, 0, 0, 0, 0]

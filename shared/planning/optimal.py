@@ -57,6 +57,7 @@ from shared.planning.search import (
     Context,
     DayState,
     Score,
+    _runs,
     consolidate,
     improve,
 )
@@ -450,7 +451,29 @@ def _previous_state(ctx: Context, with_modes: bool) -> DayState | None:
     modes: list[BatteryMode] | None = None
     if with_modes:
         modes = list(problem.previous_battery_mode) or ["zero"] * ctx.n
-    return _state(ctx, _moved(problem.previous, ctx.n), modes)
+    state = _state(ctx, _moved(problem.previous, ctx.n), modes)
+    return _without_idle_runs(ctx, state)
+
+
+def _without_idle_runs(ctx: Context, state: DayState) -> DayState:
+    """`state` without the on-runs in which a socket draws nothing (its store is full before
+    the run starts: the run only switches it), but for the run it is in now (its minimum on
+    time). A previous plan made while a store was filling may hold such a run for later
+    steps, and the hysteresis would keep it where its switches cost less than
+    `hold_gain_wh`: a boiler off since it read full then re-heats from the grid for the
+    minutes until the next plan. Dropping a run that draws nothing changes no energy, and
+    leaves fewer switches and no new minimum on / off time broken."""
+    rows = state.plan()
+    dropped = False
+    for i, sock in enumerate(ctx.socks):
+        row, draw = rows[sock.name], state.draws[i]
+        for first, last in _runs(row):
+            if first == 0 and sock.init:
+                continue
+            if all(draw[t] <= 0 for t in range(first, last + 1)):
+                row[first : last + 1] = [0] * (last + 1 - first)
+                dropped = True
+    return _state(ctx, rows, state.modes) if dropped else state
 
 
 def passes_guard(ctx: Context, state: DayState) -> bool:

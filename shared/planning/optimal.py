@@ -462,18 +462,16 @@ def _without_idle_runs(ctx: Context, state: DayState) -> DayState:
     steps, and the hysteresis would keep it where its switches cost less than
     `hold_gain_wh`: a boiler off since it read full then re-heats from the grid for the
     minutes until the next plan. Dropping a run that draws nothing changes no energy, and
-    leaves fewer switches and no new minimum on / off time broken."""
-    rows = state.plan()
-    dropped = False
+    leaves fewer switches, no new minimum on / off time broken and the plan admissible, so
+    the rows change in place (no repair)."""
     for i, sock in enumerate(ctx.socks):
-        row, draw = rows[sock.name], state.draws[i]
+        row, draw = list(state.rows[i]), state.draws[i]
         for first, last in _runs(row):
-            if first == 0 and sock.init:
-                continue
-            if all(draw[t] <= 0 for t in range(first, last + 1)):
+            if (first > 0 or not sock.init) and all(d <= 0 for d in draw[first : last + 1]):
                 row[first : last + 1] = [0] * (last + 1 - first)
-                dropped = True
-    return _state(ctx, rows, state.modes) if dropped else state
+        if row != state.rows[i]:
+            state.apply_row(i, row)
+    return state
 
 
 def passes_guard(ctx: Context, state: DayState) -> bool:

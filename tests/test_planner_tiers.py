@@ -17,7 +17,7 @@ import pytest
 
 from bench.days import make_day
 from shared.config import Settings
-from shared.planning import milp
+from shared.planning import milp, optimal
 from shared.planning.optimal import (
     Options,
     baseline,
@@ -536,3 +536,27 @@ def test_hysteresis_does_not_keep_a_run_on_a_store_that_is_full_now() -> None:
     )
     for plan in (plan_optimal(now_on), plan_quick(now_on, now_on.previous)):
         assert plan.sockets["boiler"] == [1, 0, 0, 0, 0, 0, 0, 0]
+
+
+def test_a_run_inside_the_hold_of_the_state_now_is_not_dropped() -> None:
+    """Found by comparing the scores before and after dropping: a socket on now whose
+    minimum on time runs two more steps, and a previous plan with it off at step 0 and on,
+    full, at steps 1-2. Dropping that run would break the hold at step 1 too; it stays, and
+    the previous plan continued never breaks more holds than it did."""
+    night = [-300.0] * 6
+    p = problem(night, [sock("boiler", 1000, 250, energy_stored=250)]).model_copy(
+        update={
+            "switch_cost_wh": 20.0,
+            "min_on_s": 1800,
+            "hold_gain_wh": 50.0,
+            "previous": {"boiler": [0, 1, 1, 0, 0, 0]},
+            "initial_on": {"boiler": True},
+            "initial_since_s": {"boiler": 300},
+        }
+    )
+    ctx = Context(p)
+    continued = optimal._state(ctx, p.previous)
+    assert continued.plan() == {"boiler": [0, 1, 1, 0, 0, 0]}
+    kept = optimal._without_idle_runs(ctx, optimal._state(ctx, p.previous))
+    assert kept.score[2] <= continued.score[2]
+    assert kept.plan() == continued.plan()

@@ -461,13 +461,15 @@ def _without_idle_runs(ctx: Context, state: DayState) -> DayState:
     time). A previous plan made while a store was filling may hold such a run for later
     steps, and the hysteresis would keep it where its switches cost less than
     `hold_gain_wh`: a boiler off since it read full then re-heats from the grid for the
-    minutes until the next plan. Dropping a run that draws nothing changes no energy, and
-    leaves fewer switches, no new minimum on / off time broken and the plan admissible, so
-    the rows change in place (no repair)."""
+    minutes until the next plan. A run that starts inside the minimum on time of a socket on
+    now stays too (dropping it would break that hold at more steps). Dropping a run that
+    draws nothing changes no energy, and leaves fewer switches, no new minimum on / off time
+    broken and the plan admissible, so the rows change in place (no repair)."""
     for i, sock in enumerate(ctx.socks):
         row, draw = list(state.rows[i]), state.draws[i]
+        held_on = max(sock.held, 1) if sock.init else 0  # steps the state now holds 'on'
         for first, last in _runs(row):
-            if (first > 0 or not sock.init) and all(d <= 0 for d in draw[first : last + 1]):
+            if first >= held_on and all(d <= 0 for d in draw[first : last + 1]):
                 row[first : last + 1] = [0] * (last + 1 - first)
         if row != state.rows[i]:
             state.apply_row(i, row)

@@ -404,14 +404,19 @@ async def run_one(
     return results
 
 
+def _by_run(results: list[DayResult]) -> dict[tuple[str, str], list[DayResult]]:
+    """`results` per (day, planner), in their order."""
+    runs: dict[tuple[str, str], list[DayResult]] = {}
+    for r in results:
+        runs.setdefault((r.day, r.planner), []).append(r)
+    return runs
+
+
 def with_totals(results: list[DayResult]) -> list[DayResult]:
     """`results` (one day and planner after another, each day's measured days in order) with
     a total row after every run of more than one measured day."""
     out: list[DayResult] = []
-    runs: dict[tuple[str, str], list[DayResult]] = {}
-    for r in results:
-        runs.setdefault((r.day, r.planner), []).append(r)
-    for run in runs.values():
+    for run in _by_run(results).values():
         out.extend(run)
         if len(run) > 1:
             out.append(combined(run))
@@ -453,10 +458,7 @@ def targets(results: list[DayResult]) -> list[str]:
     in the day a store is filled moves energy across a boundary, not across the run), the
     most switches in an hour and of a needed socket on the worst day."""
     out = []
-    runs: dict[tuple[str, str], list[DayResult]] = {}
-    for r in results:
-        if r.days == 1:
-            runs.setdefault((r.day, r.planner), []).append(r)
+    runs = _by_run([r for r in results if r.days == 1])
     for day in dict.fromkeys(r.day for r in results):
         if (day, "optimal") not in runs:
             continue

@@ -150,6 +150,29 @@ def test_where_pairs_find_nothing_triples_follow_if_a_round_of_them_is_small(
     )
 
 
+def test_pairs_and_triples_share_one_work_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Triples get what the pairs left of `switch_neighbourhood_work`, not a budget of their
+    own (on a 288-step day a fresh one cost 8.7 s CPU for nothing)."""
+    rng = random.Random(5)
+    while True:
+        ctx, state = _random_state(rng)
+        if state.score[0] <= 0 and state.score[2] <= 0:
+            break
+    k = len(ctx.socks)
+    pairs = sum(
+        1 for i, j in combinations(range(k), 2) if max(state.stats[i][2], state.stats[j][2]) > 2
+    )
+    triples = sum(1 for g in combinations(range(k), 3) if max(state.stats[i][2] for i in g) > 2)
+    assert triples >= 2
+    per_solve = (30 + 8) * milp.Solver(ctx.problem).integers / 1000  # `_free_counts`' solves
+    # The pairs spend it all: no triple.
+    spent = Options(switch_neighbourhood_work=int(pairs * per_solve))
+    assert _free_counts(monkeypatch, ctx, state, spent) == [2] * pairs
+    # One and a half solves left after the pairs: two triples (a solve starts while any is left).
+    rest = Options(switch_neighbourhood_work=int((pairs + 1.5) * per_solve))
+    assert _free_counts(monkeypatch, ctx, state, rest) == [2] * pairs + [3] * 2
+
+
 def test_where_every_pair_solve_proved_its_optimum_a_short_round_of_triples_follows(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

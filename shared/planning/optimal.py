@@ -778,22 +778,21 @@ def _neighbourhoods(
     easy = False  # a round of larger groups after pairs that all proved their optimum
     for group_size in range(2, min(largest, k - 1) + 1):
         groups = list(combinations(range(k), group_size))
-        if group_size > 2:
-            # Larger groups only where the smaller ones found nothing, and where one round of
-            # them is a few solves (their number grows as k^3: 10 for 5 sockets, 56 for 8).
-            # What the pairs left of `switch_neighbourhood_work` (one budget for every size:
-            # measured on a 288-step day of 5-minute steps, 3 pair solves of 2.9 s CPU each
-            # found nothing, and a fresh budget for triples spent 8.7 s more on 3 more).
-            if better > 0 or len(groups) > opts.switch_group_solves_max:
-                # Or, with `switch_groups_when_proved`, where every smaller group's solve
-                # proved its optimum (small models HiGHS settles in a few checkpoints): then
-                # half the checkpoints per solve, a third of the work, and the round ends at
-                # the first solve that does not prove its optimum (the groups got harder).
-                if not (opts.switch_groups_when_proved and solves > 0 and proved == solves):
-                    break
-                easy = True
-                cps = max(1, opts.neighbourhood_solve_checkpoints // 2)
-                left = float(opts.switch_neighbourhood_work) / 3
+        # Larger groups only where the smaller ones found nothing, and where one round of
+        # them is a few solves (their number grows as k^3: 10 for 5 sockets, 56 for 8), with
+        # what the pairs left of `switch_neighbourhood_work` (one budget for every size:
+        # measured on a 288-step day of 5-minute steps, 3 pair solves of 2.9 s CPU each found
+        # nothing, and a fresh budget for triples spent 8.7 s more on 3 more).
+        if group_size > 2 and (better > 0 or len(groups) > opts.switch_group_solves_max):
+            # Or, with `switch_groups_when_proved`, where every smaller group's solve
+            # proved its optimum (small models HiGHS settles in a few checkpoints): then
+            # half the checkpoints per solve, a third of the work, and the round ends at
+            # the first solve that does not prove its optimum (the groups got harder).
+            if not (opts.switch_groups_when_proved and solves > 0 and proved == solves):
+                break
+            easy = True
+            cps = max(1, opts.neighbourhood_solve_checkpoints // 2)
+            left = float(opts.switch_neighbourhood_work) / 3
         while left > 0:
             improved = False
             for group in groups:

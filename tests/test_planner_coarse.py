@@ -92,12 +92,13 @@ def test_a_fine_main_milp_stuck_in_its_root_brings_in_the_coarse_plan(
 ) -> None:
     day = _fine_day()
     fine_budgets, steps = _stub_fine_root_stall(monkeypatch, nodes=0)
-    opts = Options(mip_checkpoints_with_coarse=7)
+    opts = Options(mip_max_checkpoints=7, mip_restarts=1)
     plan = plan_optimal(day, opts)
-    # The fine main run was capped, and the coarse model (15-minute steps) was solved.
+    # The coarse model (15-minute steps) was solved after the fine main run.
     assert fine_budgets
     assert fine_budgets[0] == 7
     assert 900 in steps
+    assert steps.index(900) > steps.index(300)  # after the fine main run, not before
     assert plan.info["coarse_steps"] == 6
     assert plan.info["coarse_start"] in ("taken", "not better")
     # The capped fewest-switches stage on the fine model is skipped exactly where the
@@ -118,8 +119,8 @@ def test_a_fine_main_milp_that_branches_gets_no_coarse_plan(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fine_budgets, steps = _stub_fine_root_stall(monkeypatch, nodes=3)
-    plan = plan_optimal(_fine_day(), Options(mip_checkpoints_with_coarse=7))
-    assert fine_budgets[0] == 7  # the first run is capped all the same
+    plan = plan_optimal(_fine_day(), Options(mip_max_checkpoints=7, mip_restarts=1))
+    assert fine_budgets[0] == 7
     assert 900 not in steps
     assert "coarse_start" not in plan.info
 
@@ -142,9 +143,9 @@ def test_a_day_of_15_minute_steps_is_planned_at_its_own_step_only(
         [-200, 900, 2200, 2700, 2400, 1800, 900, -300],
         [sock("boiler", 2000, 1500), sock("pool", 800, 1200, daily_need=False)],
     )
-    opts = Options(mip_checkpoints_with_coarse=7)
+    opts = Options()
     plan = plan_optimal(day, opts)
     assert set(steps) == {900}
-    assert budgets[0] == opts.mip_max_checkpoints  # no cap without a coarse plan to follow
+    assert budgets[0] == opts.mip_max_checkpoints
     assert not any(k.startswith("coarse") for k in plan.info)
     assert optimal.coarse_factor(day, opts.coarse_step_s) == 1

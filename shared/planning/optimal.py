@@ -156,23 +156,19 @@ class Options:
     mip_max_improving_sols: int = 1_000_000
     #: HiGHS's share of work in primal heuristics (`milp.Budget.heuristic_effort`).
     mip_heuristic_effort: float = 0.05
-    #: Days with steps shorter than this, s, are first planned at this step (`coarse_problem`:
-    #: the surplus and prices averaged over each group of steps), and that plan, each step
-    #: repeated, is one more start. On a 222-step day of 5-minute steps the fine model's MILP
-    #: ends inside its root node (a model three times the size), while the coarse one
-    #: branches and finds a far better plan shape (docs/bench-planners.md, "A coarse plan
-    #: first"). 0: never.
+    #: A day with steps shorter than this, s, whose main MILP spent its budget inside its root
+    #: node, is planned again at this step (`coarse_problem`: the surplus and prices averaged
+    #: over each group of steps), and that plan, each step repeated, is one more start. On a
+    #: 222-step day of 5-minute steps the fine model's root took 95 checkpoints (9 s CPU) for
+    #: a plan 4 % below the coarse one, whose model a third the size branches
+    #: (docs/bench-planners.md, "A coarse plan"). Only after the fine run's whole budget:
+    #: capped at 40 checkpoints, the fine run saved 7 s there but lost a 480-step day's
+    #: proof (found at checkpoint 48: -7206 -> -2836). 0: never.
     coarse_step_s: int = 900
     #: The coarse plan's work: one main MILP run of this many checkpoints (no restarts,
     #: neighbourhoods or fewest-switches stages) and this many local-search evaluations.
     coarse_checkpoints: int = 120
     coarse_evals: int = 1000
-    #: Where a coarse plan can follow, the fine main MILP's first run stops after at most
-    #: this many checkpoints (0: no cap): a day of short steps that the fine model proves
-    #: does so in its first few dozen checkpoints (11-34 on the benchmark's 5-minute days),
-    #: and one whose root goes on past that is a root the coarse plan beats (measured on
-    #: the 222-step day: 95 checkpoints, 9 s CPU, for a plan 4 % below the coarse one).
-    mip_checkpoints_with_coarse: int = 40
     random_seed: int = 1
     weights: milp.Weights = field(default_factory=milp.Weights)
 
@@ -939,7 +935,6 @@ def _plan_full(
             runs = max(1, opts.mip_restarts)
             run = 0
             fresh = True  # the next run is on a model not run yet: the first run's checkpoints
-            with_coarse = coarse_factor(problem, opts.coarse_step_s) > 1
             while run < runs:
                 # Each run starts from the best plan so far, with its own seed: HiGHS's
                 # heuristics find very different plans from one seed to the next.
@@ -948,8 +943,6 @@ def _plan_full(
                     solver.integers,
                     opts.mip_max_checkpoints if fresh else opts.mip_restart_checkpoints,
                 )
-                if run == 0 and with_coarse and opts.mip_checkpoints_with_coarse > 0:
-                    checkpoints = min(checkpoints, opts.mip_checkpoints_with_coarse)
                 budget = _budget(opts, clock, checkpoints)
                 budget = replace(budget, random_seed=opts.random_seed + run)
                 result = solver.solve(best.plan(), budget)

@@ -115,6 +115,33 @@ def test_a_fine_main_milp_stuck_in_its_root_brings_in_the_coarse_plan(
     assert again.sockets == plan.sockets
 
 
+def test_a_coarse_plan_better_than_the_start_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four sockets on 24 five-minute steps; with the fine MILP finding nothing (stubbed), the
+    local search's plan loses to the coarse one, which is taken, and the capped stage on the
+    fine model is skipped."""
+    surplus = [200.0, 300, 100, -200, -200, -200, 2400, 2300, 2500, 300, 100, 200]
+    surplus += [1300.0, 1300, 1200, 2500, 2500, 2400, 1700, 1900, 1800, 2300, 2300, 2300]
+    day = problem(
+        surplus,
+        [
+            sock("boiler", 1500, 1000),
+            sock("pool", 800, 400, daily_need=False),
+            sock("bike", 500, 250, daily_need=False),
+            sock("spa", 1200, 600, daily_need=False),
+        ],
+        step_s=300,
+    )
+    _stub_fine_root_stall(monkeypatch, nodes=0)
+    opts = Options(mip_max_checkpoints=7, mip_restarts=1)
+    plan = plan_optimal(day, opts)
+    assert plan.info["coarse_start"] == "taken"
+    assert plan.info["switch_stage"] == "skipped after the coarse plan"
+    without = plan_optimal(day, replace(opts, coarse_step_s=0))
+    ctx = Context(day)
+    assert DayState(ctx, plan.sockets).score < DayState(ctx, without.sockets).score
+    assert plan.status == "time-limited"
+
+
 def test_a_fine_main_milp_that_branches_gets_no_coarse_plan(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -1015,7 +1015,7 @@ def _plan_full(
             # fewer (23 -> 23; re-planning pairs of sockets instead: 23 -> 23, 2.6 s); the
             # consolidation above took that plan from 28 to 23.
             coarse_taken = info.get("coarse_start") == "taken"
-            if coarse_taken:
+            if coarse_taken and opts.switch_checkpoints > 0:
                 info["switch_stage"] = "skipped after the coarse plan"
             if opts.switch_checkpoints > 0 and not pairs_only and not coarse_taken:
                 best, m = _fewer_switches(ctx, models, best, opts, clock, info, evals)

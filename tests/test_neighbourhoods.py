@@ -125,19 +125,27 @@ def _free_counts(
     return free
 
 
-def test_where_pairs_find_nothing_triples_follow_if_a_round_of_them_is_small(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def _groups_to_solve() -> tuple[Context, DayState, int, int]:
+    """A random plan that meets every need and keeps every hold (the fewest-switches stage's
+    input), and how many pairs and triples of its sockets have a socket with switches to
+    spare (more than one run)."""
     rng = random.Random(5)
     while True:
         ctx, state = _random_state(rng)
         if state.score[0] <= 0 and state.score[2] <= 0:
             break
-    k = len(ctx.socks)  # 4 sockets: 6 pairs, 4 triples
+    k = len(ctx.socks)
     pairs = sum(
         1 for i, j in combinations(range(k), 2) if max(state.stats[i][2], state.stats[j][2]) > 2
     )
     triples = sum(1 for g in combinations(range(k), 3) if max(state.stats[i][2] for i in g) > 2)
+    return ctx, state, pairs, triples
+
+
+def test_where_pairs_find_nothing_triples_follow_if_a_round_of_them_is_small(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ctx, state, pairs, triples = _groups_to_solve()  # 4 sockets: 6 pairs, 4 triples
     assert pairs > 0
     assert triples > 0
     free = _free_counts(monkeypatch, ctx, state, Options())
@@ -153,16 +161,7 @@ def test_where_pairs_find_nothing_triples_follow_if_a_round_of_them_is_small(
 def test_pairs_and_triples_share_one_work_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     """Triples get what the pairs left of `switch_neighbourhood_work`, not a budget of their
     own (on a 288-step day a fresh one cost 8.7 s CPU for nothing)."""
-    rng = random.Random(5)
-    while True:
-        ctx, state = _random_state(rng)
-        if state.score[0] <= 0 and state.score[2] <= 0:
-            break
-    k = len(ctx.socks)
-    pairs = sum(
-        1 for i, j in combinations(range(k), 2) if max(state.stats[i][2], state.stats[j][2]) > 2
-    )
-    triples = sum(1 for g in combinations(range(k), 3) if max(state.stats[i][2] for i in g) > 2)
+    ctx, state, pairs, triples = _groups_to_solve()
     assert triples >= 2
     per_solve = (30 + 8) * milp.Solver(ctx.problem).integers / 1000  # `_free_counts`' solves
     # The pairs spend it all: no triple.
@@ -179,16 +178,8 @@ def test_where_every_pair_solve_proved_its_optimum_a_short_round_of_triples_foll
     """Past `switch_group_solves_max` (or after pairs that found fewer switches), triples
     still follow where every pair solve proved its optimum: half the checkpoints each, and
     the round ends at the first triple that proves nothing."""
-    rng = random.Random(5)
-    while True:
-        ctx, state = _random_state(rng)
-        if state.score[0] <= 0 and state.score[2] <= 0:
-            break
+    ctx, state, pairs, triples = _groups_to_solve()
     k = len(ctx.socks)
-    pairs = sum(
-        1 for i, j in combinations(range(k), 2) if max(state.stats[i][2], state.stats[j][2]) > 2
-    )
-    triples = sum(1 for g in combinations(range(k), 3) if max(state.stats[i][2] for i in g) > 2)
     assert pairs > 0
     assert triples >= 2
     calls: list[tuple[int, int]] = []  # (sockets left free, checkpoints allowed)

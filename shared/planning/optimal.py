@@ -339,9 +339,9 @@ def _coarse_start(
         switch_evals=0,
         coarse_step_s=0,
     )
-    sub: dict[str, float | int | str] = {}
-    plan = _plan_full(coarse_problem(problem, k), cheap, clock, sub)
-    info["coarse_steps"] = len(plan.battery_power_w)
+    coarse = coarse_problem(problem, k)
+    plan = _plan_full(coarse, cheap, clock, {})
+    info["coarse_steps"] = coarse.n_steps
     info["coarse_status"] = plan.status
     return {
         name: [v for v in row for _ in range(k)][: problem.n_steps]
@@ -357,23 +357,23 @@ def _from_coarse(
     info: dict[str, float | int | str],
     modes: Sequence[BatteryMode] | None,
     use_modes: bool,
-) -> tuple[DayState, int]:
+) -> tuple[DayState, int, bool]:
     """The coarse plan (`_coarse_start`), polished with a third of the full tier's
     evaluations (its repeated steps may import a little where the surplus dips inside a
-    coarse step), where it is better than `best`."""
+    coarse step), where it is better than `best`; and whether it was taken."""
     coarse = _coarse_start(ctx.problem, opts, clock, info)
     if coarse is None:
-        return best, 0
+        return best, 0, False
     cand = _state(ctx, coarse, modes)
     if cand.score == INADMISSIBLE:
         info["coarse_start"] = "inadmissible"
-        return best, 0
+        return best, 0, False
     own = _Evals(opts.max_evals // 3, clock)
     cand, moves = _polish(cand, own, use_modes)
     info["coarse_evals"] = own.used
     taken = cand.score < best.score
     info["coarse_start"] = "taken" if taken else "not better"
-    return (cand if taken else best), moves
+    return (cand if taken else best), moves, taken
 
 
 def _moved(rows: Mapping[str, Sequence[int]], n: int) -> dict[str, list[int]]:
@@ -985,8 +985,9 @@ def _plan_full(
             # A main MILP that ended inside its root node without a proof, on a day of short
             # steps: the day at a coarser step (a model a fraction of the size, whose root
             # HiGHS gets through), its plan one more start.
+            coarse_taken = False
             if not proved and not branched:
-                best, m = _from_coarse(ctx, best, opts, clock, info, zero, use_modes)
+                best, m, coarse_taken = _from_coarse(ctx, best, opts, clock, info, zero, use_modes)
                 moves += m
             # Re-planning pairs of sockets: where the main MILP got through its root (a model
             # whose root HiGHS gets through in budget: its smaller solves are cheap too).
@@ -1014,7 +1015,6 @@ def _plan_full(
             # skipped too: on the 222-step day it ran 30 checkpoints, 4.7 s CPU, for no switch
             # fewer (23 -> 23; re-planning pairs of sockets instead: 23 -> 23, 2.6 s); the
             # consolidation above took that plan from 28 to 23.
-            coarse_taken = info.get("coarse_start") == "taken"
             if coarse_taken and opts.switch_checkpoints > 0:
                 info["switch_stage"] = "skipped after the coarse plan"
             if opts.switch_checkpoints > 0 and not pairs_only and not coarse_taken:

@@ -77,6 +77,10 @@ DAYS: dict[str, tuple[str, date, float]] = {
     "winter": ("overcast winter day", date(2026, 12, 15), 0.8),
 }
 PLANNERS = ("optimal", "reference")
+#: The prices the stack plans on: the simulated house's day-ahead prices (EnergyZero-shaped,
+#: `dynamic`), or the fixed tariff of the settings (`fixed`: the same price all day, as
+#: under net metering).
+PRICES = ("dynamic", "fixed")
 SOCKETS = (*NEEDED, OPTIONAL)
 #: Targets (issue 14).
 MAX_PER_HOUR = 2
@@ -177,10 +181,15 @@ def combined(results: list[DayResult]) -> DayResult:
 class LoopRun(Soak):
     """One day of the stack with one planner, no faults."""
 
-    def __init__(self, options: SoakOptions, planner: str, cloudiness: float) -> None:
+    def __init__(
+        self, options: SoakOptions, planner: str, cloudiness: float, prices: str = "dynamic"
+    ) -> None:
         super().__init__(options)
+        if prices not in PRICES:
+            raise ValueError(f"prices must be one of {', '.join(PRICES)}, got {prices!r}")
         self.planner = planner
         self.cloudiness = cloudiness
+        self.prices = prices
 
     def _write_inputs(self) -> tuple[Path, Path]:
         devices_file, house = super()._write_inputs()
@@ -194,11 +203,14 @@ class LoopRun(Soak):
         return devices_file, house
 
     def _stack_env(self) -> dict[str, str]:
-        return {"HWSCHED_PLANNER": self.planner}
+        env = {"HWSCHED_PLANNER": self.planner}
+        if self.prices == "fixed":  # else `hwsched run` takes the house's day-ahead market
+            env["HWSCHED_PRICES__SOURCE"] = "fixed"
+        return env
 
     async def _start_stack(self) -> None:
         await super()._start_stack()
-        self.say(f"({self.planner} planner)")
+        self.say(f"({self.planner} planner, {self.prices} prices)")
 
     async def run_day(self) -> None:
         """Run the stack from the start to the end; the messages and events are in `seen`."""
@@ -384,9 +396,10 @@ async def run_one(
     run_dir: Path,
     lead_days: int = 1,
     days: int = 1,
+    prices: str = "dynamic",
 ) -> list[DayResult]:
-    """Run `day` with `planner` for `lead_days` and then `days` measured days: one result
-    per measured day."""
+    """Run `day` with `planner` on `prices` for `lead_days` and then `days` measured days:
+    one result per measured day."""
     _, _, cloudiness = DAYS[day]
     start, _, end = window(day, lead_days, days)
     options = SoakOptions(
@@ -394,14 +407,19 @@ async def run_one(
         end=end + timedelta(minutes=3),
         speed=speed,
         seed=seed,
-        run_dir=run_dir / f"{day}-{planner}",
+        run_dir=run_dir / run_name(day, planner, prices),
     )
-    run = LoopRun(options, planner, cloudiness)
+    run = LoopRun(options, planner, cloudiness, prices)
     began = time.monotonic()
     await run.run_day()
     results = [measure(options.run_dir, day, planner, seed, i) for i in range(days)]
     results[0].took_s = time.monotonic() - began
     return results
+
+
+def run_name(day: str, planner: str, prices: str = "dynamic") -> str:
+    """The run's folder under the run directory (`winter-optimal`, `winter-optimal-fixed`)."""
+    return f"{day}-{planner}" + ("" if prices == "dynamic" else f"-{prices}")
 
 
 def _by_run(results: list[DayResult]) -> dict[tuple[str, str], list[DayResult]]:
@@ -514,16 +532,19 @@ async def bench(
     run_dir: Path,
     lead_days: int = 1,
     measured_days: int = 1,
+    prices: str = "dynamic",
 ) -> list[DayResult]:
     results = []
     for day in days:
         for planner in planners:
             print(
                 f"loop: {DAYS[day][0]}, {planner} planner, seed {seed}, {speed:g}x, "
-                f"{lead_days} lead day(s), {measured_days} measured day(s)",
+                f"{lead_days} lead day(s), {measured_days} measured day(s), {prices} prices",
                 flush=True,
             )
-            run = await run_one(day, planner, seed, speed, run_dir, lead_days, measured_days)
+            run = await run_one(
+                day, planner, seed, speed, run_dir, lead_days, measured_days, prices
+            )
             for line in table(with_totals(run)).splitlines()[2:]:
                 print(line, flush=True)
             print(f"({run[0].took_s:.0f} s)", flush=True)
@@ -552,6 +573,13 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="planning days measured after the lead days, each a row, and their total (1)",
     )
+    parser.add_argument(
+        "--prices",
+        choices=PRICES,
+        default="dynamic",
+        help="dynamic: the house's day-ahead prices (default); fixed: the settings' fixed "
+        "tariff, the same all day",
+    )
     parser.add_argument("--run-dir", default=str(ROOT / "run" / "loop"), help="logs (run/loop)")
     parser.add_argument("--out", help="write the table and the targets to this Markdown file")
     parser.add_argument(
@@ -575,10 +603,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         run_dir = Path(args.run_dir)
         results = [
-            measure(run_dir / f"{d}-{p}", d, p, args.seed, i)
+            measure(run_dir / run_name(d, p, args.prices), d, p, args.seed, i)
             for d in days
             for p in planners
-            if (run_dir / f"{d}-{p}" / "house-events.json").is_file()
+            if (run_dir / run_name(d, p, args.prices) / "house-events.json").is_file()
             for i in range(args.measured_days)
         ]
     else:
@@ -591,6 +619,7 @@ def main(argv: list[str] | None = None) -> int:
                 Path(args.run_dir),
                 args.lead_days,
                 args.measured_days,
+                args.prices,
             )
         )
     took = time.monotonic() - began
@@ -600,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     command = (
         f"python -m bench.loop --speed {args.speed:g} --seed {args.seed} "
         f"--lead-days {args.lead_days} --measured-days {args.measured_days} "
-        f"--days {','.join(days)} --planners {','.join(planners)}"
+        f"--days {','.join(days)} --planners {','.join(planners)} --prices {args.prices}"
     )
     print(text + f"\n{command}: {took:.0f} s", flush=True)
     if args.out:

@@ -171,9 +171,10 @@ bench-latency: $(STAMP)
 
 ## The planners in the loop (issue 14): the whole stack on the simulated house for a clear
 ## summer day, a day of passing clouds and an overcast winter day, with the default and the
-## reference planner, each after a lead day of the same weather (not in CI: ~10 min per day
-## and planner; docs/bench-loop.md). More measured days and their total:
-## make bench-loop LOOP_ARGS="--days winter --measured-days 3" (~5 min more per day).
+## reference planner, on the house's day-ahead prices and on a fixed tariff, each after a
+## lead day of the same weather (not in CI: ~10 min per day, prices and planner;
+## docs/bench-loop.md). More measured days and their total, one tariff:
+## make bench-loop LOOP_ARGS="--days winter --measured-days 3 --prices fixed" (~5 min more per day).
 .PHONY: bench-loop
 bench-loop: $(STAMP) $(FSTAMP)
 	$(BIN)/python -m bench.loop $(LOOP_ARGS)

@@ -10,15 +10,18 @@ import pytest
 
 from bench.loop import (
     DayResult,
+    LoopRun,
     _kept_kwh,
     combined,
     day_bounds,
     max_in_window,
     measure,
+    run_name,
     targets,
     window,
     with_totals,
 )
+from bench.soak import SoakOptions
 
 BEGIN = datetime(2026, 12, 15, 5, 0, tzinfo=UTC)
 END = BEGIN + timedelta(days=1)
@@ -191,16 +194,25 @@ def test_measure_counts_one_measured_day_of_several(tmp_path: Path) -> None:
     assert result.cost_eur == pytest.approx(2.5)
 
 
-def _day(planner: str, index: int, imp: float, kept: float, switches: int) -> DayResult:
+def _day(
+    planner: str,
+    index: int,
+    imp: float,
+    kept: float,
+    switches: int,
+    prices: str = "fixed",
+    cost: float | None = None,
+) -> DayResult:
     return DayResult(
         day="winter",
         planner=planner,
         seed=1,
         index=index,
+        prices=prices,
         import_kwh=imp,
         export_kwh=0.0,
         kept_kwh=kept,
-        cost_eur=imp * 0.25,
+        cost_eur=imp * 0.25 if cost is None else cost,
         optional_wh=0.0,
         full_in_day={"Shower boiler": index != 2 or planner == "reference"},
         switches={"Shower boiler": switches},
@@ -219,7 +231,8 @@ def test_measured_days_are_totalled_and_judged_on_their_total() -> None:
     ]
     ref = [_day("reference", i, 11.0, 0.0, 12) for i in range(3)]
     total = combined(ours)
-    assert (total.days, total.index, total.label) == (3, 0, "overcast winter day, 3 days")
+    label = "overcast winter day (fixed tariff), 3 days"
+    assert (total.days, total.index, total.label) == (3, 0, label)
     assert total.import_kwh == pytest.approx(33.0)
     assert total.kept_kwh == pytest.approx(0.0)
     assert total.cost_eur == pytest.approx(8.25)
@@ -235,17 +248,61 @@ def test_measured_days_are_totalled_and_judged_on_their_total() -> None:
         ("reference", 3),
     ]
     lines = targets([*ours, *ref])
-    assert "overcast winter day, 3 days: import 33.00 kWh vs reference 33.00: met" in lines
-    assert "overcast winter day, 3 days: switches 8 vs reference 36: met" in lines
+    assert f"{label}: import 33.00 kWh vs reference 33.00: met" in lines
+    assert f"{label}: switches 8 vs reference 36: met" in lines
     assert any("needed socket in a day 4 (≤ 6): met" in line for line in lines)
     # the first day alone would have missed: 13 kWh against 11
     assert "import 13.00 kWh vs reference 11.00: MISSED" in "\n".join(targets([ours[0], ref[0]]))
     with pytest.raises(ValueError, match="one day, planner"):
         combined([ours[0], ref[0]])
+    with pytest.raises(ValueError, match="prices"):
+        combined([ours[0], _day("optimal", 1, 9.0, -2.0, 4, prices="dynamic")])
+
+
+def test_on_day_ahead_prices_the_cost_is_judged_and_the_import_reported() -> None:
+    """A plan that fills a boiler in the night's low prices may import more than the
+    reference for less money: on day-ahead prices the cost is the target, on the fixed
+    tariff the import (and there the cost follows it)."""
+    dynamic = [
+        _day("optimal", 0, 11.7, 0.0, 4, prices="dynamic", cost=2.80),
+        _day("reference", 0, 11.5, 0.0, 36, prices="dynamic", cost=2.90),
+    ]
+    fixed = [_day("optimal", 0, 11.7, 0.0, 4), _day("reference", 0, 11.5, 0.0, 36)]
+    lines = targets([*dynamic, *fixed])
+    assert (
+        "overcast winter day: cost 2.80 EUR vs reference 2.90 (what the plans minimise): met"
+        in lines
+    )
+    imports = [line for line in lines if line.startswith("overcast winter day: import")]
+    assert imports == [
+        "overcast winter day: import 11.70 kWh vs reference 11.50 (reported, not judged: on "
+        "day-ahead prices the plans minimise the cost)"
+    ]
+    tariff = "overcast winter day (fixed tariff)"
+    assert f"{tariff}: import 11.70 kWh vs reference 11.50: MISSED" in lines
+    assert f"{tariff}: cost 2.92 EUR vs reference 2.88 (what the plans minimise): MISSED" in lines
+    # the two runs are not mixed: each compares with the reference on its own prices
+    assert sum("switches 4 vs reference 36: met" in line for line in lines) == 2
+
+
+def test_a_run_on_the_fixed_tariff_has_its_own_folder_and_environment(tmp_path: Path) -> None:
+    assert run_name("winter", "optimal") == "winter-optimal"
+    assert run_name("winter", "optimal", "fixed") == "winter-optimal-fixed"
+    options = SoakOptions(start=BEGIN, end=END, run_dir=tmp_path)
+    assert LoopRun(options, "optimal", 0.8)._stack_env() == {"HWSCHED_PLANNER": "optimal"}
+    assert LoopRun(options, "reference", 0.8, "fixed")._stack_env() == {
+        "HWSCHED_PLANNER": "reference",
+        "HWSCHED_PRICES__SOURCE": "fixed",
+    }
+    with pytest.raises(ValueError, match="prices must be one of dynamic, fixed"):
+        LoopRun(options, "optimal", 0.8, "hourly")
 
 
 def test_runs_of_different_lengths_are_not_compared() -> None:
     ours = [_day("optimal", 0, 13.0, 2.0, 2), _day("optimal", 1, 9.0, -2.0, 4)]
     lines = targets([*ours, _day("reference", 0, 11.0, 0.0, 12)])
-    assert "overcast winter day, 2 days: the reference ran 1 measured day(s): not compared" in lines
+    assert (
+        "overcast winter day (fixed tariff), 2 days: the reference ran 1 measured day(s): "
+        "not compared"
+    ) in lines
     assert not any("import" in line for line in lines)

@@ -924,7 +924,7 @@ def _plan_full(
             # HiGHS finds much better plans in it on large days, the search repairs them, and
             # where its optimum keeps the rule it is the day's optimum. Only an optimum that
             # breaks the rule brings in the model with those rows (measured in
-            # docs/bench-planners.md, "The relaxation first").
+            # docs/history/bench-planners.md, "The relaxation first").
             models = _Models(problem, opts.weights, relax=not use_modes)
             solver = models.relaxed
         except ImportError:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 
 from shared.planning.optimal import Options, plan_optimal
-from shared.planning.search import Budget, Context, DayState, _fewer_runs, _runs, consolidate
+from shared.planning.search import Budget, Context, DayState, _fewer_runs, consolidate, on_runs
 from shared.planning.simulate import simulate
 from tests.planning_builders import batt, problem, sock
 
@@ -121,4 +121,4 @@ def test_rows_with_one_run_fewer_keep_the_energy_and_the_other_runs() -> None:
     assert [1, 0, 0, 0, 1, 0, 0, 0, 1, 1] in rows
     for r in rows:
         assert sum(r) == 4
-        assert len(_runs(r)) < 3 or r[0] == 1
+        assert len(on_runs(r)) < 3 or r[0] == 1

@@ -57,9 +57,9 @@ from shared.planning.search import (
     Context,
     DayState,
     Score,
-    _runs,
     consolidate,
     improve,
+    on_runs,
 )
 from shared.planning.simulate import UNMET_TOLERANCE_WH, simulate
 
@@ -572,7 +572,7 @@ def _without_idle_runs(ctx: Context, state: DayState) -> DayState:
     for i, sock in enumerate(ctx.socks):
         row, draw = list(state.rows[i]), state.draws[i]
         held_on = max(sock.held, 1) if sock.init else 0  # steps the state now holds 'on'
-        for first, last in _runs(row):
+        for first, last in on_runs(row):
             if first >= held_on and all(d <= 0 for d in draw[first : last + 1]):
                 row[first : last + 1] = [0] * (last + 1 - first)
         if row != state.rows[i]:

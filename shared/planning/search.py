@@ -469,11 +469,11 @@ class DayState:
         if k <= 1:
             return row
         out = list(row)
-        for lo, hi in _runs(out):
+        for lo, hi in on_runs(out):
             if hi - lo + 1 < k and lo > 0 and hi < self.n - 1:
                 for t in range(lo, hi + 1):
                     out[t] = 0
-        for (_, hi1), (lo2, _) in pairwise(_runs(out)):
+        for (_, hi1), (lo2, _) in pairwise(on_runs(out)):
             if lo2 - hi1 - 1 < k:
                 for t in range(hi1 + 1, lo2):
                     out[t] = 1
@@ -586,7 +586,7 @@ def hold_exempt(ctx: Context, i: int, row: Sequence[int]) -> list[bool]:
                 break
             out[t] = True
     if ctx.up > 1:
-        for lo, hi in _runs(row):
+        for lo, hi in on_runs(row):
             if lo == 0 and s.init is not False:
                 continue  # no switch on at step 0 (on already, or state unknown)
             for t in range(lo, min(hi + 1, lo + ctx.up)):
@@ -628,7 +628,7 @@ def _diff_range(a: Sequence[str], b: Sequence[str] | None, n: int) -> tuple[int,
     return (diff[0], diff[-1]) if diff else (n, -1)
 
 
-def _runs(row: Sequence[int]) -> list[tuple[int, int]]:
+def on_runs(row: Sequence[int]) -> list[tuple[int, int]]:
     """(first, last) step of each on-run."""
     out: list[tuple[int, int]] = []
     start = -1
@@ -645,7 +645,7 @@ def _runs(row: Sequence[int]) -> list[tuple[int, int]]:
 
 def _gaps(row: Sequence[int]) -> list[tuple[int, int]]:
     """(first, last) step of each off-gap between two on-runs."""
-    return [(hi1 + 1, lo2 - 1) for (_, hi1), (lo2, _) in pairwise(_runs(row))]
+    return [(hi1 + 1, lo2 - 1) for (_, hi1), (lo2, _) in pairwise(on_runs(row))]
 
 
 def _candidates(state: DayState, i: int) -> Iterator[list[int]]:
@@ -691,7 +691,7 @@ def _candidates(state: DayState, i: int) -> Iterator[list[int]]:
                     for t in range(max(0, lo), min(n, lo + k)):
                         r[t] = 1
                     yield r
-    runs = _runs(row)
+    runs = on_runs(row)
     for lo, hi in runs:
         length = hi - lo + 1
         if lo > 0:  # shift left by one, grow left
@@ -788,7 +788,7 @@ def _pair_candidates(state: DayState) -> list[Move]:
     out: list[Move] = []
     socks = ctx.socks
     for i, si in enumerate(socks):
-        runs_i = _runs(state.rows[i])
+        runs_i = on_runs(state.rows[i])
         if not runs_i:
             continue
         edges = {t for lo, hi in runs_i for t in (lo, hi)}
@@ -982,7 +982,7 @@ def _fewer_runs(state: DayState, i: int) -> Iterator[list[int]]:
     n = state.n
     row = state.rows[i]
     draws = state.draws[i]
-    runs = _runs(row)
+    runs = on_runs(row)
     for (lo1, hi1), (lo2, hi2) in pairwise(runs):
         on_len = (hi1 - lo1 + 1) + (hi2 - lo2 + 1)
         drawing = sum(1 for t in (*range(lo1, hi1 + 1), *range(lo2, hi2 + 1)) if draws[t] > 0)

@@ -306,3 +306,55 @@ def test_runs_of_different_lengths_are_not_compared() -> None:
         "not compared"
     ) in lines
     assert not any("import" in line for line in lines)
+
+
+def test_the_cost_is_judged_net_of_what_the_stores_kept() -> None:
+    """A run that ends with its boilers 3 kWh emptier than it found them bought 3 kWh less
+    than the reference, and leaves the next day to buy them: judged on the cost less what
+    the stores kept (at the day's mean import price), it costs more."""
+    ours = _day("optimal", 0, 31.66, -3.05, 14)
+    ours.cost_eur, ours.kept_value_eur = 8.55, -3.05 * 0.27
+    ref = _day("reference", 0, 34.59, 0.0, 112)
+    ref.cost_eur, ref.kept_value_eur = 9.34, 0.0
+    assert ours.net_cost_eur == pytest.approx(9.3735)
+    lines = targets([ours, ref])
+    tariff = "overcast winter day (fixed tariff)"
+    assert (
+        f"{tariff}: cost 8.55 EUR vs reference 9.34; less what the stores kept 9.37 EUR vs "
+        "reference 9.34 (what the plans minimise): MISSED"
+    ) in lines
+    assert f"{tariff}: import 31.66 kWh vs reference 34.59: met" in lines
+    assert (
+        f"{tariff}: net import (less what the stores kept) 34.71 kWh vs reference 34.59: MISSED"
+        in lines
+    )
+    total = combined([ours, _day("optimal", 1, 11.0, 1.0, 4)])
+    assert total.kept_value_eur is None  # a day without it: no total
+    day2 = _day("optimal", 1, 11.0, 1.0, 4)
+    day2.kept_value_eur = 0.25
+    assert combined([ours, day2]).kept_value_eur == pytest.approx(-3.05 * 0.27 + 0.25)
+
+
+def test_measure_values_what_the_stores_kept_at_the_first_plans_mean_price(
+    tmp_path: Path,
+) -> None:
+    begin, end = day_bounds("winter", 0)
+    plan = {
+        "made_at": (begin + timedelta(minutes=1)).isoformat(),
+        "tier": "full",
+        "import_price_eur_kwh": [0.2, 0.4],
+    }
+    later = {**plan, "made_at": (begin + timedelta(hours=2)).isoformat()}
+    later["import_price_eur_kwh"] = [1.0]
+    with (tmp_path / "mqtt.jsonl").open("w") as out:
+        for p in (plan, later):
+            out.write(
+                json.dumps({"topic": "hwsched/plan", "retained": False, "payload": json.dumps(p)})
+                + "\n"
+            )
+    (tmp_path / "house-events.json").write_text("[]")
+    _write(tmp_path, [(begin, {"Shower boiler": 1000.0}), (end, {"Shower boiler": 3000.0})])
+    result = measure(tmp_path, "winter", "optimal", 1, prices="fixed")
+    assert result.kept_kwh == pytest.approx(2.0)
+    assert result.kept_value_eur == pytest.approx(2.0 * 0.3)
+    assert result.tiers == {"full": 2}

@@ -102,8 +102,10 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest
 
+## The planner benchmark (docs/bench-planners.md); BENCH_ARGS="--calm" plans every day with
+## the scheduler's calm settings, "--only winter-c90 --no-busy" a few days quickly.
 bench: $(STAMP)
-	$(BIN)/python -m bench.planners
+	$(BIN)/python -m bench.planners $(BENCH_ARGS)
 	$(BIN)/python -m bench.money
 
 ## Re-pin the locks from what is installed in the venv (review the diff!).

@@ -1,7 +1,7 @@
 """Benchmark: the planner's tiers against the reference and a long MILP.
 
     python -m bench.planners [--quick] [--long SECONDS] [--long-all] [--out FILE]
-                             [--only TEXT] [--no-busy] [--no-unpriced] [--no-priced]
+                             [--only TEXT] [--no-busy] [--no-unpriced] [--no-priced] [--calm]
 
 `make bench` runs it with no flags (all days, long MILP 20 s). `--quick`: the examples, the
 timing targets' days (96 steps x 5 sockets x 2 batteries, 288 steps) and the days with many
@@ -33,6 +33,11 @@ Per priced day: net cost (EUR) of the reference plan (battery in `zero` througho
 full tier's plan with its battery modes, and a bound: the MILP with a freely controllable
 battery (`milp.Solver(..., free_battery=True)`), which no mode sequence can beat.
 
+`--calm` gives every day the scheduler's default calm settings (`switch_cost_wh`,
+`min_on_s`, `min_off_s`, `hold_gain_wh` of `shared.config.Settings`): every problem the
+scheduler makes has them, the generated days have none. The yardstick does not know them (it
+counts import, not switches), so there a plan may score a little worse for fewer switches.
+
 Prints markdown (per-day tables, then the checks) and writes it to `--out`.
 """
 
@@ -56,6 +61,7 @@ from types import ModuleType
 from typing import Any
 
 from bench.days import benchmark_days
+from shared.config import Settings
 from shared.planning import milp, optimal
 from shared.planning.problem import Plan, PlanningProblem, parse_problem
 from shared.planning.reference import plan_reference
@@ -245,12 +251,28 @@ HEADER = (
 )
 
 
+#: The scheduler's calm settings (`--calm`): the fields of a problem it always sets.
+CALM_SETTINGS = ("switch_cost_wh", "min_on_s", "min_off_s", "hold_gain_wh")
+
+
+def calm(problem: PlanningProblem) -> PlanningProblem:
+    """`problem` with the scheduler's default calm settings (`Settings`' defaults)."""
+    defaults = {name: Settings.model_fields[name].default for name in CALM_SETTINGS}
+    return PlanningProblem.model_validate(problem.model_dump() | defaults)
+
+
+def chosen(args: argparse.Namespace, days: list[PlanningProblem]) -> list[PlanningProblem]:
+    """The days `--only` keeps, with the calm settings where `--calm`."""
+    if args.only:
+        days = [d for d in days if args.only in str(d.name)]
+    return [calm(d) for d in days] if args.calm else days
+
+
 def run_unpriced(args: argparse.Namespace, lines: list[str]) -> dict[str, Any]:
     days = [*examples(priced=False), *benchmark_days()]
     if args.quick:
         days = [d for d in days if is_quick_day(d)]
-    if args.only:
-        days = [d for d in days if args.only in str(d.name)]
+    days = chosen(args, days)
     rows: list[Row] = []
     for day in days:
         ref_plan, _, ref_wall = timed(partial(plan_reference, day))
@@ -419,9 +441,7 @@ def run_unpriced(args: argparse.Namespace, lines: list[str]) -> dict[str, Any]:
 def run_priced(args: argparse.Namespace, lines: list[str]) -> dict[str, Any]:
     from bench.days import priced_days
 
-    days = [*examples(priced=True), *priced_days()]
-    if args.only:
-        days = [d for d in days if args.only in str(d.name)]
+    days = chosen(args, [*examples(priced=True), *priced_days()])
     lines += [
         "## With prices",
         "",
@@ -515,6 +535,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-busy", action="store_true", help="skip the busy re-plan")
     ap.add_argument("--no-unpriced", action="store_true")
     ap.add_argument("--no-priced", action="store_true")
+    ap.add_argument(
+        "--calm",
+        action="store_true",
+        help="every day with the scheduler's default calm settings (switch cost, minimum "
+        "on / off times, hysteresis)",
+    )
     args = ap.parse_args(argv)
     if args.long is None:
         args.long = 10.0 if args.quick else 20.0

@@ -55,7 +55,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -72,7 +72,10 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "planning"
 GAP_FLOOR = 1000.0
 
 
+@cache
 def _yardstick() -> ModuleType:
+    """The shared yardstick, loaded on first use (importing this module for its day
+    selection or its tables needs no `../shared`)."""
     spec = importlib.util.spec_from_file_location("evaluate_plan", SHARED / "evaluate_plan.py")
     if spec is None or spec.loader is None:
         raise SystemExit(f"cannot load {SHARED / 'evaluate_plan.py'}")
@@ -81,14 +84,12 @@ def _yardstick() -> ModuleType:
     return module
 
 
-YARDSTICK = _yardstick()
-
-
 def judge(problem: PlanningProblem, plan: Plan) -> dict[str, Any]:
     """The yardstick's figures and score for a plan."""
     sc = problem.model_dump(mode="json", exclude_none=True)
-    figures: dict[str, Any] = YARDSTICK.evaluate(sc, plan.sockets, plan.battery_mode)
-    figures["score"] = float(YARDSTICK.score(figures))
+    yardstick = _yardstick()
+    figures: dict[str, Any] = yardstick.evaluate(sc, plan.sockets, plan.battery_mode)
+    figures["score"] = float(yardstick.score(figures))
     return figures
 
 

@@ -645,7 +645,8 @@ def test_a_relaxed_optimum_that_breaks_rule_3_brings_in_the_model_with_its_rows(
     # The boiler of the rule-3 test above, with a cost on every switch: the relaxation's
     # optimum keeps it on, full, where the surplus (600 W) falls short of its 1000 W (one
     # switch fewer). That breaks the rule, so the full tier solves the model with the rule's
-    # rows from the repaired plan, and proves that plan optimal.
+    # rows from the repaired plan, and proves that plan optimal. (With the switch cost in
+    # every MILP stage: `energy_first` off.)
     p = problem([1000, 1000, 600, 600], [sock("boiler")]).model_copy(
         update={"switch_cost_wh": 10.0, "initial_on": {"boiler": False}}
     )
@@ -654,11 +655,20 @@ def test_a_relaxed_optimum_that_breaks_rule_3_brings_in_the_model_with_its_rows(
     assert result.status == "optimal"
     assert result.rows == {"boiler": [1, 1, 1, 1]}
     assert any(DayState(Context(p), result.rows).short_on)
-    plan, out = solve(p)
+    plan, out = solve(p, Options(energy_first=False))
     assert plan.info["milp_rule3_rows"] == "added"
     assert plan.status == "optimal"
     assert plan.sockets["boiler"] == [1, 1, 0, 0]
     assert (out.idle_violations, out.unmet_need_wh, out.grid_import_wh) == (0, 0.0, 0.0)
+    # Energy first (the default): the model without the switch cost has no reason to keep
+    # it on; the last stage, the model with the switch cost and the rule's rows, proves
+    # the same plan optimal.
+    plan, out = solve(p)
+    assert "milp_rule3_rows" not in plan.info
+    assert plan.info["milp_energy_proved"] == 1
+    assert plan.info["priced_switch_stage"] == "optimal"
+    assert plan.status == "optimal"
+    assert plan.sockets["boiler"] == [1, 1, 0, 0]
 
 
 def test_a_relaxed_optimum_that_keeps_rule_3_is_the_days_optimum() -> None:

@@ -69,6 +69,12 @@ class Weights:
     #: Priority among optional sockets: the first one's Wh weigh this much more (relative).
     #: Off by default (a tie-break term; the local search settles priority last).
     optional_priority: float = 0.0
+    #: Whether the switch columns carry the problem's `switch_cost_wh` (False: only the
+    #: `switch` tie-break). Without it the model weighs energy alone: HiGHS proves its
+    #: optimum in a fraction of the work, where with it the relaxation (a fractional relay
+    #: pays a fraction of a switch) leaves a gap of a few switches that branching hardly
+    #: closes (`optimal`'s energy-first pipeline; docs/bench-planners.md).
+    price_switches: bool = True
 
     @classmethod
     def with_ties(cls) -> Weights:
@@ -187,6 +193,7 @@ class Model:
         formulation: Formulation = Formulation(),
     ) -> None:
         self.p = problem
+        self.weights = weights
         b = self.b = _Builder()
         self._energy: dict[str, tuple[list[int], list[float]]] = {}
         n, dt = problem.n_steps, problem.dt_h
@@ -484,7 +491,9 @@ class Model:
         # -- switches, the switch interval, minimum on / off times ---------------------------
         k_gap = math.ceil(problem.switch_interval_s / problem.step_s - 1e-9)
         up, down = hold_spans(problem)
-        w_switch = weights.switch + problem.switch_cost_wh * weights.import_wh
+        w_switch = weights.switch + (
+            problem.switch_cost_wh * weights.import_wh if weights.price_switches else 0.0
+        )
         self.hold_cols: list[int] = []
         #: Start and stop columns of every socket (for the switch-count objective).
         self.switch_cols: list[int] = []

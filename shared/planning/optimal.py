@@ -169,6 +169,17 @@ class Options:
     #: neighbourhoods or fewest-switches stages) and this many local-search evaluations.
     coarse_checkpoints: int = 120
     coarse_evals: int = 1000
+    #: With a switch cost (`switch_cost_wh` > 0): the MILP stages (main runs, neighbourhoods,
+    #: the fewest switches) on the model without it (`milp.Weights.price_switches` off),
+    #: the local search pricing every switch as always, then the model with it once, from
+    #: the best plan (`priced_switch_checkpoints`). The switch cost wrecks the model's
+    #: relaxation: on the benchmark's 96-step days with 5 sockets and the scheduler's calm
+    #: settings the whole tier took a median 18 s of CPU with it in every stage
+    #: (docs/bench-planners.md, "The calm settings").
+    energy_first: bool = True
+    #: The energy-first pipeline's last MILP run (with the switch cost), checkpoints; 0 skips
+    #: it. Its proof is the only one that makes such a plan `optimal`.
+    priced_switch_checkpoints: int = 10
     random_seed: int = 1
     weights: milp.Weights = field(default_factory=milp.Weights)
 
@@ -677,11 +688,19 @@ def _switch_stage_applies(best: DayState) -> bool:
     return best.score[0] <= 0 and best.score[2] <= 0
 
 
-def _switch_cap(ctx: Context, opts: Options, best: DayState) -> float:
-    """The fewest-switches stage's cap: the MILP objective of the best plan (plus a hair)."""
+def _switch_cap(ctx: Context, weights: milp.Weights, best: DayState) -> float:
+    """The fewest-switches stage's cap: the MILP objective (`weights`) of the best plan (plus
+    a hair). The score's cost part holds the switch costs, and without prices but with a
+    switch cost the optional energy at `OPTIONAL_WORTH`, as the MILP weighs them; without
+    either, the MILP weighs optional energy at `weights.optional_wh`."""
     value = best.score[3]
-    if not ctx.priced:
-        value += opts.weights.optional_wh * best.score[4]
+    # The model has no columns for battery mode changes: their costs come off, and with
+    # `price_switches` off the relays' too.
+    relays = sum(s[2] for s in best.stats)
+    unpriced = best.score[5] - (0 if weights.price_switches else relays)
+    value -= ctx.problem.switch_cost_wh * unpriced
+    if not ctx.priced and ctx.problem.switch_cost_wh <= 0:
+        value += weights.optional_wh * best.score[4]
     return value + 1e-6
 
 
@@ -714,7 +733,8 @@ def _fewer_switches(
     for solver in (models.relaxed, models.exact):
         budget = replace(_budget(opts, clock, opts.switch_checkpoints), mip_abs_gap=0.5)
         result = solver.solve(
-            best.plan(), budget, fewest_switches_within=_switch_cap(ctx, opts, best), fixed=fixed
+            best.plan(), budget, fewest_switches_within=_switch_cap(ctx, models.weights, best),
+            fixed=fixed,
         )
         info["switch_stage"] = result.status
         if result.status == "ceiling":
@@ -802,7 +822,7 @@ def _neighbourhoods(
                     result = solver.solve(
                         best.plan(),
                         replace(budget, mip_abs_gap=0.5),
-                        fewest_switches_within=_switch_cap(ctx, opts, best),
+                        fewest_switches_within=_switch_cap(ctx, solver.model.weights, best),
                         fixed=fixed,
                     )
                 else:
@@ -898,6 +918,41 @@ def _polish(
     return state, moves
 
 
+def _priced_switches(
+    ctx: Context,
+    best: DayState,
+    opts: Options,
+    clock: _Clock,
+    info: dict[str, float | int | str],
+    evals: _Evals,
+    use_modes: bool,
+) -> tuple[DayState, int, bool]:
+    """The energy-first pipeline's last stage (`Options.energy_first`): the MILP with the
+    switch cost (and rule 3's stricter half as rows), `priced_switch_checkpoints` of work
+    from the best plan; its plan, polished, is taken where it scores better. Returns the
+    best plan, the search's moves, and whether the run proved the day's optimum."""
+    if opts.priced_switch_checkpoints <= 0:
+        return best, 0, False
+    solver = milp.Solver(ctx.problem, opts.weights)
+    checkpoints = _main_checkpoints(opts, solver.integers, opts.priced_switch_checkpoints)
+    result = solver.solve(best.plan(), _budget(opts, clock, checkpoints))
+    info["priced_switch_stage"] = result.status
+    info["priced_switch_gap"] = result.info.get("gap", -1.0)
+    if result.status == "ceiling":
+        raise CeilingReachedError
+    proved = result.status == "optimal" and not use_modes
+    moves = 0
+    if result.rows is None:
+        return best, moves, False
+    cand = _state(ctx, result.rows, best.modes)
+    if cand.score == INADMISSIBLE and not use_modes:
+        return best, moves, False
+    cand, moves = _polish(cand, evals, use_modes)
+    if cand.score <= best.score:
+        return cand, moves, proved
+    return best, moves, False
+
+
 def _plan_full(
     problem: PlanningProblem, opts: Options, clock: _Clock, info: dict[str, float | int | str]
 ) -> Plan:
@@ -925,7 +980,11 @@ def _plan_full(
             # where its optimum keeps the rule it is the day's optimum. Only an optimum that
             # breaks the rule brings in the model with those rows (measured in
             # docs/history/bench-planners.md, "The relaxation first").
-            models = _Models(problem, opts.weights, relax=not use_modes)
+            energy_first = opts.energy_first and problem.switch_cost_wh > 0
+            weights = (
+                replace(opts.weights, price_switches=False) if energy_first else opts.weights
+            )
+            models = _Models(problem, weights, relax=not use_modes)
             solver = models.relaxed
         except ImportError:
             info["milp_status"] = "highspy not installed"
@@ -1029,6 +1088,12 @@ def _plan_full(
                 and (pairs_only or info.get("switch_stage") == "limited")
             ):
                 best, m = _neighbourhoods(ctx, models.exact, best, opts, clock, info, evals, True)
+                moves += m
+            if energy_first:
+                # The stages above proved (at most) the best energy without switch costs;
+                # the model with them, once, from the best plan, is what may prove the day.
+                info["milp_energy_proved"] = int(proved)
+                best, m, proved = _priced_switches(ctx, best, opts, clock, info, evals, use_modes)
                 moves += m
             status = "optimal" if proved else "time-limited"
     if status == "heuristic" or use_modes:

@@ -697,7 +697,7 @@ def _switch_cap(ctx: Context, weights: milp.Weights, best: DayState) -> float:
     # The model has no columns for battery mode changes: their costs come off, and with
     # `price_switches` off the relays' too.
     relays = sum(s[2] for s in best.stats)
-    unpriced = best.score[5] - (0 if weights.price_switches else relays)
+    unpriced = best.score[5] - (relays if weights.price_switches else 0)
     value -= ctx.problem.switch_cost_wh * unpriced
     if not ctx.priced and ctx.problem.switch_cost_wh <= 0:
         value += weights.optional_wh * best.score[4]

@@ -30,7 +30,8 @@ first rule (optional sockets only on surplus) demands otherwise; with `previous`
 keeps the previous plan unless the new one gains more than `hold_gain_wh` (`keeps_previous`).
 
 `status`: `optimal` (the MILP proved its optimum within its gap, and the result is at least
-as good; with a switch cost, the model with it proved it: `Options.energy_first`), `time-limited` (a work budget of the MILP ran out first: its best plan, improved),
+as good; with a switch cost, the model with it proved it: `Options.energy_first`),
+`time-limited` (a work budget of the MILP ran out first: its best plan, improved),
 `heuristic` (local search only: quick tier, no solver, MILP off), `fallback` (the reference
 plan: it scored better, the safety net fired, or the worker failed).
 """

@@ -661,9 +661,9 @@ def test_a_relaxed_optimum_that_breaks_rule_3_brings_in_the_model_with_its_rows(
     assert plan.sockets["boiler"] == [1, 1, 0, 0]
     assert (out.idle_violations, out.unmet_need_wh, out.grid_import_wh) == (0, 0.0, 0.0)
     # Energy first (the default): the model without the switch cost has no reason to keep
-    # it on; the last stage, the model with the switch cost and the rule's rows, proves
-    # the same plan optimal.
-    plan, out = solve(p)
+    # it on; the last stage (on here), the model with the switch cost and the rule's rows,
+    # proves the same plan optimal.
+    plan, out = solve(p, Options(priced_switch_checkpoints=10))
     assert "milp_rule3_rows" not in plan.info
     assert plan.info["milp_energy_proved"] == 1
     assert plan.info["priced_switch_stage"] == "optimal"
@@ -674,11 +674,12 @@ def test_a_relaxed_optimum_that_breaks_rule_3_brings_in_the_model_with_its_rows(
 def test_a_relaxed_optimum_that_keeps_rule_3_is_the_days_optimum() -> None:
     # Short steps exist (steps 0-1: 600 W for a 1000 W boiler), but the relaxation's optimum
     # fills on the sun of steps 2-3 and is off where the surplus falls short: it keeps the
-    # rule, so it is proved optimal without the rule's rows.
+    # rule, so it is proved optimal without the rule's rows. (With the switch cost in every
+    # MILP stage: `energy_first` off; with it on, only the last stage's proof would count.)
     p = problem([0, 600, 1000, 1000], [sock("boiler")]).model_copy(
         update={"switch_cost_wh": 10.0, "initial_on": {"boiler": False}}
     )
-    plan, out = solve(p)
+    plan, out = solve(p, Options(energy_first=False))
     assert "milp_rule3_rows" not in plan.info
     assert plan.info["milp_status"] == "optimal"
     assert plan.status == "optimal"

@@ -15,6 +15,9 @@ from shared.planning.search import OPTIONAL_WORTH, Context, DayState
 from shared.planning.simulate import simulate
 from tests.planning_builders import problem, sock
 
+#: The last stage on (off by default: on larger days it cost a second for nothing, measured).
+PRICED_LAST = Options(priced_switch_checkpoints=10)
+
 
 def _calm_day() -> PlanningProblem:
     """A needed boiler and an optional e-bike charger on a sunny middle, a switch cost of
@@ -55,7 +58,7 @@ def test_the_fewest_switches_cap_admits_the_best_plan_itself() -> None:
     # cap once subtracted a further 0.01 Wh per optional Wh: the best plan did not fit, and
     # the stage could only fail.)
     p = _calm_day()
-    plan = plan_optimal(p)
+    plan = plan_optimal(p, PRICED_LAST)
     best = DayState(Context(p), plan.sockets)
     assert -best.score[4] > 0  # optional energy: what the old cap got wrong
     for weights in (milp.Weights(), milp.Weights(price_switches=False)):
@@ -72,7 +75,7 @@ def test_the_fewest_switches_cap_admits_the_best_plan_itself() -> None:
 
 def test_energy_first_runs_the_priced_model_last_and_only_its_proof_makes_optimal() -> None:
     p = _calm_day()
-    plan = plan_optimal(p)
+    plan = plan_optimal(p, PRICED_LAST)
     assert plan.info["milp_energy_proved"] == 1
     assert plan.info["priced_switch_stage"] == "optimal"
     assert plan.status == "optimal"
@@ -83,8 +86,8 @@ def test_energy_first_runs_the_priced_model_last_and_only_its_proof_makes_optima
     assert "milp_energy_proved" not in before.info
     assert before.status == "optimal"
     assert DayState(Context(p), plan.sockets).score == DayState(Context(p), before.sockets).score
-    # Without the last stage nothing proved the day with its switch costs.
-    unproved = plan_optimal(p, Options(priced_switch_checkpoints=0))
+    # Without the last stage (the default) nothing proved the day with its switch costs.
+    unproved = plan_optimal(p)
     assert unproved.status == "time-limited"
     assert "priced_switch_stage" not in unproved.info
     assert unproved.info["milp_energy_proved"] == 1

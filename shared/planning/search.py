@@ -767,6 +767,14 @@ def _candidates(state: DayState, i: int) -> Iterator[list[int]]:
         r = list(row)
         r[t1] = 0
         yield r
+    if ctx.switch_cost > 0:
+        # A whole run off: with a switch cost a short run may store less than its two
+        # switches cost, and removing it step by step passes through plans no better.
+        for lo, hi in runs:
+            r = list(row)
+            for t in range(lo, hi + 1):
+                r[t] = 0
+            yield r
     if s.init is not None and s.held and n:
         # Keep the state now for as long as it should be held.
         r = list(row)

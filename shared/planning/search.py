@@ -767,9 +767,9 @@ def _candidates(state: DayState, i: int) -> Iterator[list[int]]:
         r = list(row)
         r[t1] = 0
         yield r
-    if ctx.switch_cost > 0:
-        # A whole run off: with a switch cost a short run may store less than its two
-        # switches cost, and removing it step by step passes through plans no better.
+    if ctx.switch_cost > 0 and not s.needed:
+        # A whole run off: with a switch cost a short optional run may store less than its
+        # two switches cost, and removing it step by step passes through plans no better.
         for lo, hi in runs:
             r = list(row)
             for t in range(lo, hi + 1):

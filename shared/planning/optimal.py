@@ -172,11 +172,12 @@ class Options:
     coarse_evals: int = 1000
     #: With a switch cost (`switch_cost_wh` > 0): the MILP stages (main runs, neighbourhoods,
     #: the fewest switches) on the model without it (`milp.Weights.price_switches` off),
-    #: the local search pricing every switch as always, then the model with it once, from
-    #: the best plan (`priced_switch_checkpoints`). The switch cost wrecks the model's
-    #: relaxation: on the benchmark's 96-step days with 5 sockets and the scheduler's calm
-    #: settings the whole tier took a median 18 s of CPU with it in every stage
-    #: (docs/bench-planners.md, "The calm settings").
+    #: the local search pricing every switch as always (and, where
+    #: `priced_switch_checkpoints` > 0, the model with it once more from the best plan). The
+    #: switch cost wrecks the model's relaxation: on the benchmark's 96-step days with 5
+    #: sockets and the scheduler's calm settings the whole tier took a median 22.6 s of CPU
+    #: with it in every stage, 0.48 s energy first (docs/bench-planners.md, "The calm
+    #: settings").
     energy_first: bool = True
     #: The energy-first pipeline's last MILP run (with the switch cost), checkpoints; 0 skips
     #: it. Its proof is the only one that makes such a plan `optimal`. Off by default:

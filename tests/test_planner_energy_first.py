@@ -1,8 +1,9 @@
 """The full tier with a switch cost: energy first (`Options.energy_first`).
 
 The MILP stages run on the model without the switch cost (`milp.Weights.price_switches`
-off), the local search prices every switch, and the model with the switch cost runs once at
-the end (`priced_switch_checkpoints`); only its proof makes such a plan `optimal`.
+off) and the local search prices every switch; where `priced_switch_checkpoints` > 0 (off by
+default) the model with the switch cost runs once at the end, and only its proof makes such
+a plan `optimal`.
 15-minute steps, as in `test_optimal_planner`.
 """
 

@@ -182,9 +182,9 @@ class Options:
     #: The energy-first pipeline's last MILP run (with the switch cost), checkpoints; 0 skips
     #: it. Its proof is the only one that makes such a plan `optimal`. Off by default:
     #: measured on the 12 calm days of 96 steps x 5 sockets, 10 checkpoints cost 0.6-1.5 s of
-    #: CPU a day (median 1.4 -> 2.5 s) and found no better plan and proved none; on small
-    #: days it proves the optimum (tests/test_planner_energy_first.py). Without it a plan
-    #: with a switch cost is `time-limited`: only its energy was proved.
+    #: CPU a day (median 0.46 -> 2.5 s), proved none and improved one plan (spring-c50, by
+    #: 18 Wh); on small days it proves the optimum (tests/test_planner_energy_first.py).
+    #: Without it a plan with a switch cost is `time-limited`: only its energy was proved.
     priced_switch_checkpoints: int = 0
     random_seed: int = 1
     weights: milp.Weights = field(default_factory=milp.Weights)

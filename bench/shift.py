@@ -1,4 +1,4 @@
-"""Constant vs fading forecast shift on simulated days: `python -m bench.shift`.
+"""Constant vs fading vs scaled forecast shift on simulated days: `python -m bench.shift`.
 
 `make bench-shift` runs it.
 
@@ -24,7 +24,13 @@ to the boundary (|Σ error| in kWh). The fading baseline is the scheduler's `upd
 fed a measurement each minute from midnight. `kettle`: the same, with a 2 kW kettle on at
 the instant of measuring (MAE over 4 h, hourly forecast).
 
-The default is the method with the least 4-h MAE, averaged over both forecasts (clouds only).
+`scaled` fits `measured ≈ k · forecast + c` (the scheduler's `update_fit` fed each minute
+from midnight, `fit_line`) and fades towards that line. Each forecast is also multiplied by a
+bias (`--bias`, default 0.75, 1 and 1.25: a forecast a quarter low, right, a quarter high), as
+a real site's forecast (its shading, its panels' age, quartz against its sky) can be.
+
+The best method is the one with the least 4-h MAE, averaged over both forecasts and every bias
+(clouds only).
 """
 
 from __future__ import annotations
@@ -40,12 +46,15 @@ from zoneinfo import ZoneInfo
 
 from services.scheduler.logic import (
     Baseline,
+    ForecastFit,
     ShiftOptions,
+    fit_line,
     forecast_at,
     horizon,
     resample,
     shift_profile,
     update_baseline,
+    update_fit,
 )
 from services.simulator.house import House, HouseOptions
 from shared.config import load_devices
@@ -60,6 +69,8 @@ CLOUDINESS = (0.2, 0.5, 0.8)
 KETTLE_W = 2000.0
 HALF_LIVES_H = (0.25, 0.5, 1.0, 2.0, 4.0)
 BASELINES_H = (1.0, 3.0, 6.0, 12.0)
+FITS_H = (3.0, 6.0, 12.0)
+BIASES = (0.75, 1.0, 1.25)
 #: Minutes of history before the boundary that feed the baseline.
 WARMUP_MIN = 6 * 60
 
@@ -72,6 +83,8 @@ class Method:
     baseline_s: float | None
     #: No shift at all (the bare PV forecast), for reference.
     bare: bool = False
+    #: `scaled`: time constant of the fit, s.
+    fit_s: float | None = None
 
 
 def methods() -> list[Method]:
@@ -83,6 +96,17 @@ def methods() -> list[Method]:
         for h in HALF_LIVES_H:
             opts = ShiftOptions(mode="fading", half_life_s=h * 3600, baseline_s=tau_h * 3600)
             out.append(Method(f"fading h={h:g}h base={tau_h:g}h", opts, tau_h * 3600))
+    default = ShiftOptions()
+    for fit_h in FITS_H:
+        for h in (0.5, 1.0, 2.0):
+            opts = ShiftOptions(
+                mode="scaled",
+                half_life_s=h * 3600,
+                fit_s=fit_h * 3600,
+                baseline_s=default.baseline_s,
+            )
+            label = f"scaled h={h:g}h fit={fit_h:g}h"
+            out.append(Method(label, opts, default.baseline_s, fit_s=fit_h * 3600))
     return out
 
 
@@ -106,7 +130,7 @@ class Day:
         return sum(self.surplus_w[i : i + n]) / n
 
 
-def make_day(season: str, cloudiness: float, seed: int) -> Day:
+def make_day(season: str, cloudiness: float, seed: int, bias: float = 1.0) -> Day:
     devices = load_devices(DEVICES_FILE)
     month, dom = SEASONS[season]
     start = datetime.combine(datetime(2026, month, dom).date(), BOUNDARY, TZ).astimezone(UTC)
@@ -145,7 +169,7 @@ def make_day(season: str, cloudiness: float, seed: int) -> Day:
             timestamp=start,
             start=start,
             step_s=STEP_S,
-            power_w=[round(v, 3) for v in values],
+            power_w=[round(v * bias, 3) for v in values],
             made_at=start,
             source="bench",
         )
@@ -181,8 +205,27 @@ def baselines(day: Day, forecast: Forecast, tau_s: float) -> dict[int, Baseline]
     return out
 
 
+def fits(day: Day, forecast: Forecast, tau_s: float) -> dict[int, ForecastFit | None]:
+    """The fit as of each minute from the boundary (fed every minute from midnight; before the
+    forecast starts its PV counts 0 W: night)."""
+    out: dict[int, ForecastFit | None] = {}
+    f: ForecastFit | None = None
+    first = day.start - timedelta(minutes=WARMUP_MIN)
+    for m in range(len(day.surplus_w) - 60):
+        at = first + timedelta(minutes=m)
+        pv = forecast_at(forecast, at) if at >= forecast.start else 0.0
+        f = update_fit(f, at, pv, day.surplus_w[m], tau_s)
+        out[m] = f
+    return out
+
+
 def evaluate(
-    day: Day, forecast: Forecast, method: Method, base: dict[int, Baseline] | None, kettle: bool
+    day: Day,
+    forecast: Forecast,
+    method: Method,
+    base: dict[int, Baseline] | None,
+    kettle: bool,
+    fit: dict[int, ForecastFit | None] | None = None,
 ) -> Scores:
     scores = Scores.empty()
     for half_hours in range(2, 29):  # 07:00 .. 20:00
@@ -191,10 +234,14 @@ def evaluate(
         predicted = resample(forecast, now, STEP_S, n)
         measured = day.actual_w(now) - (KETTLE_W if kettle else 0.0)
         if not method.bare:
-            shift0 = measured - forecast_at(forecast, now)
             b = base[day.minute(now)].value_w if base is not None else None
+            line = fit_line(fit[day.minute(now)]) if fit is not None else None
+            scale = 1.0
+            if line is not None:
+                scale, b = line
+            shift0 = measured - scale * forecast_at(forecast, now)
             shift = shift_profile(shift0, n, STEP_S, method.options, b)
-            predicted = [p + s for p, s in zip(predicted, shift, strict=True)]
+            predicted = [scale * p + s for p, s in zip(predicted, shift, strict=True)]
         actual = [day.step_mean_w(now + timedelta(seconds=k * STEP_S), STEP_S) for k in range(n)]
         errors = [p - a for p, a in zip(predicted, actual, strict=True)]
         scores.mae_1h.append(statistics.fmean(abs(e) for e in errors[:4]))
@@ -203,31 +250,19 @@ def evaluate(
     return scores
 
 
-def run(seeds: Sequence[int], out: list[str]) -> str:
-    """Compute the table into `out` (lines); return the chosen method's label."""
+def run(seeds: Sequence[int], out: list[str], biases: Sequence[float] = BIASES) -> str:
+    """Compute the tables into `out` (lines); return the best method's label."""
     ms = methods()
-    table: dict[tuple[str, str], Scores] = {}
+    table: dict[tuple[float, str, str], Scores] = {}
     n_days = 0
     for season in SEASONS:
         for cloudiness in CLOUDINESS:
             for seed in seeds:
-                day = make_day(season, cloudiness, seed)
                 n_days += 1
-                for fname, forecast in day.forecasts.items():
-                    cache: dict[float, dict[int, Baseline]] = {}
-                    for m in ms:
-                        base = None
-                        if m.baseline_s is not None:
-                            base = cache.get(m.baseline_s)
-                            if base is None:
-                                base = cache[m.baseline_s] = baselines(day, forecast, m.baseline_s)
-                        for kettle in (False, True) if fname == "hourly" else (False,):
-                            key = (m.label, fname + (" kettle" if kettle else ""))
-                            got = evaluate(day, forecast, m, base, kettle)
-                            acc = table.setdefault(key, Scores.empty())
-                            acc.mae_1h += got.mae_1h
-                            acc.mae_4h += got.mae_4h
-                            acc.energy_kwh += got.energy_kwh
+                for bias in biases:
+                    day = make_day(season, cloudiness, seed, bias)
+                    for fname, forecast in day.forecasts.items():
+                        _score_day(day, fname, forecast, ms, bias, table)
 
     def mean(values: list[float]) -> float:
         return statistics.fmean(values)
@@ -238,35 +273,76 @@ def run(seeds: Sequence[int], out: list[str]) -> str:
         "27 times a day (07:00-20:00)"
     )
     out.append("errors of the shifted forecast vs the actual mean surplus per 15-min step")
-    header = (
-        f"{'method':<24} | {'hourly forecast':^26} | {'mean-cloud forecast':^26} | kettle\n"
-        f"{'':<24} | {'MAE1h W':>8} {'MAE4h W':>8} {'E kWh':>8} | "
-        f"{'MAE1h W':>8} {'MAE4h W':>8} {'E kWh':>8} | MAE4h W"
-    )
-    out.append(header)
-    out.append("-" * len(header.splitlines()[1]))
-    ranking: list[tuple[float, float, str]] = []
-    for m in ms:
-        h = table[(m.label, "hourly")]
-        c = table[(m.label, "mean")]
-        k = table[(m.label, "hourly kettle")]
-        out.append(
-            f"{m.label:<24} | {mean(h.mae_1h):8.0f} {mean(h.mae_4h):8.0f} "
-            f"{mean(h.energy_kwh):8.2f} | {mean(c.mae_1h):8.0f} {mean(c.mae_4h):8.0f} "
-            f"{mean(c.energy_kwh):8.2f} | {mean(k.mae_4h):7.0f}"
+    ranking: dict[str, list[tuple[float, float]]] = {}
+    for bias in biases:
+        out.append("")
+        out.append(f"forecast x {bias:g}")
+        header = (
+            f"{'method':<26} | {'hourly forecast':^26} | {'mean-cloud forecast':^26} | kettle\n"
+            f"{'':<26} | {'MAE1h W':>8} {'MAE4h W':>8} {'E kWh':>8} | "
+            f"{'MAE1h W':>8} {'MAE4h W':>8} {'E kWh':>8} | MAE4h W"
         )
-        if not m.bare:
-            score = (mean(h.mae_4h) + mean(c.mae_4h)) / 2
-            energy = (mean(h.energy_kwh) + mean(c.energy_kwh)) / 2
-            ranking.append((score, energy, m.label))
-    ranking.sort()
-    best = ranking[0][2]
-    constant = next(r for r in ranking if r[2].startswith("constant"))
+        out.append(header)
+        out.append("-" * len(header.splitlines()[1]))
+        for m in ms:
+            h = table[(bias, m.label, "hourly")]
+            c = table[(bias, m.label, "mean")]
+            k = table[(bias, m.label, "hourly kettle")]
+            out.append(
+                f"{m.label:<26} | {mean(h.mae_1h):8.0f} {mean(h.mae_4h):8.0f} "
+                f"{mean(h.energy_kwh):8.2f} | {mean(c.mae_1h):8.0f} {mean(c.mae_4h):8.0f} "
+                f"{mean(c.energy_kwh):8.2f} | {mean(k.mae_4h):7.0f}"
+            )
+            if not m.bare:
+                score = (mean(h.mae_4h) + mean(c.mae_4h)) / 2
+                energy = (mean(h.energy_kwh) + mean(c.energy_kwh)) / 2
+                ranking.setdefault(m.label, []).append((score, energy))
+    overall = sorted(
+        (statistics.fmean(r[0] for r in rs), statistics.fmean(r[1] for r in rs), label)
+        for label, rs in ranking.items()
+    )
+    best = overall[0][2]
+    constant = next(r for r in overall if r[2].startswith("constant"))
+    fading = next(r for r in overall if r[2] == "fading h=1h base=12h")
+    out.append("")
     out.append(
-        f"best by 4-h MAE (mean of both forecasts): {best} "
-        f"({ranking[0][0]:.0f} W vs constant {constant[0]:.0f} W)"
+        f"best by 4-h MAE (mean of both forecasts and {len(biases)} biases): {best} "
+        f"({overall[0][0]:.0f} W, rest-of-day {overall[0][1]:.2f} kWh; "
+        f"fading h=1h base=12h {fading[0]:.0f} W, {fading[1]:.2f} kWh; "
+        f"constant {constant[0]:.0f} W, {constant[1]:.2f} kWh)"
     )
     return best
+
+
+def _score_day(
+    day: Day,
+    fname: str,
+    forecast: Forecast,
+    ms: Sequence[Method],
+    bias: float,
+    table: dict[tuple[float, str, str], Scores],
+) -> None:
+    """Every method on one day and forecast, into `table`."""
+    base_cache: dict[float, dict[int, Baseline]] = {}
+    fit_cache: dict[float, dict[int, ForecastFit | None]] = {}
+    for m in ms:
+        base = None
+        if m.baseline_s is not None:
+            base = base_cache.get(m.baseline_s)
+            if base is None:
+                base = base_cache[m.baseline_s] = baselines(day, forecast, m.baseline_s)
+        fit = None
+        if m.fit_s is not None:
+            fit = fit_cache.get(m.fit_s)
+            if fit is None:
+                fit = fit_cache[m.fit_s] = fits(day, forecast, m.fit_s)
+        for kettle in (False, True) if fname == "hourly" else (False,):
+            key = (bias, m.label, fname + (" kettle" if kettle else ""))
+            got = evaluate(day, forecast, m, base, kettle, fit)
+            acc = table.setdefault(key, Scores.empty())
+            acc.mae_1h += got.mae_1h
+            acc.mae_4h += got.mae_4h
+            acc.energy_kwh += got.energy_kwh
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -274,9 +350,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m bench.shift", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--seeds", type=int, default=4, help="seeds per season and cloudiness (4)")
+    parser.add_argument(
+        "--bias",
+        type=float,
+        nargs="+",
+        default=list(BIASES),
+        help="factors the forecasts are multiplied by (0.75 1 1.25)",
+    )
     args = parser.parse_args(argv)
     lines: list[str] = []
-    run(range(args.seeds), lines)
+    run(range(args.seeds), lines, args.bias)
     print("\n".join(lines))
     return 0
 

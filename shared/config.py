@@ -1015,11 +1015,15 @@ class Settings(BaseSettings):
     #: one is caught anyway, since that forecast ends at the boundary.)
     forecast_max_age_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 93_600.0
     #: Scheduler: how the measured-now correction of the forecast carries over the day:
-    #: "fading" (towards the recent mean offset, with a half-life) or "constant" (original).
-    forecast_shift: Literal["fading", "constant"] = "fading"
+    #: "fading" (towards the recent mean offset, with a half-life), "scaled" (the same on the
+    #: forecast scaled to fit the day's measurements: for a forecast that runs high or low)
+    #: or "constant" (the original).
+    forecast_shift: Literal["fading", "scaled", "constant"] = "fading"
     forecast_shift_half_life_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 3_600.0
     #: Time constant of the mean offset (measured − forecast) the fading shift tends to, s.
     forecast_shift_baseline_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 43_200.0
+    #: "scaled": time constant of the fit of the measured surplus on the forecast, s.
+    forecast_shift_fit_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 43_200.0
     #: Scheduler, calm plans (issue 14): what one relay switch (or battery mode change)
     #: costs in the plan, Wh of grid import; a socket just switched stays so for at least
     #: `min_on_s` / `min_off_s` unless a needed socket's deadline demands otherwise; a new

@@ -61,6 +61,7 @@ __all__ = [
     "DeviceMeasurement",
     "EnergyBooks",
     "Forecast",
+    "ForecastFitBook",
     "ForecastRequest",
     "ForecastResponse",
     "ForecastResult",
@@ -134,6 +135,10 @@ DeviceType = Literal["HWE-P1", "HWE-SKT", "HWE-BAT"]
 Availability = Literal["online", "offline"]
 AVAILABILITY_ONLINE: Availability = "online"
 AVAILABILITY_OFFLINE: Availability = "offline"
+
+
+#: The unit of a variance or covariance of powers (no suffix spells it).
+_W2: dict[str, Any] = {"unit": "W²"}
 
 
 def _key(name: str) -> dict[str, Any]:
@@ -379,6 +384,11 @@ class PlanMessage(Message):
     forecast_power_w: Steps | None = None
     #: The surplus measured when planning, W (sockets left out of the plan subtracted).
     measured_surplus_w: FiniteFloat | None = None
+    #: The factor the forecast was scaled by to fit the day's measurements
+    #: (`forecast_shift = "scaled"`; absent when not scaled).
+    forecast_scale: Annotated[
+        float | None, Field(gt=0, allow_inf_nan=False, json_schema_extra={"unit": "factor"})
+    ] = None
     #: Sockets left out of the plan (under an override or manual control).
     excluded: Names = []
     #: Why this is not a forecast plan ("no forecast", "stale forecast", ...); absent if it is.
@@ -777,6 +787,22 @@ class BatteryBook(Message):
     measured_at: WireTime | None = None
 
 
+class ForecastFitBook(Message):
+    """The scheduler's fit of the measured surplus on the forecast (`forecast_shift = "scaled"`):
+    exponentially weighted statistics of (forecast PV, measured surplus) pairs."""
+
+    #: The measuring time they hold (weighted), s.
+    weight_s: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    #: Their means, W.
+    forecast_w: FiniteFloat
+    measured_w: FiniteFloat
+    #: The forecast's variance and the covariance of forecast and measurement, W².
+    forecast_var: Annotated[float, Field(ge=0, allow_inf_nan=False, json_schema_extra=_W2)]
+    covariance: Annotated[float, Field(allow_inf_nan=False, json_schema_extra=_W2)]
+    #: When the last pair was added.
+    at: WireTime
+
+
 class EnergyBooks(Message):
     """The scheduler's energy books (retained, read back on start so a restart loses nothing).
 
@@ -800,6 +826,9 @@ class EnergyBooks(Message):
     #: W, and when it was last updated (kept so a restart does not start it over).
     shift_baseline_w: FiniteFloat | None = None
     shift_baseline_at: WireTime | None = None
+    #: The scheduler's fit of the measured surplus on the forecast (kept for the same reason;
+    #: absent before its first measurement, and in books of older versions).
+    shift_fit: ForecastFitBook | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> EnergyBooks:

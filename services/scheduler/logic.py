@@ -12,6 +12,12 @@
   `fading` lets the part of it that differs from the recent typical offset (`Baseline`, an
   exponentially weighted mean of the past offsets) fade with a half-life:
   `shift(t) = baseline + (shift(0) − baseline) · 2^(−t / half-life)`, per step its mean.
+  `scaled` also corrects the forecast's scale: `ForecastFit` keeps exponentially weighted
+  statistics of (forecast PV, measured surplus) pairs, `fit_line` fits
+  `measured ≈ k · forecast + c` to them (k pulled towards 1, kept within 0.5–2), and the
+  plan's surplus is `k · forecast(t) + c + (measured now − k · forecast(now) − c) ·
+  2^(−t / half-life)`: the fading shift on the scaled forecast with `c` as its baseline
+  (`fading` until the fit has enough measurements).
 * **Problem** (`prepare`): sockets under an active override are left out (their measured draw
   is then house load: subtracted from the measured surplus); the others with their stored
   energy from the books (`socket_spec`: a needed store that read full today and lost some
@@ -45,6 +51,7 @@ from shared.messages import (
     BatteryBook,
     EnergyBooks,
     Forecast,
+    ForecastFitBook,
     HouseSurplus,
     OverrideState,
     PlanMessage,
@@ -62,6 +69,7 @@ __all__ = [
     "REASON_PLAN",
     "Baseline",
     "BatteryEnergy",
+    "ForecastFit",
     "PlanContext",
     "Prepared",
     "Restored",
@@ -71,6 +79,7 @@ __all__ = [
     "commands",
     "excluded_sockets",
     "fallback_plan",
+    "fit_line",
     "forecast_at",
     "forecast_problem",
     "grid_start",
@@ -87,9 +96,10 @@ __all__ = [
     "socket_spec",
     "stored_for_plan",
     "update_baseline",
+    "update_fit",
 ]
 
-ShiftMode = Literal["constant", "fading"]
+ShiftMode = Literal["constant", "fading", "scaled"]
 #: `SocketCommand.reason` of a command from a forecast plan / from the fallback rule.
 REASON_PLAN = "plan"
 REASON_FALLBACK = "fallback-rule"
@@ -205,6 +215,8 @@ class ShiftOptions:
     half_life_s: float = 3600.0
     #: Time constant of the baseline (the mean offset the fading shift tends to), s.
     baseline_s: float = 43_200.0
+    #: `scaled`: time constant of the fit of the measured surplus on the forecast, s.
+    fit_s: float = 43_200.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +243,81 @@ def update_baseline(
     return Baseline(value, at) if math.isfinite(value) else baseline  # +-1e308 offsets
 
 
+#: A measurement counts for the time since the previous one, at most this long, s (so a gap,
+#: e.g. a restart, does not weigh more than a few polls).
+FIT_SAMPLE_MAX_S = 300.0
+#: The fit is used once it holds this much measuring time (weighted), s.
+FIT_MIN_WEIGHT_S = 1_800.0
+#: Ridge towards k = 1: as if the forecast had varied this much more, W, with the
+#: measurements following it one to one (a forecast that barely varied, e.g. at night or on an
+#: overcast morning, gives k near 1).
+FIT_PRIOR_W = 200.0
+#: The scale is kept within this range.
+FIT_SCALE_MIN = 0.5
+FIT_SCALE_MAX = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class ForecastFit:
+    """Exponentially weighted statistics of (forecast PV, measured surplus) pairs, as of `at`.
+
+    `weight_s`: the measuring time they hold (weighted, s); `forecast_w` / `measured_w`:
+    their means, W; `var_w2`: the forecast's variance, `cov_w2`: the covariance, W².
+    """
+
+    weight_s: float
+    forecast_w: float
+    measured_w: float
+    var_w2: float
+    cov_w2: float
+    at: datetime
+
+
+def update_fit(
+    fit: ForecastFit | None,
+    at: datetime,
+    forecast_w: float,
+    measured_w: float,
+    time_constant_s: float,
+) -> ForecastFit | None:
+    """The fit's statistics after one more pair (the first one starts them; an older pair or a
+    non-finite one is ignored). West's weighted update, the old weight decayed by
+    `exp(−dt / time_constant)`, the new pair weighted by `dt` (at most `FIT_SAMPLE_MAX_S`)."""
+    if not (math.isfinite(forecast_w) and math.isfinite(measured_w)):
+        return fit
+    if fit is None:
+        return ForecastFit(1.0, forecast_w, measured_w, 0.0, 0.0, at)
+    dt = (at - fit.at).total_seconds()
+    if dt <= 0:
+        return fit
+    old = fit.weight_s * math.exp(-dt / time_constant_s)
+    w = min(dt, FIT_SAMPLE_MAX_S)
+    total = old + w
+    dx = forecast_w - fit.forecast_w
+    dy = measured_w - fit.measured_w
+    mx = fit.forecast_w + w / total * dx
+    my = fit.measured_w + w / total * dy
+    var = (old * fit.var_w2 + w * dx * (forecast_w - mx)) / total
+    cov = (old * fit.cov_w2 + w * dx * (measured_w - my)) / total
+    new = ForecastFit(total, mx, my, max(0.0, var), cov, at)
+    finite = all(math.isfinite(v) for v in (total, mx, my, var, cov))
+    return new if finite else fit  # +-1e308 pairs
+
+
+def fit_line(fit: ForecastFit | None) -> tuple[float, float] | None:
+    """`(k, c)` of `measured ≈ k · forecast + c` (W), or None before `FIT_MIN_WEIGHT_S`.
+
+    Weighted least squares with a ridge towards k = 1 (`FIT_PRIOR_W`); k is kept within
+    `FIT_SCALE_MIN`–`FIT_SCALE_MAX` and `c` is the best offset for that k.
+    """
+    if fit is None or fit.weight_s < FIT_MIN_WEIGHT_S:
+        return None
+    prior = FIT_PRIOR_W**2
+    k = (fit.cov_w2 + prior) / (fit.var_w2 + prior)
+    k = min(FIT_SCALE_MAX, max(FIT_SCALE_MIN, k))
+    return k, fit.measured_w - k * fit.forecast_w
+
+
 def shift_profile(
     shift0_w: float,
     n_steps: int,
@@ -245,7 +332,7 @@ def shift_profile(
     is constant.
     """
     if options.mode == "constant" or baseline_w is None:
-        return [shift0_w] * n_steps
+        return [shift0_w] * n_steps  # `scaled` is `fading` here (see `prepare`)
     h = options.half_life_s
     delta = shift0_w - baseline_w
     scale = h / (step_s * _LN2)
@@ -351,6 +438,8 @@ class Prepared:
     #: The resampled forecast (before the shift) and the shift at now.
     forecast_power_w: list[float] | None = None
     shift0_w: float | None = None
+    #: `scaled`: the scale `k` the forecast was planned with (None: not scaled).
+    forecast_scale: float | None = None
     forecast: Forecast | None = None
     slugs: dict[str, str] = field(default_factory=dict)
 
@@ -368,6 +457,7 @@ def prepare(
     forecast: Forecast | None,
     baseline: Baseline | None = None,
     last_switch_at: Mapping[str, datetime] | None = None,
+    fit: ForecastFit | None = None,
 ) -> Prepared:
     """The planning problem from the step holding now to the next boundary (or one step for
     the fallback rule).
@@ -396,16 +486,21 @@ def prepare(
     reason = forecast_problem(forecast, now, ctx.forecast_max_age_s)
     forecast_w: list[float] | None = None
     shift0: float | None = None
+    scale: float | None = None
     if reason is None and forecast is not None:
         n = horizon(start, ctx.tz, ctx.boundary, ctx.step_s)
         forecast_w = resample(forecast, start, ctx.step_s, n)
-        shift0 = measured - forecast_at(forecast, now)
         base = baseline.value_w if baseline is not None else None
+        line = fit_line(fit) if ctx.shift.mode == "scaled" else None
+        if line is not None:
+            scale, base = line
+        k = 1.0 if scale is None else scale
+        shift0 = measured - k * forecast_at(forecast, now)
         shift = shift_profile(shift0, n, ctx.step_s, ctx.shift, base)
-        available = [f + s for f, s in zip(forecast_w, shift, strict=True)]
+        available = [k * f + s for f, s in zip(forecast_w, shift, strict=True)]
         if not all(math.isfinite(v) for v in (shift0, *forecast_w, *available)):
             # e.g. 1e307 W per step: the resampling or the shift overflows
-            reason, forecast_w, shift0 = "forecast out of range", None, None
+            reason, forecast_w, shift0, scale = "forecast out of range", None, None, None
             available = [measured]
     else:
         available = [measured]
@@ -431,6 +526,7 @@ def prepare(
         fallback_reason=reason,
         forecast_power_w=forecast_w,
         shift0_w=shift0,
+        forecast_scale=scale,
         forecast=forecast if reason is None else None,
         slugs={s.device_name: s.slug for s in devices.sockets},
     )
@@ -519,6 +615,9 @@ def plan_message(
         if prepared.forecast_power_w is not None
         else None,
         measured_surplus_w=round(prepared.measured_w, 3),
+        forecast_scale=round(prepared.forecast_scale, 4)
+        if prepared.forecast_scale is not None
+        else None,
         excluded=list(prepared.excluded),
         fallback_reason="; ".join(reasons) if reasons else None,
     )
@@ -560,6 +659,7 @@ class Restored:
     books: Books
     batteries: dict[str, BatteryEnergy]
     baseline: Baseline | None
+    fit: ForecastFit | None = None
 
 
 def books_message(
@@ -569,9 +669,10 @@ def books_message(
     *,
     manual: Sequence[str] = (),
     baseline: Baseline | None = None,
+    fit: ForecastFit | None = None,
 ) -> EnergyBooks:
-    """The retained books: the sockets' (`manual` = under an override now), the batteries'
-    and the shift's baseline."""
+    """The retained books: the sockets' (`manual` = under an override now), the batteries',
+    the shift's baseline and its fit."""
     sockets = {
         name: book.model_dump(mode="json") | {"manual": name in manual}
         for name, book in books.sockets.items()
@@ -592,6 +693,16 @@ def books_message(
             },
             "shift_baseline_w": round(baseline.value_w, 3) if baseline is not None else None,
             "shift_baseline_at": baseline.at if baseline is not None else None,
+            "shift_fit": ForecastFitBook(
+                weight_s=fit.weight_s,
+                forecast_w=fit.forecast_w,
+                measured_w=fit.measured_w,
+                forecast_var=fit.var_w2,
+                covariance=fit.cov_w2,
+                at=fit.at,
+            )
+            if fit is not None
+            else None,
         }
     )
 
@@ -625,4 +736,10 @@ def restore_books(
     baseline = None
     if message.shift_baseline_w is not None and message.shift_baseline_at is not None:
         baseline = Baseline(message.shift_baseline_w, message.shift_baseline_at)
-    return Restored(books=books, batteries=batteries, baseline=baseline)
+    got = message.shift_fit
+    fit = None
+    if got is not None:
+        fit = ForecastFit(
+            got.weight_s, got.forecast_w, got.measured_w, got.forecast_var, got.covariance, got.at
+        )
+    return Restored(books=books, batteries=batteries, baseline=baseline, fit=fit)

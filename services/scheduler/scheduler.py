@@ -126,6 +126,7 @@ from shared.topics import Topics
 from .logic import (
     Baseline,
     BatteryEnergy,
+    ForecastFit,
     PlanContext,
     Prepared,
     ShiftOptions,
@@ -142,6 +143,7 @@ from .logic import (
     prepare,
     restore_books,
     update_baseline,
+    update_fit,
 )
 from .money import Money
 
@@ -275,6 +277,7 @@ class Scheduler:
                 mode=settings.forecast_shift,
                 half_life_s=settings.forecast_shift_half_life_s,
                 baseline_s=settings.forecast_shift_baseline_s,
+                fit_s=settings.forecast_shift_fit_s,
             ),
             switch_cost_wh=settings.switch_cost_wh,
             min_on_s=settings.min_on_s,
@@ -306,6 +309,7 @@ class Scheduler:
         self.forecast: Forecast | None = None
         self.surplus: HouseSurplus | None = None
         self.baseline: Baseline | None = None
+        self.fit: ForecastFit | None = None
         self.last_plan: Prepared | None = None
         #: The last published forecast plan (None after a fallback-rule plan).
         self.incumbent: Incumbent | None = None
@@ -419,6 +423,7 @@ class Scheduler:
             for when in (
                 message.timestamp,
                 message.shift_baseline_at,
+                message.shift_fit.at if message.shift_fit is not None else None,
                 *(b.last_sample_at for b in message.sockets.values()),
                 *(b.measured_at for b in message.batteries.values()),
             ):
@@ -447,6 +452,7 @@ class Scheduler:
         self.books = got.books
         self.batteries = got.batteries
         self.baseline = got.baseline
+        self.fit = got.fit
         self._finish_restore(got.books)
 
     def _finish_restore(self, books: Books | None) -> None:
@@ -602,14 +608,17 @@ class Scheduler:
         self._wake.set()
 
     def _update_baseline(self, surplus: HouseSurplus) -> None:
-        """Feed the fading shift's baseline: measured − forecast at the surplus's time."""
+        """Feed the fading shift's baseline (measured − forecast at the surplus's time) and the
+        scaled shift's fit (the pair forecast, measured)."""
         at = surplus.timestamp
         if forecast_problem(self.forecast, at, self.ctx.forecast_max_age_s) is not None:
             return
         assert self.forecast is not None
         excluded = excluded_sockets(self.devices.sockets, self.overrides, at)
-        offset = measured_available_w(surplus, excluded) - forecast_at(self.forecast, at)
-        self.baseline = update_baseline(self.baseline, at, offset, self.ctx.shift.baseline_s)
+        measured = measured_available_w(surplus, excluded)
+        pv = forecast_at(self.forecast, at)
+        self.baseline = update_baseline(self.baseline, at, measured - pv, self.ctx.shift.baseline_s)
+        self.fit = update_fit(self.fit, at, pv, measured, self.ctx.shift.fit_s)
 
     # --- running ------------------------------------------------------------------------
 
@@ -706,6 +715,7 @@ class Scheduler:
             forecast=self.forecast,
             baseline=self.baseline,
             last_switch_at=self.last_switch_at,
+            fit=self.fit,
         )
         prepared = self.money.price(prepared, now)
         tier: Tier | None = None
@@ -975,7 +985,12 @@ class Scheduler:
         if excluded is None:
             excluded = excluded_sockets(self.devices.sockets, self.overrides, now)
         message = books_message(
-            self.books, self.batteries, now, manual=excluded, baseline=self.baseline
+            self.books,
+            self.batteries,
+            now,
+            manual=excluded,
+            baseline=self.baseline,
+            fit=self.fit,
         )
         self._publisher.publish(self._topics.books(), message)
         self._counters.inc("books_published")

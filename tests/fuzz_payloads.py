@@ -697,6 +697,15 @@ def books_doc(g: _Gen, target: str | None) -> dict[str, Doc]:
     if g.roll() < 50:
         doc["shift_baseline_w"] = g.power()
         doc["shift_baseline_at"] = g.ts(-3600.0, 0.0)
+    if g.roll() < 50:
+        doc["shift_fit"] = {
+            "weight_s": g.nonneg(40_000.0) + 1.0,
+            "forecast_w": g.nonneg(),
+            "measured_w": g.power(),
+            "forecast_var": g.nonneg(1e6),
+            "covariance": g.power() * 500.0,
+            "at": g.ts(-3600.0, 0.0),
+        }
     return doc
 
 

@@ -115,7 +115,7 @@ lock:
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
-## Constant vs fading forecast shift on simulated days (the scheduler's default).
+## Constant vs fading vs scaled forecast shift on simulated days, with biased forecasts.
 .PHONY: bench-shift
 bench-shift: $(STAMP)
 	$(BIN)/python -m bench.shift

@@ -1018,7 +1018,7 @@ class Settings(BaseSettings):
     #: "fading" (towards the recent mean offset, with a half-life), "scaled" (the same on the
     #: forecast scaled to fit the day's measurements: for a forecast that runs high or low)
     #: or "constant" (the original).
-    forecast_shift: Literal["fading", "scaled", "constant"] = "fading"
+    forecast_shift: Literal["fading", "scaled", "constant"] = "scaled"
     forecast_shift_half_life_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 3_600.0
     #: Time constant of the mean offset (measured − forecast) the fading shift tends to, s.
     forecast_shift_baseline_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 43_200.0

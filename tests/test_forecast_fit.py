@@ -70,7 +70,9 @@ DEVICES = DevicesConfig.model_validate(
 SCALED = PlanContext(
     tz=AMS, boundary=SIX, step_s=900, switch_interval_s=300, shift=ShiftOptions(mode="scaled")
 )
-FADING = PlanContext(tz=AMS, boundary=SIX, step_s=900, switch_interval_s=300)
+FADING = PlanContext(
+    tz=AMS, boundary=SIX, step_s=900, switch_interval_s=300, shift=ShiftOptions(mode="fading")
+)
 
 
 def bell(n: int = 96, peak: float = 3000.0) -> list[float]:

@@ -210,7 +210,7 @@ def forecast_problem(forecast: Forecast | None, now: datetime, max_age_s: float)
 class ShiftOptions:
     """How the measured-now correction carries over the day."""
 
-    mode: ShiftMode = "fading"
+    mode: ShiftMode = "scaled"
     #: Half-life of the fading part, s.
     half_life_s: float = 3600.0
     #: Time constant of the baseline (the mean offset the fading shift tends to), s.

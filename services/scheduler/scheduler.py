@@ -23,7 +23,7 @@ connecting without any) socket samples are held back and nothing is planned.
 A plan (on the latest surplus only: plans never overlap, a burst of surpluses gives one plan)
 runs from the step holding now to the next boundary in `planning_step_s` steps on the day's
 grid (`logic.prepare`): sockets under an active override are left out and their draw counted
-as house load; the forecast is resampled and shifted (`forecast_shift`); the calm settings
+as house load; the forecast is resampled, scaled and shifted (`forecast_shift`); the calm settings
 (`switch_cost_wh`, `min_on_s`, `min_off_s`, `hold_gain_wh`), each socket's time since its
 last switch and the incumbent (the last published plan, moved onto the new steps:
 `previous`, `previous_battery_mode`) go into the problem, so the planner keeps the

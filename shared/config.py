@@ -1032,6 +1032,10 @@ class Settings(BaseSettings):
     min_on_s: Annotated[int, Field(ge=0, le=86_400)] = 1200
     min_off_s: Annotated[int, Field(ge=0, le=86_400)] = 3600
     hold_gain_wh: Annotated[float, Field(ge=0, le=100_000, allow_inf_nan=False)] = 50.0
+    #: Scheduler, forecast risk (with prices): per hour ahead, the share of the gap between
+    #: import and export price by which the plan values forecast surplus used later below
+    #: the same surplus used sooner (`PlanningProblem.forecast_risk_per_h`; docs/planner.md).
+    forecast_risk_per_h: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.02
     log_level: Annotated[LogLevel, BeforeValidator(_upper)] = "INFO"
     #: Energy prices: the source and the contract (`[prices]`, see docs/prices.md).
     prices: PriceSettings = PriceSettings()

@@ -421,6 +421,8 @@ class PlanContext:
     min_on_s: int = 0
     min_off_s: int = 0
     hold_gain_wh: float = 0.0
+    #: Forecast risk per hour ahead (the setting; see `PlanningProblem`).
+    forecast_risk_per_h: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -517,6 +519,7 @@ def prepare(
         min_on_s=ctx.min_on_s,
         min_off_s=ctx.min_off_s,
         hold_gain_wh=ctx.hold_gain_wh,
+        forecast_risk_per_h=ctx.forecast_risk_per_h,
     )
     return Prepared(
         problem=problem,

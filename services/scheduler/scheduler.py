@@ -283,6 +283,7 @@ class Scheduler:
             min_on_s=settings.min_on_s,
             min_off_s=settings.min_off_s,
             hold_gain_wh=settings.hold_gain_wh,
+            forecast_risk_per_h=settings.forecast_risk_per_h,
         )
         self._publisher = publisher
         self._topics = topics

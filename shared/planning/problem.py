@@ -141,6 +141,15 @@ class PlanningProblem(_Model):
     #: What a plan must gain over keeping `previous` before it replaces it, Wh of import
     #: (with prices: at the mean import price).
     hold_gain_wh: NonNegativeFloat = 0.0
+    #: Forecast risk, per hour ahead (with prices; without them it has no effect): forecast
+    #: surplus further ahead is less sure than surplus soon. The planner values a Wh sent to
+    #: the grid at step k at `export + min(1, forecast_risk_per_h · h_k) · (import − export)`
+    #: (h_k: hours from the start to the step's middle; only where import costs more than
+    #: export), so of two plans that store the same forecast surplus, the one that stores it
+    #: sooner scores better — by the same amount at every re-plan, as the weight is linear
+    #: in time. What a plan costs (`simulate`, the money figures) is at the prices
+    #: themselves. 0: off (as the planning README's format).
+    forecast_risk_per_h: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.0
 
     @field_validator("sockets")
     @classmethod
@@ -192,6 +201,19 @@ class PlanningProblem(_Model):
     def export_prices(self) -> list[float] | None:
         """The export price per step, EUR/kWh (None without prices)."""
         return _per_step(self.export_price, self.n_steps)
+
+    def planning_export_prices(self) -> list[float] | None:
+        """What the planner values a Wh sent to the grid at per step, EUR/kWh: the export
+        price raised by the forecast risk (`forecast_risk_per_h`); None without prices."""
+        exp = self.export_prices()
+        imp = self.import_prices()
+        if exp is None or imp is None or self.forecast_risk_per_h == 0:
+            return exp
+        r, dt = self.forecast_risk_per_h, self.dt_h
+        return [
+            e + min(1.0, r * (k + 0.5) * dt) * max(0.0, i - e)
+            for k, (i, e) in enumerate(zip(imp, exp, strict=True))
+        ]
 
     @property
     def n_steps(self) -> int:

@@ -98,7 +98,7 @@ class Context:
         self.min_gap = max(1, math.ceil(problem.switch_interval_s / problem.step_s - 1e-9))
         self.up, self.down = hold_spans(problem)
         imp = problem.import_prices()
-        exp = problem.export_prices()
+        exp = problem.planning_export_prices()  # with the forecast risk
         self.priced = imp is not None and exp is not None
         self.p_imp = imp or [0.0] * self.n
         self.p_exp = exp or [0.0] * self.n

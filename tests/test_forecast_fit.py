@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from datetime import UTC, datetime, time, timedelta
-from zoneinfo import ZoneInfo
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -19,6 +18,7 @@ from services.scheduler.logic import (
     Baseline,
     ForecastFit,
     PlanContext,
+    Prepared,
     ShiftOptions,
     books_message,
     fit_line,
@@ -33,11 +33,9 @@ from services.scheduler.logic import (
 from services.scheduler.scheduler import Scheduler, SchedulerOptions
 from shared import bookkeeping
 from shared.clock import ManualClock
-from shared.config import DevicesConfig, Settings
+from shared.config import Settings
 from shared.messages import (
     EnergyBooks,
-    Forecast,
-    HouseSurplus,
     MessageError,
     PlanMessage,
     dump_message,
@@ -46,55 +44,23 @@ from shared.messages import (
 from shared.planning.reference import plan_reference
 from shared.service import Counters
 from shared.topics import Topics
-
-AMS = ZoneInfo("Europe/Amsterdam")
-SIX = time(6, 0)
-DAY0 = datetime(2024, 6, 21, 6, 0, tzinfo=AMS).astimezone(UTC)
-T0 = datetime(2024, 6, 21, 12, 0, tzinfo=AMS).astimezone(UTC)
-DEVICES = DevicesConfig.model_validate(
-    {
-        "devices": [
-            {"device_name": "P1 meter", "device_type": "HWE-P1", "ip_address": "10.0.0.1"},
-            {
-                "device_name": "Boiler",
-                "device_type": "HWE-SKT",
-                "ip_address": "10.0.0.2",
-                "max_power_usage": 2000,
-                "energy_capacity": 2000,
-                "priority": 1,
-                "daily_need": True,
-            },
-        ]
-    }
+from tests.test_scheduler import (
+    AMS,
+    DAY0,
+    DEVICES,
+    SIX,
+    T0,
+    Recorder,
+    make_forecast,
+    make_surplus,
 )
+
 SCALED = PlanContext(
     tz=AMS, boundary=SIX, step_s=900, switch_interval_s=300, shift=ShiftOptions(mode="scaled")
 )
 FADING = PlanContext(
     tz=AMS, boundary=SIX, step_s=900, switch_interval_s=300, shift=ShiftOptions(mode="fading")
 )
-
-
-def bell(n: int = 96, peak: float = 3000.0) -> list[float]:
-    """A sunny day's PV per 15-min step from 06:00 local (peak at 13:30)."""
-    return [round(max(0.0, peak * math.sin(math.pi * (k - 2) / 60)), 1) for k in range(n)]
-
-
-def make_forecast(made_at: datetime = DAY0) -> Forecast:
-    return Forecast(
-        timestamp=made_at, start=DAY0, step_s=900, power_w=bell(), made_at=made_at, source="test"
-    )
-
-
-def make_surplus(at: datetime, surplus_w: float) -> HouseSurplus:
-    return HouseSurplus(
-        timestamp=at,
-        surplus_w=surplus_w,
-        p1_power_w=-surplus_w,
-        sockets_w={},
-        batteries_w={},
-        based_on=["P1 meter"],
-    )
 
 
 def fed(scale: float, offset: float, until: datetime = T0, every_s: int = 60) -> ForecastFit:
@@ -194,8 +160,9 @@ def test_the_fit_does_not_depend_on_how_often_the_surplus_comes() -> None:
 # --- the planning problem ----------------------------------------------------------------------
 
 
-def problem_at(ctx: PlanContext, measured: float, fit: ForecastFit | None) -> list[float]:
-    forecast = make_forecast()
+def prepared_at(
+    ctx: PlanContext, measured: float, fit: ForecastFit | None, baseline: Baseline | None = None
+) -> Prepared:
     return prepare(
         now=T0,
         ctx=ctx,
@@ -205,10 +172,14 @@ def problem_at(ctx: PlanContext, measured: float, fit: ForecastFit | None) -> li
         overrides={},
         power_on={},
         surplus=make_surplus(T0, measured),
-        forecast=forecast,
-        baseline=Baseline(-300.0, T0),
+        forecast=make_forecast(),
+        baseline=baseline,
         fit=fit,
-    ).problem.available_power_w
+    )
+
+
+def problem_at(ctx: PlanContext, measured: float, fit: ForecastFit | None) -> list[float]:
+    return prepared_at(ctx, measured, fit, Baseline(-300.0, T0)).problem.available_power_w
 
 
 def test_scaled_plans_fade_towards_the_fitted_line() -> None:
@@ -237,22 +208,10 @@ def test_the_scaled_shift_is_the_fading_one_until_the_fit_holds_enough() -> None
 
 
 def test_the_plan_says_the_scale_it_was_made_with() -> None:
-    forecast = make_forecast()
     fit = fed(1.3, -250.0)
     k, _ = fit_line(fit) or (1.0, 0.0)
     for ctx, scale in ((SCALED, k), (FADING, None)):
-        prepared = prepare(
-            now=T0,
-            ctx=ctx,
-            devices=DEVICES,
-            books=bookkeeping.empty_books(DAY0),
-            batteries={},
-            overrides={},
-            power_on={},
-            surplus=make_surplus(T0, 1000.0),
-            forecast=forecast,
-            fit=fit,
-        )
+        prepared = prepared_at(ctx, 1000.0, fit)
         assert prepared.forecast_scale == scale
         plan = plan_reference(prepared.problem)
         msg = plan_message(prepared, plan, T0)
@@ -302,14 +261,6 @@ def test_a_bad_fit_in_the_books_is_refused(bad: dict[str, object]) -> None:
 
 
 # --- the scheduler feeds it ---------------------------------------------------------------------
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, object]] = []
-
-    def publish(self, topic: str, message: object) -> None:
-        self.sent.append((topic, message))
 
 
 @pytest.fixture

@@ -326,3 +326,32 @@ async def test_the_scheduler_fits_what_it_measures_and_plans_on_it(settings: Set
     await again.on_books("t/books", dump_message(books))
     assert again.fit is not None
     assert fit_line(again.fit) == pytest.approx(fit_line(s.fit), rel=1e-6)
+
+
+async def test_a_forecast_from_another_maker_starts_the_fit_over(settings: Settings) -> None:
+    clock = ManualClock(T0)
+    s = Scheduler(
+        DEVICES,
+        settings,
+        Recorder(),
+        topics=Topics("t"),
+        counters=(counters := Counters()),
+        clock=clock,
+        options=SchedulerOptions(restore_wait_s=1.0),
+    )
+    s._finish_restore(None)
+    first = make_forecast(T0 - timedelta(hours=2))
+    await s.on_forecast("t/forecast", dump_message(first))
+    s.fit = fed(1.3, -250.0)
+    # the next day's forecast from the same maker keeps it
+    same = first.model_copy(update={"made_at": T0 - timedelta(hours=1)})
+    await s.on_forecast("t/forecast", dump_message(same))
+    assert s.fit is not None
+    # the clear-sky fallback (or another weather or PV model) has another bias: over
+    for change in ({"fallback": True, "source": "clear-sky"}, {"pv_model": "other 2.0"}):
+        s.fit = fed(1.3, -250.0)
+        assert s.forecast is not None
+        other = same.model_copy(update={"made_at": s.forecast.made_at + timedelta(minutes=1)})
+        await s.on_forecast("t/forecast", dump_message(other.model_copy(update=change)))
+        assert s.fit is None
+    assert counters["forecast_fit_resets"] == 2

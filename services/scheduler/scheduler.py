@@ -479,6 +479,16 @@ class Scheduler:
             self._counters.inc("forecasts_older_ignored")
             return
         self._counters.inc("forecasts_received")
+        if self.forecast is not None and _maker(forecast) != _maker(self.forecast):
+            # another source, model or a fallback: the fitted scale was the old one's bias
+            if self.fit is not None:
+                self._counters.inc("forecast_fit_resets")
+                self._log.info(
+                    "forecast from %s now (was %s): the forecast's fitted scale starts over",
+                    "/".join(_maker(forecast)[:3]) or "-",
+                    "/".join(_maker(self.forecast)[:3]) or "-",
+                )
+            self.fit = None
         self.forecast = forecast
         self._wake.set()
 
@@ -995,6 +1005,12 @@ class Scheduler:
         )
         self._publisher.publish(self._topics.books(), message)
         self._counters.inc("books_published")
+
+
+def _maker(forecast: Forecast) -> tuple[str, str, str, str]:
+    """What made a forecast: its source, weather model, PV model and whether a fallback."""
+    kind = "fallback" if forecast.fallback else ""
+    return forecast.source, forecast.model, forecast.pv_model, kind
 
 
 def replace_problem(prepared: Prepared, problem: PlanningProblem) -> Prepared:

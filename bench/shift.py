@@ -38,7 +38,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
@@ -189,33 +189,31 @@ class Scores:
         return cls([], [], [])
 
 
-def baselines(day: Day, forecast: Forecast, tau_s: float) -> dict[int, Baseline]:
-    """The baseline as of each minute from the boundary (fed every minute from midnight)."""
-    out: dict[int, Baseline] = {}
-    b: Baseline | None = None
-    first = day.start - timedelta(minutes=WARMUP_MIN)
-    for m in range(len(day.surplus_w) - 60):
-        at = first + timedelta(minutes=m)
-        offset = day.surplus_w[m] - forecast_at(forecast, at) if at >= forecast.start else None
-        if offset is None:
-            # before the forecast starts: the bare offset is the base load (no PV at night)
-            offset = day.surplus_w[m]
-        b = update_baseline(b, at, offset, tau_s)
-        out[m] = b
-    return out
-
-
-def fits(day: Day, forecast: Forecast, tau_s: float) -> dict[int, ForecastFit | None]:
-    """The fit as of each minute from the boundary (fed every minute from midnight; before the
-    forecast starts its PV counts 0 W: night)."""
-    out: dict[int, ForecastFit | None] = {}
-    f: ForecastFit | None = None
+def _history(day: Day, forecast: Forecast) -> Iterator[tuple[int, datetime, float, float]]:
+    """(minute, time, forecast PV, measured surplus) every minute from midnight, as the
+    scheduler is fed them (before the forecast starts its PV counts 0 W: night)."""
     first = day.start - timedelta(minutes=WARMUP_MIN)
     for m in range(len(day.surplus_w) - 60):
         at = first + timedelta(minutes=m)
         pv = forecast_at(forecast, at) if at >= forecast.start else 0.0
-        f = update_fit(f, at, pv, day.surplus_w[m], tau_s)
-        out[m] = f
+        yield m, at, pv, day.surplus_w[m]
+
+
+def baselines(day: Day, forecast: Forecast, tau_s: float) -> dict[int, Baseline]:
+    """The baseline as of each minute from the boundary (fed every minute from midnight)."""
+    out: dict[int, Baseline] = {}
+    b: Baseline | None = None
+    for m, at, pv, measured in _history(day, forecast):
+        b = out[m] = update_baseline(b, at, measured - pv, tau_s)
+    return out
+
+
+def fits(day: Day, forecast: Forecast, tau_s: float) -> dict[int, ForecastFit | None]:
+    """The fit as of each minute from the boundary (fed every minute from midnight)."""
+    out: dict[int, ForecastFit | None] = {}
+    f: ForecastFit | None = None
+    for m, at, pv, measured in _history(day, forecast):
+        f = out[m] = update_fit(f, at, pv, measured, tau_s)
     return out
 
 

@@ -30,7 +30,6 @@ from services.scheduler.logic import (
     shift_profile,
     update_fit,
 )
-from services.scheduler.scheduler import Scheduler, SchedulerOptions
 from shared import bookkeeping
 from shared.clock import ManualClock
 from shared.config import Settings
@@ -42,16 +41,14 @@ from shared.messages import (
     parse_message,
 )
 from shared.planning.reference import plan_reference
-from shared.service import Counters
-from shared.topics import Topics
 from tests.test_scheduler import (
     AMS,
     DAY0,
     DEVICES,
     SIX,
     T0,
-    Recorder,
     make_forecast,
+    make_scheduler,
     make_surplus,
 )
 
@@ -276,16 +273,7 @@ def settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
 async def test_the_scheduler_fits_what_it_measures_and_plans_on_it(settings: Settings) -> None:
     start = DAY0 + timedelta(hours=1)
     clock = ManualClock(start)
-    rec = Recorder()
-    s = Scheduler(
-        DEVICES,
-        settings,
-        rec,
-        topics=Topics("t"),
-        counters=Counters(),
-        clock=clock,
-        options=SchedulerOptions(restore_wait_s=1.0),
-    )
+    s, rec, _ = make_scheduler(settings, clock)
     s._finish_restore(None)
     assert s.ctx.shift == ShiftOptions(
         mode="scaled",
@@ -306,39 +294,22 @@ async def test_the_scheduler_fits_what_it_measures_and_plans_on_it(settings: Set
     prepared = await s.plan_once()
     assert prepared is not None
     assert prepared.forecast_scale == pytest.approx(k)
-    plans = [m for t, m in rec.sent if t == "t/plan"]
+    plans = rec.on("t/plan")
     assert isinstance(plans[-1], PlanMessage)
     assert plans[-1].forecast_scale == pytest.approx(k, abs=1e-4)
     # the books carry it, and a restarted scheduler reads it back
     s._publish_books()
-    books = [m for t, m in rec.sent if t == "t/books"][-1]
+    books = rec.on("t/books")[-1]
     assert isinstance(books, EnergyBooks)
     assert books.shift_fit is not None
-    again = Scheduler(
-        DEVICES,
-        settings,
-        Recorder(),
-        topics=Topics("t"),
-        counters=Counters(),
-        clock=clock,
-        options=SchedulerOptions(restore_wait_s=1.0),
-    )
+    again, _, _ = make_scheduler(settings, clock)
     await again.on_books("t/books", dump_message(books))
     assert again.fit is not None
     assert fit_line(again.fit) == pytest.approx(fit_line(s.fit), rel=1e-6)
 
 
 async def test_a_forecast_from_another_maker_starts_the_fit_over(settings: Settings) -> None:
-    clock = ManualClock(T0)
-    s = Scheduler(
-        DEVICES,
-        settings,
-        Recorder(),
-        topics=Topics("t"),
-        counters=(counters := Counters()),
-        clock=clock,
-        options=SchedulerOptions(restore_wait_s=1.0),
-    )
+    s, _, counters = make_scheduler(settings, ManualClock(T0))
     s._finish_restore(None)
     first = make_forecast(T0 - timedelta(hours=2))
     await s.on_forecast("t/forecast", dump_message(first))
